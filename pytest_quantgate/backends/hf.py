@@ -1,0 +1,284 @@
+"""The transformers backend: a local checkpoint through ``from_pretrained``.
+
+Greedy decoding, left padding, batched, ``model.eval()`` and
+``torch.inference_mode()``. Quantization schemes of :mod:`..specs` are
+applied at load time. Loading is strict: no remote code, no hub, and a
+checkpoint that leaves weights newly initialized is an error, never a
+silently random candidate.
+"""
+
+from __future__ import annotations
+
+import enum
+import gc
+import os
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from ..cases import GenerationSettings, Prompt, prompt_messages
+from .base import BackendError, GenerationRequest
+
+if TYPE_CHECKING:
+    from ..specs import ModelSpec
+
+__all__ = ["HFBackend", "resolve_device"]
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``; checks the rest."""
+    import torch
+
+    if device == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        return "cpu"
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise BackendError(f"--quant-device={device} but torch sees no CUDA device")
+        index = int(device.split(":", 1)[1]) if ":" in device else 0
+        if index >= torch.cuda.device_count():
+            raise BackendError(
+                f"--quant-device={device} but torch sees {torch.cuda.device_count()} CUDA device(s)"
+            )
+    if device == "mps" and not torch.backends.mps.is_available():
+        raise BackendError("--quant-device=mps but MPS is not available")
+    return device
+
+
+def _resolve_dtype(dtype: str, device: str) -> Any:
+    import torch
+
+    if dtype == "auto":
+        # Half precision on the CPU is slow and, for tiny models, numerically
+        # worse than the checkpoint; on a GPU keep the checkpoint's dtype.
+        return torch.float32 if device == "cpu" else "auto"
+    return getattr(torch, dtype)
+
+
+def _quantization_config(spec: ModelSpec, torch_dtype: Any) -> Any:
+    """The transformers quantization config of a load-time scheme, or None."""
+    import torch
+
+    scheme = spec.scheme
+    if scheme is None or scheme.startswith("rtn"):
+        return None
+    try:
+        if scheme.startswith("bnb-"):
+            import bitsandbytes  # noqa: F401  (fail here with a clear message)
+            from transformers import BitsAndBytesConfig
+
+            compute = torch_dtype if isinstance(torch_dtype, torch.dtype) else torch.float32
+            if scheme == "bnb-nf4":
+                return BitsAndBytesConfig(
+                    load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute
+                )
+            return BitsAndBytesConfig(load_in_8bit=True)
+        if scheme.startswith("torchao-"):
+            import torchao.quantization as tq
+            from transformers import TorchAoConfig
+
+            if scheme == "torchao-int8":
+                return TorchAoConfig(tq.Int8WeightOnlyConfig())
+            from torchao.quantization.granularity import PerGroup
+
+            # Int4WeightOnlyConfig has no CPU kernel; the Intx config does.
+            return TorchAoConfig(tq.IntxWeightOnlyConfig(weight_dtype=torch.int4, granularity=PerGroup(32)))
+    except ImportError as exc:
+        extra = "bnb" if scheme.startswith("bnb-") else "torchao"
+        raise BackendError(
+            f"spec {spec.text!r} needs {exc.name or 'a missing package'}: "
+            f"pip install 'pytest-quantgate[{extra}]'"
+        ) from exc
+    raise BackendError(f"no loader for scheme {scheme!r}")
+
+
+class HFBackend:
+    """A causal LM and its tokenizer, loaded from a local directory."""
+
+    def __init__(self, spec: ModelSpec, model: Any, tokenizer: Any, device: str, load_seconds: float):
+        self.spec = spec
+        self.label = spec.label
+        self.model = model
+        self.tokenizer = tokenizer
+        self.device = device
+        self.load_seconds = load_seconds
+
+    @classmethod
+    def load(cls, spec: ModelSpec, device: str, dtype: str) -> HFBackend:
+        """Load tokenizer and model; raise :class:`BackendError` on any problem."""
+        import torch
+        import transformers
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        transformers.logging.set_verbosity_error()
+        transformers.logging.disable_progress_bar()  # the plugin prints its own progress
+        device = resolve_device(device)
+        torch_dtype = _resolve_dtype(dtype, device)
+        qconfig = _quantization_config(spec, torch_dtype)
+        started = time.perf_counter()
+        kwargs: dict[str, Any] = {
+            "dtype": torch_dtype,
+            "local_files_only": True,
+            "trust_remote_code": False,
+            "output_loading_info": True,
+        }
+        if qconfig is not None:
+            kwargs["quantization_config"] = qconfig
+            kwargs["device_map"] = device
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(spec.path, local_files_only=True, trust_remote_code=False)
+            model, info = AutoModelForCausalLM.from_pretrained(spec.path, **kwargs)
+        except (OSError, ValueError, ImportError, RuntimeError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise BackendError(f"cannot load {spec.label} from {spec.path}: {first}") from exc
+        missing = list(info.get("missing_keys") or [])
+        if missing:
+            shown = ", ".join(sorted(missing)[:5]) + (" ..." if len(missing) > 5 else "")
+            raise BackendError(
+                f"{spec.label}: {len(missing)} weight(s) missing from the checkpoint at {spec.path} "
+                f"would be randomly initialized ({shown}); refusing to gate a random model"
+            )
+        if qconfig is None:
+            model.to(device)
+        if spec.scheme is not None and spec.scheme.startswith("rtn"):
+            from .rtn import rtn_quantize_
+
+            rtn_quantize_(model, spec.options["bits"], spec.options["group_size"])
+        model.eval()
+        tokenizer.padding_side = "left"
+        if tokenizer.pad_token_id is None:
+            if tokenizer.eos_token_id is None:
+                raise BackendError(f"{spec.label}: the tokenizer has neither a pad nor an eos token")
+            tokenizer.pad_token = tokenizer.eos_token
+        return cls(spec, model, tokenizer, device, time.perf_counter() - started)
+
+    # -- prompts -------------------------------------------------------------
+
+    def render(self, prompt: Prompt, settings: GenerationSettings) -> tuple[str, bool]:
+        """The text fed to the model, and whether it already has special tokens."""
+        messages = prompt_messages(prompt)
+        has_template = bool(getattr(self.tokenizer, "chat_template", None))
+        use_template = settings.chat_template if settings.chat_template is not None else has_template
+        if use_template:
+            if not has_template:
+                raise BackendError(f"{self.label}: chat_template=True but the tokenizer has no chat template")
+            if messages is None:
+                messages = [{"role": "user", "content": str(prompt)}]
+            text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+            return str(text), True
+        if messages is not None:
+            raise BackendError(
+                f"{self.label}: a chat-message prompt needs a chat template, and the tokenizer has none"
+            )
+        return str(prompt), False
+
+    # -- generation ----------------------------------------------------------
+
+    def generate(self, requests: Sequence[GenerationRequest]) -> list[str]:
+        """Greedy continuations of a batch of requests, in order."""
+        import torch
+
+        out: list[str] = [""] * len(requests)
+        groups: dict[tuple[GenerationSettings, bool], list[tuple[int, str]]] = {}
+        for i, req in enumerate(requests):
+            text, special = self.render(req.prompt, req.settings)
+            groups.setdefault((req.settings, special), []).append((i, text))
+        with torch.inference_mode():
+            for (settings, special), items in groups.items():
+                replies = self._generate_texts([t for _, t in items], settings, special)
+                for (i, _), reply in zip(items, replies, strict=True):
+                    out[i] = reply
+        return out
+
+    def _generate_texts(self, texts: list[str], settings: GenerationSettings, special: bool) -> list[str]:
+        from transformers import GenerationConfig
+
+        enc = self.tokenizer(
+            texts, return_tensors="pt", padding=True, add_special_tokens=not special
+        ).to(self.model.device)
+        config = GenerationConfig(
+            max_new_tokens=settings.max_new_tokens,
+            do_sample=False,
+            num_beams=1,
+            pad_token_id=self.tokenizer.pad_token_id,
+            eos_token_id=self.model.generation_config.eos_token_id or self.tokenizer.eos_token_id,
+        )
+        extra: dict[str, Any] = {}
+        if settings.stop:
+            # Stops each row early; the runner still truncates at the stop
+            # string, so the result does not depend on this optimisation.
+            config.stop_strings = list(settings.stop)
+            extra["tokenizer"] = self.tokenizer
+        generated = self.model.generate(**enc, generation_config=config, **extra)
+        new_tokens = generated[:, enc["input_ids"].shape[1] :]
+        return [str(t) for t in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+
+    # -- scoring -------------------------------------------------------------
+
+    def token_logprobs(self, pairs: Sequence[tuple[Prompt, str]]) -> list[list[float]]:
+        """Per-token log-probabilities of each continuation (teacher forcing)."""
+        import torch
+
+        settings = GenerationSettings()
+        results: list[list[float]] = []
+        with torch.inference_mode():
+            for prompt, continuation in pairs:
+                text, special = self.render(prompt, settings)
+                prefix = self.tokenizer(text, add_special_tokens=not special)["input_ids"]
+                cont = self.tokenizer(continuation, add_special_tokens=False)["input_ids"]
+                if not cont:
+                    results.append([])
+                    continue
+                ids = torch.tensor([prefix + cont], device=self.model.device)
+                logits = self.model(input_ids=ids).logits[0, len(prefix) - 1 : -1].float()
+                logp = torch.log_softmax(logits, dim=-1)
+                picked = logp.gather(1, torch.tensor(cont, device=logp.device)[:, None])[:, 0]
+                results.append([float(x) for x in picked.cpu()])
+        return results
+
+    # -- facts ---------------------------------------------------------------
+
+    def describe(self) -> dict[str, Any]:
+        import torch
+        import transformers
+
+        qconf = getattr(self.model.config, "quantization_config", None)
+        if qconf is not None and not isinstance(qconf, dict):
+            qconf = qconf.to_dict() if hasattr(qconf, "to_dict") else repr(qconf)
+        if self.spec.scheme and self.spec.scheme.startswith("rtn"):
+            qconf = {"quant_method": "rtn", **self.spec.options}
+        return {
+            "label": self.label,
+            "spec": self.spec.text,
+            "path": self.spec.path,
+            "scheme": self.spec.scheme,
+            "device": str(self.model.device),
+            "dtype": str(self.model.dtype).replace("torch.", ""),
+            "quantization": _jsonable(qconf),
+            "parameters": int(sum(p.numel() for p in self.model.parameters())),
+            "load_seconds": round(self.load_seconds, 3),
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "pid": os.getpid(),
+        }
+
+    def close(self) -> None:
+        import torch
+
+        self.model = None
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, enum.Enum):
+        return _jsonable(value.value)
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)

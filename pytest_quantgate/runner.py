@@ -1,0 +1,166 @@
+"""Batched, step-synchronous execution of cases on one model.
+
+The runner thinks in *rounds*: every live case has one pending prompt; a
+round sends all pending prompts (grouped by generation settings, sorted by
+length, cut into batches) and hands each reply back to its case's driver,
+which returns the next prompt or ``None`` when the case is done. A single
+prompt case is a one-round driver; multi-step trajectories are drivers with
+more rounds, so step k of every live case shares one batch.
+"""
+
+from __future__ import annotations
+
+import traceback
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from .backends.base import Backend, GenerationRequest
+from .cases import CaseSpec, GenerationSettings, Prompt, Turn
+
+__all__ = ["CaseRun", "Driver", "SinglePrompt", "run_cases", "truncate_at_stop"]
+
+
+class Driver(Protocol):
+    """Produces a case's prompts, round after round."""
+
+    def start(self) -> Prompt:
+        """The first prompt."""
+        ...
+
+    def step(self, reply: str) -> Prompt | None:
+        """Take the model's reply; return the next prompt, or None when done."""
+        ...
+
+
+@dataclass
+class SinglePrompt:
+    """A case of one prompt and one reply."""
+
+    prompt: Prompt
+
+    def start(self) -> Prompt:
+        return self.prompt
+
+    def step(self, reply: str) -> Prompt | None:
+        return None
+
+
+@dataclass
+class CaseRun:
+    """The transcript of one case on one model."""
+
+    key: str
+    turns: list[Turn] = field(default_factory=list)
+    error: str | None = None
+
+    @property
+    def output(self) -> str:
+        """The last reply (the output a single-prompt check receives)."""
+        return self.turns[-1].reply if self.turns else ""
+
+
+def truncate_at_stop(text: str, stop: Sequence[str]) -> str:
+    """Cut ``text`` before the earliest stop string, if any occurs."""
+    cut = len(text)
+    for s in stop:
+        at = text.find(s)
+        if at != -1:
+            cut = min(cut, at)
+    return text[:cut]
+
+
+def _prompt_length(prompt: Prompt) -> int:
+    return len(prompt) if isinstance(prompt, str) else sum(len(v) for m in prompt for _, v in m)
+
+
+def _batches(
+    pending: dict[str, tuple[Prompt, GenerationSettings]], batch_size: int
+) -> Iterable[list[str]]:
+    """Keys of pending cases in batches of one settings each, longest first.
+
+    Sorting by length keeps padding low; longest first means an
+    out-of-memory error shows up in the first batch, not the last.
+    """
+    groups: dict[GenerationSettings, list[str]] = {}
+    for key, (_, settings) in pending.items():
+        groups.setdefault(settings, []).append(key)
+    for keys in groups.values():
+        keys.sort(key=lambda k: -_prompt_length(pending[k][0]))
+        for i in range(0, len(keys), batch_size):
+            yield keys[i : i + batch_size]
+
+
+def run_cases(
+    backend: Backend,
+    cases: Sequence[CaseSpec],
+    *,
+    batch_size: int = 16,
+    make_driver: Callable[[CaseSpec], Driver] | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> dict[str, CaseRun]:
+    """Run every case to completion on ``backend``; keyed by case key.
+
+    A batch that raises is retried one request at a time so that one bad
+    case (a prompt the tokenizer rejects, say) becomes that case's error
+    instead of the whole batch's.
+    """
+    make = make_driver or (lambda case: SinglePrompt(case.prompt))
+    specs = {c.key: c for c in cases}
+    runs = {c.key: CaseRun(c.key) for c in cases}
+    drivers: dict[str, Driver] = {}
+    pending: dict[str, tuple[Prompt, GenerationSettings]] = {}
+    done = 0
+    total = len(specs)
+
+    def finish(key: str) -> None:
+        nonlocal done
+        pending.pop(key, None)
+        done += 1
+        if on_progress is not None:
+            on_progress(done, total)
+
+    for key, case in specs.items():
+        try:
+            drivers[key] = make(case)
+            pending[key] = (drivers[key].start(), case.settings)
+        except Exception as exc:
+            runs[key].error = _describe(exc)
+            done += 1
+    if on_progress is not None:
+        on_progress(done, total)
+
+    while pending:
+        round_items = dict(pending)
+        for keys in _batches(round_items, batch_size):
+            requests = [GenerationRequest(round_items[k][0], round_items[k][1]) for k in keys]
+            try:
+                replies: list[str | BaseException] = list(backend.generate(requests))
+            except Exception:
+                replies = []
+                for req in requests:
+                    try:
+                        replies.append(backend.generate([req])[0])
+                    except Exception as exc:
+                        replies.append(exc)
+            for key, req, reply in zip(keys, requests, replies, strict=True):
+                if isinstance(reply, BaseException):
+                    runs[key].error = f"generation failed: {_describe(reply)}"
+                    finish(key)
+                    continue
+                text = truncate_at_stop(reply, req.settings.stop)
+                runs[key].turns.append(Turn(req.prompt, text))
+                try:
+                    nxt = drivers[key].step(text)
+                except Exception as exc:
+                    runs[key].error = _describe(exc)
+                    nxt = None
+                if nxt is None:
+                    finish(key)
+                else:
+                    pending[key] = (nxt, specs[key].settings)
+    return runs
+
+
+def _describe(exc: BaseException) -> str:
+    return "".join(traceback.format_exception_only(type(exc), exc)).strip()

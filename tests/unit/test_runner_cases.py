@@ -1,0 +1,203 @@
+"""The runner and case records, with a scripted in-memory backend."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from pytest_quantgate.backends.base import GenerationRequest
+from pytest_quantgate.cases import (
+    CaseRecord,
+    CaseSpec,
+    GenerationSettings,
+    ModelOutcome,
+    case_key,
+    classify,
+    normalize_prompt,
+    parse_quant_case,
+    parse_slice_marker,
+    run_check,
+    worst_status,
+)
+from pytest_quantgate.runner import run_cases, truncate_at_stop
+
+
+@dataclass
+class ScriptedBackend:
+    """Replies from a dict; records the batches it was given."""
+
+    replies: dict[str, str]
+    label: str = "scripted"
+    fail_on: set[str] = field(default_factory=set)
+    batches: list[list[str]] = field(default_factory=list)
+
+    def generate(self, requests: Sequence[GenerationRequest]) -> list[str]:
+        prompts = [str(r.prompt) for r in requests]
+        self.batches.append(prompts)
+        if any(p in self.fail_on for p in prompts):
+            raise ValueError(f"cannot tokenize {prompts}")
+        return [self.replies.get(p, "?") for p in prompts]
+
+    def token_logprobs(self, pairs: Sequence[tuple[Any, str]]) -> list[list[float]]:
+        return [[0.0] for _ in pairs]
+
+    def describe(self) -> dict[str, Any]:
+        return {"label": self.label}
+
+    def close(self) -> None:
+        pass
+
+
+def _case(prompt: str, **settings: Any) -> CaseSpec:
+    gs = GenerationSettings(**settings)
+    return CaseSpec(key=case_key("t.py::test", {"p": prompt}, prompt, gs), nodeid=f"t.py::test[{prompt}]", prompt=prompt, settings=gs)
+
+
+def test_batches_group_settings_and_sort_by_length() -> None:
+    backend = ScriptedBackend({"a": "1\nx", "bbb": "2", "cc": "3"})
+    cases = [_case("a", stop=("\n",)), _case("bbb", stop=("\n",)), _case("cc", max_new_tokens=3)]
+    runs = run_cases(backend, cases, batch_size=8)
+    assert sorted(backend.batches) == sorted([["bbb", "a"], ["cc"]])
+    assert runs[cases[0].key].output == "1"  # truncated at the stop string
+    assert runs[cases[1].key].output == "2"
+    assert all(r.error is None for r in runs.values())
+
+
+def test_batch_size_is_respected_and_progress_reaches_total() -> None:
+    backend = ScriptedBackend({})
+    cases = [_case("x" * i) for i in range(1, 8)]
+    seen: list[tuple[int, int]] = []
+    run_cases(backend, cases, batch_size=3, on_progress=lambda d, t: seen.append((d, t)))
+    assert [len(b) for b in backend.batches] == [3, 3, 1]
+    assert seen[-1] == (7, 7)
+
+
+def test_one_bad_prompt_errors_only_its_case() -> None:
+    backend = ScriptedBackend({"good": "ok"}, fail_on={"bad"})
+    cases = [_case("good"), _case("bad")]
+    runs = run_cases(backend, cases, batch_size=4)
+    assert runs[cases[0].key].output == "ok" and runs[cases[0].key].error is None
+    assert "cannot tokenize" in (runs[cases[1].key].error or "")
+
+
+def test_multi_round_driver_is_step_synchronous() -> None:
+    @dataclass
+    class Twice:
+        prompt: str
+        step_no: int = 0
+
+        def start(self) -> str:
+            return self.prompt
+
+        def step(self, reply: str) -> str | None:
+            self.step_no += 1
+            return None if self.step_no == 2 else self.prompt + reply
+
+    backend = ScriptedBackend({"a": "1", "b": "2", "a1": "3", "b2": "4"})
+    cases = [_case("a"), _case("b")]
+    runs = run_cases(backend, cases, make_driver=lambda c: Twice(str(c.prompt)))
+    assert backend.batches == [["a", "b"], ["a1", "b2"]]
+    assert [t.reply for t in runs[cases[0].key].turns] == ["1", "3"]
+
+
+@pytest.mark.parametrize(
+    ("text", "stop", "expected"),
+    [("42\nfoo", ("\n",), "42"), ("abc", (), "abc"), ("a;b\nc", ("\n", ";"), "a"), ("", ("x",), "")],
+)
+def test_truncate_at_stop(text: str, stop: tuple[str, ...], expected: str) -> None:
+    assert truncate_at_stop(text, stop) == expected
+
+
+@pytest.mark.parametrize(
+    ("ref", "cand", "status"),
+    [
+        ("pass", "pass", "passed"),
+        ("pass", "fail", "regressed"),
+        ("fail", "pass", "improved"),
+        ("fail", "fail", "both-failed"),
+        ("error", "pass", "error"),
+        ("pass", "error", "error"),
+    ],
+)
+def test_classify(ref: Any, cand: Any, status: str) -> None:
+    assert classify(ref, cand) == status
+
+
+def test_worst_status_orders_by_severity() -> None:
+    assert worst_status(["passed", "improved", "regressed"]) == "regressed"
+    assert worst_status(["passed", "error"]) == "error"
+    assert worst_status([]) == "passed"
+
+
+def test_run_check_outcomes() -> None:
+    def check(output: str) -> None:
+        if output == "boom":
+            raise KeyError("missing")
+        assert output == "42", "wrong answer"
+
+    assert run_check(check, {"output": "42"}) == ("pass", None)
+    assert run_check(check, {"output": "41"})[0] == "fail"
+    outcome, message = run_check(check, {"output": "boom"})
+    assert outcome == "error" and "KeyError" in (message or "")
+
+
+def test_record_round_trips_through_json() -> None:
+    rec = CaseRecord(
+        key="k",
+        nodeid="t.py::test[1]",
+        slices=("arith",),
+        cluster="c1",
+        critical=True,
+        reference="ref",
+        outcomes={"ref": ModelOutcome("pass", "42"), "nf4": ModelOutcome("fail", "41", "AssertionError")},
+        tolerances={"arith": 0.0},
+    )
+    back = CaseRecord.from_json(rec.to_json())
+    assert back == rec
+    assert back.statuses == {"nf4": "regressed"} and back.worst == "regressed"
+
+
+def test_case_key_ignores_ids_but_not_content() -> None:
+    gs = GenerationSettings()
+    k = case_key("t.py::test", {"p": "x"}, "x", gs)
+    assert k == case_key("t.py::test", {"p": "x"}, "x", gs)
+    assert k != case_key("t.py::test", {"p": "y"}, "y", gs)
+    assert k != case_key("t.py::test", {"p": "x"}, "x", GenerationSettings(max_new_tokens=3))
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs", "message"),
+    [
+        (("prompt",), {}, "two positional arguments"),
+        (("prompt", ["a"]), {"max_tokens": 3}, "unknown argument"),
+        (("question", ["a"]), {}, "prompt argument 'prompt' is not among"),
+        (("prompt", ["a"]), {"max_new_tokens": 0}, "positive integer"),
+        (("prompt", ["a"]), {"stop": [""]}, "non-empty strings"),
+        (("prompt", ["a"]), {"critical": "yes"}, "True or False"),
+        (("prompt", ["a"]), {"cluster": "nope"}, "cluster='nope'"),
+    ],
+)
+def test_parse_quant_case_rejects(args: tuple, kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        parse_quant_case(args, kwargs)
+
+
+def test_parse_quant_case_accepts() -> None:
+    m = parse_quant_case(("prompt, expected", iter([("1+1=", "2")])), {"stop": "\n", "max_new_tokens": 4})
+    assert m.argnames == ("prompt", "expected") and m.argvalues == [("1+1=", "2")]
+    assert m.settings == GenerationSettings(4, ("\n",), None)
+
+
+def test_slice_marker_and_prompts() -> None:
+    assert parse_slice_marker(("a", "b"), {"tolerance": 0}) == (("a", "b"), 0.0)
+    for args, kwargs in [((), {}), (("ALL",), {}), (("a",), {"tolerance": 2}), (("a",), {"tol": 0.1})]:
+        with pytest.raises(ValueError):
+            parse_slice_marker(args, kwargs)
+    assert normalize_prompt("hi") == "hi"
+    msgs = normalize_prompt([{"role": "user", "content": "hi"}])
+    assert isinstance(msgs, tuple)
+    with pytest.raises(ValueError):
+        normalize_prompt(3)
