@@ -99,8 +99,7 @@ def parse_quant_case(args: Sequence[Any], kwargs: Mapping[str, Any]) -> QuantCas
     unknown = sorted(set(kwargs) - set(_QUANT_CASE_KWARGS))
     if unknown:
         raise ValueError(
-            f"quant_case got unknown argument(s) {', '.join(unknown)}; "
-            f"known: {', '.join(_QUANT_CASE_KWARGS)}"
+            f"quant_case got unknown argument(s) {', '.join(unknown)}; known: {', '.join(_QUANT_CASE_KWARGS)}"
         )
     raw_names, argvalues = args
     if isinstance(raw_names, str):
@@ -141,7 +140,9 @@ def parse_quant_case(args: Sequence[Any], kwargs: Mapping[str, Any]) -> QuantCas
     cluster = kwargs.get("cluster")
     if isinstance(cluster, str):
         if cluster not in argnames:
-            raise ValueError(f"quant_case cluster={cluster!r} is not among the argnames {', '.join(argnames)}")
+            raise ValueError(
+                f"quant_case cluster={cluster!r} is not among the argnames {', '.join(argnames)}"
+            )
     elif cluster is not None and not callable(cluster):
         raise ValueError("quant_case cluster= must be an argument name or a callable")
     return QuantCaseMarker(
@@ -155,7 +156,9 @@ def parse_quant_case(args: Sequence[Any], kwargs: Mapping[str, Any]) -> QuantCas
     )
 
 
-def parse_slice_marker(args: Sequence[Any], kwargs: Mapping[str, Any]) -> tuple[tuple[str, ...], float | None]:
+def parse_slice_marker(
+    args: Sequence[Any], kwargs: Mapping[str, Any]
+) -> tuple[tuple[str, ...], float | None]:
     """Validate ``slice(*names, tolerance=None)`` -> (names, tolerance)."""
     unknown = sorted(set(kwargs) - {"tolerance"})
     if unknown:
@@ -201,7 +204,14 @@ def prompt_messages(prompt: Prompt) -> list[dict[str, str]] | None:
 def stable_repr(value: Any) -> str:
     """A repr that does not change between runs (no ids, sorted mappings)."""
     if isinstance(value, Mapping):
-        return "{" + ", ".join(f"{stable_repr(k)}: {stable_repr(v)}" for k, v in sorted(value.items(), key=lambda kv: repr(kv[0]))) + "}"
+        return (
+            "{"
+            + ", ".join(
+                f"{stable_repr(k)}: {stable_repr(v)}"
+                for k, v in sorted(value.items(), key=lambda kv: repr(kv[0]))
+            )
+            + "}"
+        )
     if isinstance(value, (list, tuple)):
         inner = ", ".join(stable_repr(v) for v in value)
         return f"[{inner}]" if isinstance(value, list) else f"({inner})"

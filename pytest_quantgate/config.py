@@ -97,9 +97,7 @@ def parse_slice_tolerances(lines: Sequence[str]) -> dict[str, float]:
             continue
         m = re.match(r"^([^=:\s]+)\s*[=:]\s*(\S+)$", text)
         if not m:
-            raise ConfigError(
-                f"quant_slice_tolerance: expected 'SLICE = TOLERANCE', got {text!r}"
-            )
+            raise ConfigError(f"quant_slice_tolerance: expected 'SLICE = TOLERANCE', got {text!r}")
         out[m.group(1)] = parse_tolerance(m.group(2), name=f"tolerance of slice {m.group(1)!r}")
     return out
 
@@ -183,9 +181,7 @@ class GateConfig:
         if reference is not None:
             dupes = sorted({x for x in labels if labels.count(x) > 1})
             if dupes:
-                raise ConfigError(
-                    f"two candidates are labelled {dupes[0]!r}: name them with LABEL=SPEC"
-                )
+                raise ConfigError(f"two candidates are labelled {dupes[0]!r}: name them with LABEL=SPEC")
             if reference.label in labels:
                 # Keep the labels distinct so reports are never ambiguous.
                 raise ConfigError(

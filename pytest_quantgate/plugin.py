@@ -37,11 +37,38 @@ _markers_key = pytest.StashKey[dict[str, QuantCaseMarker]]()
 
 _OPTIONS = (
     # flag, ini name, ini type, help
-    ("--quant-reference", "quant_reference", "string", "reference model: [LABEL=]PATH to a local checkpoint (default: none; quant cases skip)"),
-    ("--quant-candidate", "quant_candidate", "linelist", "candidate model spec [LABEL=][SCHEME:]PATH, repeatable; schemes: bnb-nf4, bnb-int8, torchao-int8, torchao-int4, rtn<bits>[g<group>] (default: none)"),
-    ("--quant-device", "quant_device", "string", "auto, cpu, cuda, cuda:N or mps; auto means cuda when available (default: auto)"),
-    ("--quant-dtype", "quant_dtype", "string", "auto, float32, float16 or bfloat16; auto is float32 on the CPU, the checkpoint's dtype on a GPU (default: auto)"),
-    ("--quant-tolerance", "quant_tolerance", "string", "margin of accuracy drop a slice may show, a fraction in [0, 1] (default: 0.02)"),
+    (
+        "--quant-reference",
+        "quant_reference",
+        "string",
+        "reference model: [LABEL=]PATH to a local checkpoint (default: none; quant cases skip)",
+    ),
+    (
+        "--quant-candidate",
+        "quant_candidate",
+        "linelist",
+        "candidate model spec [LABEL=][SCHEME:]PATH, repeatable; schemes: bnb-nf4, bnb-int8, "
+        "torchao-int8, torchao-int4, rtn<bits>[g<group>] (default: none)",
+    ),
+    (
+        "--quant-device",
+        "quant_device",
+        "string",
+        "auto, cpu, cuda, cuda:N or mps; auto means cuda when available (default: auto)",
+    ),
+    (
+        "--quant-dtype",
+        "quant_dtype",
+        "string",
+        "auto, float32, float16 or bfloat16; auto is float32 on the CPU, "
+        "the checkpoint's dtype on a GPU (default: auto)",
+    ),
+    (
+        "--quant-tolerance",
+        "quant_tolerance",
+        "string",
+        "margin of accuracy drop a slice may show, a fraction in [0, 1] (default: 0.02)",
+    ),
     ("--quant-alpha", "quant_alpha", "string", "significance level of the gate (default: 0.05)"),
     ("--quant-report", "quant_report", "string", "write the gate as JSON to this path (default: none)"),
     ("--quant-batch-size", "quant_batch_size", "string", "prompts per generation batch (default: 16)"),
@@ -70,7 +97,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=None,
         help="fail INCONCLUSIVE slices too (default: they only warn)",
     )
-    parser.addini("quant_strict", help="fail INCONCLUSIVE slices too (default: false)", type="bool", default=False)
+    parser.addini(
+        "quant_strict", help="fail INCONCLUSIVE slices too (default: false)", type="bool", default=False
+    )
     parser.addini(
         "quant_slice_tolerance",
         help="per-slice margins, one 'SLICE = TOLERANCE' per line (default: --quant-tolerance)",

@@ -74,9 +74,7 @@ def _prompt_length(prompt: Prompt) -> int:
     return len(prompt) if isinstance(prompt, str) else sum(len(v) for m in prompt for _, v in m)
 
 
-def _batches(
-    pending: dict[str, tuple[Prompt, GenerationSettings]], batch_size: int
-) -> Iterable[list[str]]:
+def _batches(pending: dict[str, tuple[Prompt, GenerationSettings]], batch_size: int) -> Iterable[list[str]]:
     """Keys of pending cases in batches of one settings each, longest first.
 
     Sorting by length keeps padding low; longest first means an

@@ -29,7 +29,9 @@ Emit = Callable[[str], None]
 class ModelPool:
     """Loads each model once, lazily, and remembers load failures."""
 
-    def __init__(self, config: GateConfig, emit: Emit | None = None, loader: Callable[..., Backend] = load_backend):
+    def __init__(
+        self, config: GateConfig, emit: Emit | None = None, loader: Callable[..., Backend] = load_backend
+    ):
         self.config = config
         self._emit = emit or (lambda line: None)
         self._loader = loader
@@ -144,7 +146,9 @@ class GateReport:
 class QuantSession:
     """One session's cases, transcripts, records and gate."""
 
-    def __init__(self, config: GateConfig, emit: Emit | None = None, loader: Callable[..., Backend] = load_backend):
+    def __init__(
+        self, config: GateConfig, emit: Emit | None = None, loader: Callable[..., Backend] = load_backend
+    ):
         self.config = config
         self.emit: Emit = emit or (lambda line: None)
         self.pool = ModelPool(config, self._say, loader)
@@ -212,9 +216,7 @@ class QuantSession:
             return CaseRun(key, error=f"model {label} failed to load: {self.load_errors[label]}")
         run = self.runs[label].get(key)
         if run is None:  # a case the plan missed (added after collection)
-            self.runs[label].update(
-                run_cases(self.pool.get(label), [self.plan[key]], batch_size=1)
-            )
+            self.runs[label].update(run_cases(self.pool.get(label), [self.plan[key]], batch_size=1))
             run = self.runs[label][key]
         return run
 
@@ -234,7 +236,9 @@ class QuantSession:
         out = []
         for cand in self.config.candidates:
             valid = [r for r in self.records if cand.label in r.outcomes and r.status(cand.label) != "error"]
-            errors = sum(1 for r in self.records if cand.label in r.outcomes and r.status(cand.label) == "error")
+            errors = sum(
+                1 for r in self.records if cand.label in r.outcomes and r.status(cand.label) == "error"
+            )
             slice_names: list[str] = []
             for r in valid:
                 for s in r.slices:
@@ -267,7 +271,9 @@ class QuantSession:
         models = dict(self.worker_facts)
         models.update(self.pool.facts)
         for label, spec in self.pool.specs.items():
-            models.setdefault(label, {"label": label, "spec": spec.text, "path": spec.path, "scheme": spec.scheme})
+            models.setdefault(
+                label, {"label": label, "spec": spec.text, "path": spec.path, "scheme": spec.scheme}
+            )
             models[label]["role"] = "reference" if label == self.labels[0] else "candidate"
         return GateReport(self.config, models, list(gates), list(self.records), complete)
 

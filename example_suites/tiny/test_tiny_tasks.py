@@ -19,7 +19,9 @@ DATA = Path(__file__).parent / "data"
 
 def cases(slice_name: str) -> list:
     """Cases of one slice from its JSONL file (ids are content hashes)."""
-    rows = [json.loads(line) for line in (DATA / f"{slice_name}.jsonl").read_text().splitlines() if line.strip()]
+    rows = [
+        json.loads(line) for line in (DATA / f"{slice_name}.jsonl").read_text().splitlines() if line.strip()
+    ]
     return [pytest.param(r["prompt"], r["expected"], id=r["id"]) for r in rows]
 
 

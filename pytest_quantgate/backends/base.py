@@ -81,7 +81,6 @@ def load_backend(spec: ModelSpec, *, device: str, dtype: str, kind: str = "hf") 
         raise BackendError(f"unknown backend {kind!r}; known: {', '.join(_FACTORIES)}") from None
     except ImportError as exc:
         raise BackendError(
-            f"the {kind} backend needs extra packages ({exc.name or exc}): "
-            "pip install 'pytest-quantgate[hf]'"
+            f"the {kind} backend needs extra packages ({exc.name or exc}): pip install 'pytest-quantgate[hf]'"
         ) from exc
     return factory(spec, device, dtype)

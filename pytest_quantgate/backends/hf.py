@@ -83,7 +83,12 @@ def _quantization_config(spec: ModelSpec, torch_dtype: Any) -> Any:
             from torchao.quantization.granularity import PerGroup
 
             # Int4WeightOnlyConfig has no CPU kernel; the Intx config does.
-            return TorchAoConfig(tq.IntxWeightOnlyConfig(weight_dtype=torch.int4, granularity=PerGroup(32)))
+            return TorchAoConfig(
+                tq.IntxWeightOnlyConfig(
+                    weight_dtype=torch.int4,  # type: ignore[attr-defined]
+                    granularity=PerGroup(32),
+                )
+            )
     except ImportError as exc:
         extra = "bnb" if scheme.startswith("bnb-") else "torchao"
         raise BackendError(
@@ -107,7 +112,6 @@ class HFBackend:
     @classmethod
     def load(cls, spec: ModelSpec, device: str, dtype: str) -> HFBackend:
         """Load tokenizer and model; raise :class:`BackendError` on any problem."""
-        import torch
         import transformers
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -127,8 +131,11 @@ class HFBackend:
             kwargs["quantization_config"] = qconfig
             kwargs["device_map"] = device
         try:
-            tokenizer = AutoTokenizer.from_pretrained(spec.path, local_files_only=True, trust_remote_code=False)
-            model, info = AutoModelForCausalLM.from_pretrained(spec.path, **kwargs)
+            tokenizer = AutoTokenizer.from_pretrained(
+                spec.path, local_files_only=True, trust_remote_code=False
+            )
+            loaded: Any = AutoModelForCausalLM.from_pretrained(spec.path, **kwargs)
+            model, info = loaded
         except (OSError, ValueError, ImportError, RuntimeError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise BackendError(f"cannot load {spec.label} from {spec.path}: {first}") from exc
@@ -194,9 +201,9 @@ class HFBackend:
     def _generate_texts(self, texts: list[str], settings: GenerationSettings, special: bool) -> list[str]:
         from transformers import GenerationConfig
 
-        enc = self.tokenizer(
-            texts, return_tensors="pt", padding=True, add_special_tokens=not special
-        ).to(self.model.device)
+        enc = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=not special).to(
+            self.model.device
+        )
         config = GenerationConfig(
             max_new_tokens=settings.max_new_tokens,
             do_sample=False,

@@ -126,7 +126,9 @@ def table(rows: Sequence[SliceResult], alpha: float) -> Iterator[Line]:
     widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(COLUMNS)]
 
     def fmt(cells: Sequence[str]) -> list[str]:
-        return [c.rjust(w) if h in _RIGHT else c.ljust(w) for c, w, h in zip(cells, widths, COLUMNS, strict=True)]
+        return [
+            c.rjust(w) if h in _RIGHT else c.ljust(w) for c, w, h in zip(cells, widths, COLUMNS, strict=True)
+        ]
 
     yield [("  ".join(fmt(COLUMNS)).rstrip(), {"bold": True})]
     for row, cells in zip(rows, body, strict=True):
@@ -207,7 +209,9 @@ def summary(report: GateReport) -> Iterator[Line | Sep]:
         verdict = gate.verdict
         yield Sep(
             f"quantgate: {gate.display} vs reference {ref.label}: {verdict.value}",
-            {"red": True} if verdict is Verdict.REGRESSED else {"green": verdict is not Verdict.INCONCLUSIVE, "yellow": verdict is Verdict.INCONCLUSIVE},
+            {"red": True}
+            if verdict is Verdict.REGRESSED
+            else {"green": verdict is not Verdict.INCONCLUSIVE, "yellow": verdict is Verdict.INCONCLUSIVE},
         )
         yield from table(gate.rows, report.config.alpha)
         if gate.errors:

@@ -16,7 +16,7 @@ import pytest
 # The deliberately damaged candidate: 2-bit round-to-nearest, groups of 32.
 DAMAGED = "rtn2g32"
 
-SUITE = '''
+SUITE = """
 import json
 from pathlib import Path
 
@@ -47,7 +47,7 @@ def test_arith(prompt, expected, output):
 @quant_case("prompt, expected", cases("retention"), max_new_tokens=4, stop="\\n")
 def test_retention(prompt, expected, output):
     assert output.strip() == expected
-'''
+"""
 
 
 @pytest.fixture
@@ -126,14 +126,18 @@ def test_damaged_candidate_regresses(suite: pytest.Pytester, tiny_ref: Path) -> 
         ref_pass = sum(c["outcomes"]["ref"]["outcome"] == "pass" for c in cases)
         assert row["ref_accuracy"] == pytest.approx(ref_pass / len(cases))
     # The regressed cases are listed with both outputs.
-    result.stdout.fnmatch_lines(["regressed cases (*):", "  R test_suite.py::test_*", "      reference: *candidate: *"])
+    result.stdout.fnmatch_lines(
+        ["regressed cases (*):", "  R test_suite.py::test_*", "      reference: *candidate: *"]
+    )
 
 
 def test_nf4_candidate_runs_through_bitsandbytes(suite: pytest.Pytester, tiny_ref: Path) -> None:
     pytest.importorskip("bitsandbytes")
     report = suite.path / "gate.json"
     result = suite.runpytest(
-        f"--quant-reference={tiny_ref}", f"--quant-candidate=nf4=bnb-nf4:{tiny_ref}", f"--quant-report={report}"
+        f"--quant-reference={tiny_ref}",
+        f"--quant-candidate=nf4=bnb-nf4:{tiny_ref}",
+        f"--quant-report={report}",
     )
     out = result.stdout.str()
     assert "REGRESSED" not in out and result.ret == 0, out
@@ -158,7 +162,9 @@ def test_missing_model_path_is_one_usage_error(suite: pytest.Pytester, tiny_ref:
         (["--quant-device=tpu"], "ERROR: quantgate: --quant-device must be*"),
     ],
 )
-def test_bad_options_stop_before_loading(suite: pytest.Pytester, tiny_ref: Path, args: list[str], message: str) -> None:
+def test_bad_options_stop_before_loading(
+    suite: pytest.Pytester, tiny_ref: Path, args: list[str], message: str
+) -> None:
     result = suite.runpytest(f"--quant-reference={tiny_ref}", *(a.format(ref=tiny_ref) for a in args))
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines([message])
@@ -182,7 +188,9 @@ def test_check_raising_other_exception_is_an_error(pytester: pytest.Pytester, ti
     assert "passed" not in result.stdout.lines[-1]
 
 
-def test_critical_regression_fails_its_test(pytester: pytest.Pytester, tiny_ref: Path, example_data: Path) -> None:
+def test_critical_regression_fails_its_test(
+    pytester: pytest.Pytester, tiny_ref: Path, example_data: Path
+) -> None:
     pytester.makepyfile(
         SUITE.format(data=str(example_data), limit=20).replace(
             '@quant_case("prompt, expected", cases("arith"), max_new_tokens=5, stop="\\n")',
@@ -209,12 +217,23 @@ def test_without_reference_quant_cases_skip(suite: pytest.Pytester) -> None:
 @pytest.mark.parametrize(
     ("decorator", "message"),
     [
-        ('@quant_case("prompt", ["a"], max_tokens=3)', "*test_x.py::test_bad: quant_case got unknown argument(s) max_tokens*"),
-        ('@quant_case("question", ["a"])', "*test_bad: quant_case: the prompt argument 'prompt' is not among*"),
-        ('@quant_slice("s", tolerance=5)\n@quant_case("prompt", ["a"])', "*test_bad: slice tolerance must be*"),
+        (
+            '@quant_case("prompt", ["a"], max_tokens=3)',
+            "*test_x.py::test_bad: quant_case got unknown argument(s) max_tokens*",
+        ),
+        (
+            '@quant_case("question", ["a"])',
+            "*test_bad: quant_case: the prompt argument 'prompt' is not among*",
+        ),
+        (
+            '@quant_slice("s", tolerance=5)\n@quant_case("prompt", ["a"])',
+            "*test_bad: slice tolerance must be*",
+        ),
     ],
 )
-def test_bad_marker_arguments_fail_collection(pytester: pytest.Pytester, tiny_ref: Path, decorator: str, message: str) -> None:
+def test_bad_marker_arguments_fail_collection(
+    pytester: pytest.Pytester, tiny_ref: Path, decorator: str, message: str
+) -> None:
     pytester.makepyfile(
         test_x=f"""
         from pytest_quantgate import quant_case, quant_slice
@@ -232,4 +251,6 @@ def test_bad_marker_arguments_fail_collection(pytester: pytest.Pytester, tiny_re
 def test_help_lists_the_option_group(pytester: pytest.Pytester) -> None:
     result = pytester.runpytest("--help")
     assert result.ret == 0
-    result.stdout.fnmatch_lines(["quantgate: gate quantized LLMs*", "*--quant-reference=*", "*--quant-tolerance=*"])
+    result.stdout.fnmatch_lines(
+        ["quantgate: gate quantized LLMs*", "*--quant-reference=*", "*--quant-tolerance=*"]
+    )

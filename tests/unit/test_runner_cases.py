@@ -53,7 +53,12 @@ class ScriptedBackend:
 
 def _case(prompt: str, **settings: Any) -> CaseSpec:
     gs = GenerationSettings(**settings)
-    return CaseSpec(key=case_key("t.py::test", {"p": prompt}, prompt, gs), nodeid=f"t.py::test[{prompt}]", prompt=prompt, settings=gs)
+    return CaseSpec(
+        key=case_key("t.py::test", {"p": prompt}, prompt, gs),
+        nodeid=f"t.py::test[{prompt}]",
+        prompt=prompt,
+        settings=gs,
+    )
 
 
 def test_batches_group_settings_and_sort_by_length() -> None:

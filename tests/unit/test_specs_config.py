@@ -85,7 +85,9 @@ def test_parse_tolerance(value: str, expected: float) -> None:
     assert parse_tolerance(value) == expected
 
 
-@pytest.mark.parametrize(("value", "message"), [("-0.1", r"\[0, 1\]"), ("2", "a fraction"), ("x", "a number")])
+@pytest.mark.parametrize(
+    ("value", "message"), [("-0.1", r"\[0, 1\]"), ("2", "a fraction"), ("x", "a number")]
+)
 def test_parse_tolerance_errors(value: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         parse_tolerance(value)
@@ -100,8 +102,13 @@ def test_parse_small_options() -> None:
         "arith": 0.0,
         "recall": 0.05,
     }
-    for bad in (lambda: parse_alpha("0"), lambda: parse_device("tpu"), lambda: parse_dtype("int8"),
-                lambda: parse_batch_size("0"), lambda: parse_slice_tolerances(["arith"])):
+    for bad in (
+        lambda: parse_alpha("0"),
+        lambda: parse_device("tpu"),
+        lambda: parse_dtype("int8"),
+        lambda: parse_batch_size("0"),
+        lambda: parse_slice_tolerances(["arith"]),
+    ):
         with pytest.raises(ConfigError):
             bad()
 
@@ -132,7 +139,10 @@ def test_config_cli_wins_over_ini(model_dir: Path) -> None:
     [
         ({"quant_candidate": ["tiny-ref"]}, "without --quant-reference"),
         ({"quant_reference": "tiny-ref", "quant_candidate": ["tiny-ref"]}, "is the reference's"),
-        ({"quant_reference": "tiny-ref", "quant_candidate": ["a=tiny-ref", "a=rtn2:tiny-ref"]}, "two candidates"),
+        (
+            {"quant_reference": "tiny-ref", "quant_candidate": ["a=tiny-ref", "a=rtn2:tiny-ref"]},
+            "two candidates",
+        ),
         ({"quant_reference": "tiny-ref", "quant_tolerance": "5"}, r"\[0, 1\]"),
         ({"quant_reference": "nowhere"}, "model directory not found"),
     ],

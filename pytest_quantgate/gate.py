@@ -1,0 +1,408 @@
+"""Verdicts per slice from paired pass/fail outcomes (DESIGN.md §4).
+
+For one candidate, every slice gets one of four verdicts, checked in order:
+
+1. ``REGRESSED``: the drop exceeds the slice's tolerance δ, i.e. ``H0: Δ ≤ δ``
+   is rejected at level α after Holm's correction across the candidate's
+   slices.
+2. ``IMPROVED``: the candidate is significantly better (``H1: Δ < 0``),
+   Holm-corrected likewise. Information, never a failure.
+3. ``PASS``: non-inferior, the one-sided ``1 − α`` upper bound of Δ lies
+   below δ.
+4. ``INCONCLUSIVE``: none of these; the row carries the minimum detectable
+   drop and the number of cases a non-inferiority claim would need.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields
+from typing import Any
+
+from pytest_quantgate import stats
+
+__all__ = [
+    "GateSettings",
+    "SliceOutcomes",
+    "SliceResult",
+    "Verdict",
+    "evaluate",
+    "overall_verdict",
+]
+
+#: Name of the row for all cases together.
+TOTAL_NAME = "ALL"
+
+
+class Verdict(str, enum.Enum):
+    """Outcome of the gate for one slice (or for a whole candidate)."""
+
+    REGRESSED = "REGRESSED"
+    PASS = "PASS"
+    INCONCLUSIVE = "INCONCLUSIVE"
+    IMPROVED = "IMPROVED"
+
+    def __str__(self) -> str:
+        # f-strings print the bare value on every Python version.
+        return self.value
+
+
+@dataclass(frozen=True)
+class SliceOutcomes:
+    """Paired outcomes of one slice for one candidate.
+
+    Attributes:
+        name: Slice name.
+        reference: Per case, whether the reference passed.
+        candidate: Per case, in the same order, whether the candidate passed.
+        clusters: Optional cluster id per case (cases from one template or
+            document); ``None`` entries are singletons.
+        tolerance: Margin δ of this slice; ``None`` uses the gate default.
+    """
+
+    name: str
+    reference: tuple[bool, ...]
+    candidate: tuple[bool, ...]
+    clusters: tuple[str | None, ...] | None = None
+    tolerance: float | None = None
+
+    def __post_init__(self) -> None:
+        if len(self.reference) != len(self.candidate):
+            raise ValueError(
+                f"slice {self.name!r}: {len(self.reference)} reference outcomes "
+                f"but {len(self.candidate)} candidate outcomes"
+            )
+        if self.clusters is not None and len(self.clusters) != len(self.reference):
+            raise ValueError(
+                f"slice {self.name!r}: {len(self.clusters)} cluster ids for {len(self.reference)} cases"
+            )
+        if self.tolerance is not None and not 0.0 <= self.tolerance < 1.0:
+            raise ValueError(f"slice {self.name!r}: tolerance must lie in [0, 1)")
+
+
+@dataclass(frozen=True)
+class GateSettings:
+    """Level, default margin and target power of the gate.
+
+    Attributes:
+        alpha: One-sided level of every test (family-wise across slices for
+            REGRESSED and IMPROVED).
+        tolerance: Default margin δ, as a fraction of accuracy.
+        power: Power used for the minimum detectable drop and cases needed.
+    """
+
+    alpha: float = 0.05
+    tolerance: float = 0.02
+    power: float = 0.8
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.alpha < 1.0:
+            raise ValueError(f"alpha must lie in (0, 1), got {self.alpha}")
+        if not 0.0 <= self.tolerance < 1.0:
+            raise ValueError(f"tolerance must lie in [0, 1), got {self.tolerance}")
+        if not 0.5 <= self.power < 1.0:
+            raise ValueError(f"power must lie in [0.5, 1), got {self.power}")
+
+
+@dataclass(frozen=True)
+class SliceResult:
+    """One row of the gate: a slice of one candidate, or the ALL row.
+
+    Fractions, not percentage points. NaN marks a statistic that an empty
+    slice does not have.
+
+    Attributes:
+        slice: Slice name (``"ALL"`` for the total row).
+        n: Paired cases.
+        ref_accuracy: Reference pass rate.
+        cand_accuracy: Candidate pass rate.
+        drop: ``(b − c)/n``; positive means the candidate is worse.
+        se: Paired standard error of the drop, times √design_effect.
+        upper: One-sided ``1 − α`` upper bound of the drop.
+        regressions: b, cases the reference passes and the candidate fails.
+        improvements: c, the reverse.
+        p_value: Raw one-sided p-value of ``H0: drop ≤ tolerance``.
+        p_adjusted: p_value after Holm across the candidate's slices (equal to
+            p_value on the ALL row).
+        tolerance: Margin δ used for this row.
+        alpha: Level used for this row.
+        design_effect: Variance inflation from clusters (1.0 without).
+        verdict: The verdict.
+        mdd: Minimum detectable drop (against zero, McNemar at the gate's
+            power and this n and discordance, Connor 1987); INCONCLUSIVE only.
+        n_needed: Cases the slice needs for a verdict at the gate's power,
+            taking the observed drop (floored at 0) and discordance as the
+            truth (stats.n_needed_at_margin), and at least n + 1; None if no
+            n decides it, e.g. a zero margin with no observed drop.
+            INCONCLUSIVE only.
+        is_total: True for the ALL row.
+    """
+
+    slice: str
+    n: int
+    ref_accuracy: float
+    cand_accuracy: float
+    drop: float
+    se: float
+    upper: float
+    regressions: int
+    improvements: int
+    p_value: float
+    p_adjusted: float
+    tolerance: float
+    alpha: float
+    design_effect: float
+    verdict: Verdict
+    mdd: float | None
+    n_needed: int | None
+    is_total: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        """Returns the row as JSON-safe builtins: NaN and ±inf become None."""
+        out: dict[str, Any] = {}
+        for field in fields(self):
+            value = getattr(self, field.name)
+            if isinstance(value, Verdict):
+                out[field.name] = value.value
+            elif isinstance(value, bool):
+                out[field.name] = value
+            elif isinstance(value, int):
+                out[field.name] = int(value)
+            elif isinstance(value, float):
+                out[field.name] = float(value) if math.isfinite(value) else None
+            else:
+                out[field.name] = value
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> SliceResult:
+        """Rebuilds a row from to_dict output.
+
+        A None float statistic reads back as NaN; None ``mdd``/``n_needed``
+        stay None, so an infinite ``mdd`` does not survive the round trip.
+        """
+
+        def number(key: str) -> float:
+            value = data[key]
+            return math.nan if value is None else float(value)
+
+        mdd = data.get("mdd")
+        n_needed = data.get("n_needed")
+        return cls(
+            slice=str(data["slice"]),
+            n=int(data["n"]),
+            ref_accuracy=number("ref_accuracy"),
+            cand_accuracy=number("cand_accuracy"),
+            drop=number("drop"),
+            se=number("se"),
+            upper=number("upper"),
+            regressions=int(data["regressions"]),
+            improvements=int(data["improvements"]),
+            p_value=number("p_value"),
+            p_adjusted=number("p_adjusted"),
+            tolerance=number("tolerance"),
+            alpha=number("alpha"),
+            design_effect=number("design_effect"),
+            verdict=Verdict(data["verdict"]),
+            mdd=None if mdd is None else float(mdd),
+            n_needed=None if n_needed is None else int(n_needed),
+            is_total=bool(data.get("is_total", False)),
+        )
+
+
+@dataclass(frozen=True)
+class _Tested:
+    """Statistics of one slice before the multiplicity correction."""
+
+    name: str
+    n: int
+    b: int
+    c: int
+    ref_accuracy: float
+    cand_accuracy: float
+    tolerance: float
+    deff: float
+    se: float
+    upper: float
+    p_regression: float
+    p_improvement: float
+
+
+def _test(outcomes: SliceOutcomes, settings: GateSettings) -> _Tested:
+    tolerance = settings.tolerance if outcomes.tolerance is None else outcomes.tolerance
+    n = len(outcomes.reference)
+    if n == 0:
+        nan = math.nan
+        return _Tested(outcomes.name, 0, 0, 0, nan, nan, tolerance, nan, nan, nan, nan, nan)
+    ref = [bool(r) for r in outcomes.reference]
+    cand = [bool(q) for q in outcomes.candidate]
+    b = sum(r and not q for r, q in zip(ref, cand, strict=True))
+    c = sum(q and not r for r, q in zip(ref, cand, strict=True))
+    deff = 1.0
+    if outcomes.clusters is not None:
+        diffs = [int(r) - int(q) for r, q in zip(ref, cand, strict=True)]
+        deff = stats.design_effect(diffs, outcomes.clusters)
+    # One method for all three tests and the bound, so that they agree:
+    # exact for small independent slices, the score test scaled by the
+    # design effect otherwise (the exact tests assume independent cases).
+    method = stats.resolve_method(n, "auto", deff)
+    alpha = settings.alpha
+    return _Tested(
+        name=outcomes.name,
+        n=n,
+        b=b,
+        c=c,
+        ref_accuracy=sum(ref) / n,
+        cand_accuracy=sum(cand) / n,
+        tolerance=tolerance,
+        deff=deff,
+        se=stats.paired_se(b, c, n) * math.sqrt(deff),
+        upper=stats.upper_bound(b, c, n, alpha, method=method, deff=deff),
+        p_regression=stats.regression_pvalue(b, c, n, tolerance, method=method, deff=deff),
+        p_improvement=stats.improvement_pvalue(b, c, n, method=method, deff=deff),
+    )
+
+
+def _row(
+    tested: _Tested,
+    p_regression: float,
+    p_improvement: float,
+    settings: GateSettings,
+    *,
+    is_total: bool,
+) -> SliceResult:
+    """Applies the verdict rules to one slice, given its (adjusted) p-values."""
+    alpha = settings.alpha
+    name = TOTAL_NAME if is_total else tested.name
+    if tested.n == 0:
+        nan = math.nan
+        return SliceResult(
+            slice=name,
+            n=0,
+            ref_accuracy=nan,
+            cand_accuracy=nan,
+            drop=nan,
+            se=nan,
+            upper=nan,
+            regressions=0,
+            improvements=0,
+            p_value=nan,
+            p_adjusted=nan,
+            tolerance=tested.tolerance,
+            alpha=alpha,
+            design_effect=nan,
+            verdict=Verdict.INCONCLUSIVE,
+            mdd=nan,
+            n_needed=None,
+            is_total=is_total,
+        )
+    mdd: float | None = None
+    n_needed: int | None = None
+    if p_regression < alpha:
+        verdict = Verdict.REGRESSED
+    elif p_improvement < alpha:
+        verdict = Verdict.IMPROVED
+    elif tested.upper < tested.tolerance:
+        # The bound inverts the non-inferiority test, so this is its p-value
+        # at the tolerance being < α. Deciding on the bound rather than the
+        # p-value only matters where the exact p-value dips below α inside
+        # the confidence set (stats.exact_upper_bound); the bound keeps the
+        # verdict nested across margins and equal to what the report shows.
+        verdict = Verdict.PASS
+    else:
+        verdict = Verdict.INCONCLUSIVE
+        psi = (tested.b + tested.c) / tested.n
+        mdd = stats.min_detectable_drop(tested.n, psi, alpha, settings.power)
+        # Plan with the observed drop as the truth, but never bank on an
+        # observed gain: below the margin that is the n to show non-inferiority
+        # with no true drop, above it the n to confirm the regression.
+        assumed = max((tested.b - tested.c) / tested.n, 0.0)
+        n_needed = stats.n_needed_at_margin(tested.tolerance, psi, alpha, settings.power, drop=assumed)
+        if n_needed is not None:
+            # The large-sample figure can fall to n or below for tiny or
+            # borderline slices; a slice still undecided needs more than it has.
+            n_needed = max(n_needed, tested.n + 1)
+    return SliceResult(
+        slice=name,
+        n=tested.n,
+        ref_accuracy=tested.ref_accuracy,
+        cand_accuracy=tested.cand_accuracy,
+        drop=(tested.b - tested.c) / tested.n,
+        se=tested.se,
+        upper=tested.upper,
+        regressions=tested.b,
+        improvements=tested.c,
+        p_value=tested.p_regression,
+        p_adjusted=p_regression,
+        tolerance=tested.tolerance,
+        alpha=alpha,
+        design_effect=tested.deff,
+        verdict=verdict,
+        mdd=mdd,
+        n_needed=n_needed,
+        is_total=is_total,
+    )
+
+
+def evaluate(
+    slices: Sequence[SliceOutcomes],
+    total: SliceOutcomes | None,
+    settings: GateSettings,
+) -> list[SliceResult]:
+    """Gives every slice of one candidate its verdict.
+
+    Holm's correction runs over the non-empty ``slices`` only. The ``total``
+    row is the pre-specified overall test of the candidate at level α and is
+    not part of that family: its p-values are used raw. Empty slices are
+    INCONCLUSIVE with NaN statistics and do not enlarge the family.
+
+    PASS needs no correction across slices: the candidate as a whole passes
+    only when every slice does, an intersection–union test, which is level α
+    without adjustment (Berger 1982).
+
+    Args:
+        slices: Per-slice outcomes, reported in this order.
+        total: Outcomes of all cases together, or None for no ALL row.
+        settings: Level, default tolerance and power.
+
+    Returns:
+        One row per slice, then the ALL row when ``total`` is given.
+    """
+    tested = [_test(outcomes, settings) for outcomes in slices]
+    family = [i for i, t in enumerate(tested) if t.n > 0]
+    adj_regression = [math.nan] * len(tested)
+    adj_improvement = [math.nan] * len(tested)
+    for i, p in zip(family, stats.holm([tested[i].p_regression for i in family]), strict=True):
+        adj_regression[i] = p
+    for i, p in zip(family, stats.holm([tested[i].p_improvement for i in family]), strict=True):
+        adj_improvement[i] = p
+    rows = [
+        _row(t, adj_regression[i], adj_improvement[i], settings, is_total=False) for i, t in enumerate(tested)
+    ]
+    if total is not None:
+        t = _test(total, settings)
+        rows.append(_row(t, t.p_regression, t.p_improvement, settings, is_total=True))
+    return rows
+
+
+def overall_verdict(results: Sequence[SliceResult]) -> Verdict:
+    """Folds a candidate's rows into one verdict.
+
+    REGRESSED if any row regressed; else INCONCLUSIVE if any row is
+    inconclusive (or there are no rows); else IMPROVED if the ALL row
+    improved (every row, when there is no ALL row); else PASS.
+    """
+    if not results:
+        return Verdict.INCONCLUSIVE
+    verdicts = [r.verdict for r in results]
+    if Verdict.REGRESSED in verdicts:
+        return Verdict.REGRESSED
+    if Verdict.INCONCLUSIVE in verdicts:
+        return Verdict.INCONCLUSIVE
+    totals = [r for r in results if r.is_total]
+    deciding = totals if totals else list(results)
+    if all(r.verdict is Verdict.IMPROVED for r in deciding):
+        return Verdict.IMPROVED
+    return Verdict.PASS

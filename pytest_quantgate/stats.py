@@ -1,0 +1,683 @@
+"""Paired statistics for a reference model and a quantized candidate.
+
+Pure numpy/scipy, no pytest. Every function works on the paired counts of one
+slice: ``n`` cases, ``b`` regressions (reference passes, candidate fails) and
+``c`` improvements (reference fails, candidate passes). The drop is
+``Δ̂ = (b − c)/n`` (positive = candidate worse) and ``δ`` is the margin.
+
+The formulas are those of DESIGN.md §4a: the restricted maximum-likelihood
+estimate of ``p01`` under ``Δ = δ`` and the score statistic of Nam (1997) and
+Tango (1998), an exact unconditional p-value for small slices, McNemar's exact
+conditional test at ``δ = 0``, Holm's step-down correction, the design effect
+of clustered cases (Miller 2024) and Connor's (1987) power formula.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Hashable, Sequence
+from functools import lru_cache
+from typing import Literal
+
+import numpy as np
+from numpy.typing import NDArray
+from scipy import optimize, special
+from scipy import stats as sps
+
+Method = Literal["auto", "exact", "normal"]
+
+#: Largest slice for which ``method="auto"`` computes exact p-values.
+EXACT_MAX_N = 2000
+
+# Score ties between tables are decided with this slack: two tables whose Z
+# differ only by rounding must fall on the same side of the observed one.
+_TIE_TOL = 1e-9
+
+# Tables outside a box holding all but ~4e-17 of the multinomial mass are
+# skipped (see _support); ln(1/1e-17).
+_LOG_INV_EPS = 39.14
+
+# Keeps root brackets off ±1, where the score variance vanishes.
+_EDGE = 1e-12
+
+__all__ = [
+    "EXACT_MAX_N",
+    "Method",
+    "design_effect",
+    "exact_upper_bound",
+    "holm",
+    "improvement_pvalue",
+    "min_detectable_drop",
+    "n_needed",
+    "n_needed_at_margin",
+    "noninferiority_pvalue",
+    "paired_se",
+    "regression_pvalue",
+    "resolve_method",
+    "restricted_p01",
+    "score_lower_bound",
+    "score_upper_bound",
+    "score_z",
+    "upper_bound",
+]
+
+
+# --------------------------------------------------------------------------
+# validation
+
+
+def _check_counts(b: int, c: int, n: int) -> None:
+    for name, value in (("b", b), ("c", c), ("n", n)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            raise TypeError(f"{name} must be an int, got {value!r}")
+        if value < 0:
+            raise ValueError(f"{name} must be >= 0, got {value}")
+    if b + c > n:
+        raise ValueError(f"b + c = {b + c} exceeds n = {n}")
+
+
+def _check_delta(delta: float) -> None:
+    if not -1.0 < delta < 1.0:
+        raise ValueError(f"delta must lie in (-1, 1), got {delta}")
+
+
+def _check_alpha(alpha: float) -> None:
+    if not 0.0 < alpha < 1.0:
+        raise ValueError(f"alpha must lie in (0, 1), got {alpha}")
+
+
+def _check_power(power: float) -> None:
+    # Below 0.5 the power formulas lose their monotonicity in the drop.
+    if not 0.5 <= power < 1.0:
+        raise ValueError(f"power must lie in [0.5, 1), got {power}")
+
+
+def resolve_method(n: int, method: Method = "auto", deff: float = 1.0) -> Literal["exact", "normal"]:
+    """Picks the p-value machinery for a slice.
+
+    Args:
+        n: Number of paired cases.
+        method: ``"exact"``, ``"normal"`` or ``"auto"`` (exact when
+            ``n <= EXACT_MAX_N`` and the cases are independent, ``deff == 1``).
+        deff: Design effect of clustered cases; the exact tests assume
+            independent cases, so ``deff > 1`` needs the normal approximation.
+
+    Returns:
+        ``"exact"`` or ``"normal"``.
+
+    Raises:
+        ValueError: Unknown method, ``deff < 1``, or ``"exact"`` with ``deff > 1``.
+    """
+    if not deff >= 1.0:
+        raise ValueError(f"design effect must be >= 1, got {deff}")
+    if method == "auto":
+        return "exact" if n <= EXACT_MAX_N and deff == 1.0 else "normal"
+    if method == "exact":
+        if deff != 1.0:
+            raise ValueError("the exact tests assume independent cases; use method='normal'")
+        return "exact"
+    if method == "normal":
+        return "normal"
+    raise ValueError(f"method must be 'auto', 'exact' or 'normal', got {method!r}")
+
+
+# --------------------------------------------------------------------------
+# point estimates and the score statistic
+
+
+def paired_se(b: int, c: int, n: int) -> float:
+    """Wald standard error of the paired drop, ``√(((b+c)/n − Δ̂²)/n)``.
+
+    Returns:
+        The standard error; 0.0 when ``n == 0``.
+    """
+    _check_counts(b, c, n)
+    if n == 0:
+        return 0.0
+    drop = (b - c) / n
+    # max() absorbs rounding when every case is discordant one way.
+    return math.sqrt(max((b + c) / n - drop * drop, 0.0) / n)
+
+
+def _p01(b: NDArray[np.float64], c: NDArray[np.float64], n: float, delta: float) -> NDArray[np.float64]:
+    """Vectorised restricted MLE of p01 under ``Δ = δ`` (see restricted_p01)."""
+    w = (b + c) + delta * (b - c - 2.0 * n)
+    disc = np.maximum(w * w + 8.0 * n * c * delta * (1.0 - delta), 0.0)
+    root = np.sqrt(disc)
+    nonneg = w >= 0.0
+    # For W < 0 (only when δ > 0) the textbook root cancels catastrophically;
+    # the product of the roots, −cδ(1−δ)/(2n), gives the same root stably.
+    # √D − W > 0 there, so the placeholder 1.0 only guards the unused branch.
+    denom = np.where(nonneg, 1.0, root - w)
+    return np.where(nonneg, (w + root) / (4.0 * n), 2.0 * c * delta * (1.0 - delta) / denom)
+
+
+def _z(b: NDArray[np.float64], c: NDArray[np.float64], n: float, delta: float) -> NDArray[np.float64]:
+    """Vectorised score statistic (see score_z)."""
+    x = _p01(b, c, n, delta)
+    var = (2.0 * x + delta - delta * delta) / n
+    num = (b - c) / n - delta
+    positive = var > 0.0
+    # The variance vanishes only at δ = 0 with b = c = 0, where the numerator
+    # is 0 too: no discordant pair is no evidence either way, so Z = 0.
+    return np.where(positive, num / np.sqrt(np.where(positive, var, 1.0)), 0.0)
+
+
+def restricted_p01(b: int, c: int, n: int, delta: float) -> float:
+    """Restricted MLE of ``p01`` (improvement rate) under ``Δ = p10 − p01 = δ``.
+
+    Maximises the multinomial likelihood ``b·log(x+δ) + c·log x +
+    (n−b−c)·log(1−2x−δ)``. Its stationarity condition is the quadratic
+    ``2n·x² − W·x − c·δ(1−δ) = 0`` with ``W = (b+c) + δ(b−c−2n)``, and the
+    maximiser is its larger root, ``x = (W + √(W² + 8ncδ(1−δ)))/(4n)``.
+
+    The larger root is the right one for negative δ as well: the quadratic is
+    non-negative at the lower end of the feasible interval ``x ≥ max(0, −δ)``
+    and non-positive at the upper end ``x = (1−δ)/2``, so the feasible
+    maximiser is the larger root (at the boundary ``x = −δ`` when ``b = 0``
+    and the data favour it). At ``δ = 0`` it is ``(b + c)/(2n)``.
+
+    Args:
+        b: Regressions.
+        c: Improvements.
+        n: Paired cases, ``n >= 1``.
+        delta: The drop under the null, in (-1, 1).
+
+    Returns:
+        The restricted estimate of ``p01``; ``p10`` is it plus ``delta``.
+    """
+    _check_counts(b, c, n)
+    _check_delta(delta)
+    if n == 0:
+        raise ValueError("restricted_p01 needs n >= 1")
+    x = _p01(np.array([b], dtype=float), np.array([c], dtype=float), float(n), delta)
+    return float(x[0])
+
+
+def score_z(b: int, c: int, n: int, delta: float) -> float:
+    """Score statistic of Nam (1997) and Tango (1998) for ``H0: Δ = δ``.
+
+    ``Z(δ) = (Δ̂ − δ)/√((2x + δ − δ²)/n)`` with ``x = restricted_p01``; at
+    ``δ = 0`` it is McNemar's ``(b − c)/√(b + c)``. Large Z means the
+    candidate is worse than ``δ``.
+
+    Returns:
+        Z; 0.0 when the null variance is 0 (``b = c = 0`` at ``δ = 0``) or
+        ``n == 0``, i.e. no evidence either way.
+    """
+    _check_counts(b, c, n)
+    _check_delta(delta)
+    if n == 0:
+        return 0.0
+    z = _z(np.array([b], dtype=float), np.array([c], dtype=float), float(n), delta)
+    return float(z[0])
+
+
+# --------------------------------------------------------------------------
+# p-values
+
+
+def _support(n: int, p: float) -> tuple[int, int]:
+    """Range of a Binomial(n, p) count holding all but 2·1e-17 of its mass.
+
+    Bernstein's inequality, ``P(|X − np| ≥ t) ≤ 2·exp(−t²/(2(σ² + t/3)))``,
+    solved for t; pure arithmetic, so it is cheap enough to call per p-value.
+    """
+    mean = n * p
+    var = n * p * (1.0 - p)
+    third = _LOG_INV_EPS / 3.0
+    t = third + math.sqrt(third * third + 2.0 * _LOG_INV_EPS * var)
+    return max(math.floor(mean - t) - 1, 0), min(math.ceil(mean + t) + 1, n)
+
+
+@lru_cache(maxsize=8192)
+def _unconditional_tail(b: int, c: int, n: int, delta: float, upper: bool) -> float:
+    """Exact unconditional tail of the score statistic (DESIGN §4a).
+
+    Sums the multinomial probabilities, at ``(p10, p01) = (x + δ, x)`` with x
+    the restricted MLE of the observed table, of all tables ``(b′, c′)`` whose
+    Z is at least (``upper``) or at most as extreme as the observed Z. Tables
+    outside a box holding all but ~4e-17 of the mass are skipped, which makes
+    the sum O(n) instead of O(n²) terms for rates away from ½.
+
+    Memoised: the gate and its simulations ask for the same tables often.
+    """
+    x = float(_p01(np.array([b], dtype=float), np.array([c], dtype=float), float(n), delta)[0])
+    p10 = min(max(x + delta, 0.0), 1.0)
+    p01 = min(max(x, 0.0), 1.0)
+    p00 = max(1.0 - p10 - p01, 0.0)
+    b_lo, b_hi = _support(n, p10)
+    c_lo, c_hi = _support(n, p01)
+    bb, cc = np.meshgrid(
+        np.arange(b_lo, b_hi + 1, dtype=float),
+        np.arange(c_lo, c_hi + 1, dtype=float),
+        indexing="ij",
+    )
+    keep = bb + cc <= n
+    bb = bb[keep]
+    cc = cc[keep]
+    rest = n - bb - cc
+    log_prob = (
+        special.gammaln(n + 1.0)
+        - special.gammaln(bb + 1.0)
+        - special.gammaln(cc + 1.0)
+        - special.gammaln(rest + 1.0)
+        # xlogy gives 0·log 0 = 0: a cell with probability 0 and count 0.
+        + special.xlogy(bb, p10)
+        + special.xlogy(cc, p01)
+        + special.xlogy(rest, p00)
+    )
+    z_obs = float(_z(np.array([b], dtype=float), np.array([c], dtype=float), float(n), delta)[0])
+    z_all = _z(bb, cc, float(n), delta)
+    slack = _TIE_TOL * max(1.0, abs(z_obs))
+    extreme = z_all >= z_obs - slack if upper else z_all <= z_obs + slack
+    return min(float(np.exp(log_prob[extreme]).sum()), 1.0)
+
+
+def _mcnemar_upper(b: int, c: int) -> float:
+    """``P(X ≥ b)`` for ``X ~ Binomial(b + c, ½)``; 1.0 without discordant pairs."""
+    if b + c == 0:
+        return 1.0
+    return float(sps.binom.sf(b - 1, b + c, 0.5))
+
+
+def _mcnemar_lower(b: int, c: int) -> float:
+    """``P(X ≤ b)`` for ``X ~ Binomial(b + c, ½)``; 1.0 without discordant pairs."""
+    if b + c == 0:
+        return 1.0
+    return float(sps.binom.cdf(b, b + c, 0.5))
+
+
+def regression_pvalue(
+    b: int, c: int, n: int, delta: float, *, method: Method = "auto", deff: float = 1.0
+) -> float:
+    """One-sided p-value of ``H0: Δ ≤ δ`` against ``H1: Δ > δ`` (candidate worse).
+
+    Exact: at ``δ = 0`` McNemar's exact conditional test, ``P(X ≥ b | b + c,
+    ½)``; otherwise the exact unconditional tail ``P(Z ≥ Z_obs)`` at the
+    restricted estimate (DESIGN §4a). Normal: ``1 − Φ(Z/√deff)``.
+
+    Args:
+        b: Regressions.
+        c: Improvements.
+        n: Paired cases.
+        delta: Margin, in (-1, 1) (the gate uses [0, 1)).
+        method: ``"auto"``, ``"exact"`` or ``"normal"`` (see resolve_method).
+        deff: Design effect of clustered cases; scales the null variance.
+
+    Returns:
+        The p-value; 1.0 when ``n == 0`` or, at ``δ = 0``, when ``b + c == 0``.
+    """
+    return _tail(b, c, n, delta, method, deff, upper=True)
+
+
+def noninferiority_pvalue(
+    b: int, c: int, n: int, delta: float, *, method: Method = "auto", deff: float = 1.0
+) -> float:
+    """One-sided p-value of ``H0: Δ ≥ δ`` against ``H1: Δ < δ`` (non-inferior).
+
+    The mirror of regression_pvalue: exact ``P(Z ≤ Z_obs)`` at the restricted
+    estimate, McNemar's ``P(X ≤ b | b + c, ½)`` at ``δ = 0``, or ``Φ(Z/√deff)``.
+
+    Returns:
+        The p-value; 1.0 when ``n == 0`` or, at ``δ = 0``, when ``b + c == 0``.
+    """
+    return _tail(b, c, n, delta, method, deff, upper=False)
+
+
+def _tail(b: int, c: int, n: int, delta: float, method: Method, deff: float, *, upper: bool) -> float:
+    _check_counts(b, c, n)
+    _check_delta(delta)
+    resolved = resolve_method(n, method, deff)
+    if n == 0:
+        return 1.0
+    if delta == 0.0 and b + c == 0:
+        # The conditional distribution is degenerate: no evidence either way.
+        return 1.0
+    if resolved == "normal":
+        z = score_z(b, c, n, delta) / math.sqrt(deff)
+        return float(sps.norm.sf(z) if upper else sps.norm.cdf(z))
+    if delta == 0.0:
+        return _mcnemar_upper(b, c) if upper else _mcnemar_lower(b, c)
+    return _unconditional_tail(int(b), int(c), int(n), float(delta), upper)
+
+
+def improvement_pvalue(b: int, c: int, n: int, *, method: Method = "auto", deff: float = 1.0) -> float:
+    """One-sided p-value that the candidate is better (``H1: Δ < 0``).
+
+    Exact: McNemar's ``P(X ≥ c | b + c, ½)``; normal: ``Φ(Z(0)/√deff)``.
+
+    Returns:
+        The p-value; 1.0 when ``b + c == 0``.
+    """
+    return _tail(b, c, n, 0.0, method, deff, upper=False)
+
+
+# --------------------------------------------------------------------------
+# confidence bounds
+
+
+def score_upper_bound(b: int, c: int, n: int, alpha: float, *, deff: float = 1.0) -> float:
+    """One-sided ``1 − α`` upper score bound of Δ: the δ with ``Z(δ)/√deff = −z₁₋α``.
+
+    Found with brentq between ``Δ̂`` (where Z = 0) and just below 1.
+
+    Returns:
+        The bound; 1.0 when ``n == 0`` or no δ < 1 reaches the critical value.
+    """
+    _check_counts(b, c, n)
+    _check_alpha(alpha)
+    resolve_method(n, "normal", deff)
+    if n == 0:
+        return 1.0
+    crit = float(sps.norm.isf(alpha)) * math.sqrt(deff)
+    bb = np.array([b], dtype=float)
+    cc = np.array([c], dtype=float)
+
+    def gap(delta: float) -> float:
+        return float(_z(bb, cc, float(n), delta)[0]) + crit
+
+    lo, hi = (b - c) / n, 1.0 - _EDGE
+    if lo >= hi or gap(hi) >= 0.0:
+        return 1.0
+    return float(optimize.brentq(gap, lo, hi, xtol=1e-12))
+
+
+def score_lower_bound(b: int, c: int, n: int, alpha: float, *, deff: float = 1.0) -> float:
+    """One-sided ``1 − α`` lower score bound of Δ: the δ with ``Z(δ)/√deff = z₁₋α``.
+
+    Returns:
+        The bound; −1.0 when ``n == 0`` or no δ > −1 reaches the critical value.
+    """
+    _check_counts(b, c, n)
+    _check_alpha(alpha)
+    resolve_method(n, "normal", deff)
+    if n == 0:
+        return -1.0
+    crit = float(sps.norm.isf(alpha)) * math.sqrt(deff)
+    bb = np.array([b], dtype=float)
+    cc = np.array([c], dtype=float)
+
+    def gap(delta: float) -> float:
+        return float(_z(bb, cc, float(n), delta)[0]) - crit
+
+    lo, hi = -1.0 + _EDGE, (b - c) / n
+    if lo >= hi or gap(lo) <= 0.0:
+        return -1.0
+    return float(optimize.brentq(gap, lo, hi, xtol=1e-12))
+
+
+def _exact_crossing(gap: Callable[[float], float], start: float, step: float) -> float:
+    """Brackets the sign change of a falling ``gap`` around ``start``, then brentq.
+
+    The step doubles while searching, so a poor start costs a few evaluations.
+
+    Returns:
+        The crossing; 1.0 (−1.0) when ``gap`` stays non-negative (negative)
+        up to 1 − 1e-9 (down to −1 + 1e-9).
+    """
+    top, bottom = 1.0 - 1e-9, -1.0 + 1e-9
+    lo = hi = start = min(max(start, bottom), top)
+    if gap(start) >= 0.0:
+        while True:
+            if hi >= top:
+                return 1.0
+            hi = min(hi + step, top)
+            step *= 2.0
+            if gap(hi) < 0.0:
+                break
+            lo = hi
+    else:
+        while True:
+            if lo <= bottom:
+                return -1.0
+            lo = max(lo - step, bottom)
+            step *= 2.0
+            if gap(lo) >= 0.0:
+                break
+            hi = lo
+    return float(optimize.brentq(gap, lo, hi, xtol=1e-9))
+
+
+@lru_cache(maxsize=4096)
+def exact_upper_bound(b: int, c: int, n: int, alpha: float) -> float:
+    """Upper ``1 − α`` bound of Δ that inverts the exact non-inferiority test.
+
+    The bound is where ``noninferiority_pvalue(b, c, n, δ, method="exact")``,
+    as a function of δ, falls below α: the crossing is bracketed outward from
+    the score bound and refined with brentq. The exact unconditional p-value
+    is not monotone in δ, so the set it does not reject need not be an
+    interval: on rare tables it dips below α by a hair just inside the bound
+    (1 of ~61,000 table × margin pairs scanned for n ≤ 150, by 4e-4 in p).
+    Apart from those, ``noninferiority_pvalue(b, c, n, t) < α`` exactly when
+    ``t > bound`` (checked on a grid in the tests). At ``δ = 0`` the test is
+    McNemar's: when it does not reject ``Δ ≥ 0`` but the unconditional
+    crossing lies below 0, 0 belongs to the confidence set and the bound is
+    0.0.
+
+    Returns:
+        The bound; 1.0 when ``n == 0`` or no δ < 1 is rejected.
+    """
+    _check_counts(b, c, n)
+    _check_alpha(alpha)
+    if n == 0:
+        return 1.0
+
+    def gap(delta: float) -> float:
+        return _unconditional_tail(b, c, n, delta, False) - alpha
+
+    # Exact and score bounds differ by a fraction of a standard error.
+    step = max(0.5 * paired_se(b, c, n), 1e-3)
+    bound = _exact_crossing(gap, score_upper_bound(b, c, n, alpha), step)
+    if bound < 0.0 and _mcnemar_lower(b, c) >= alpha:
+        return 0.0
+    return bound
+
+
+def upper_bound(b: int, c: int, n: int, alpha: float, *, method: Method = "auto", deff: float = 1.0) -> float:
+    """Upper ``1 − α`` bound of Δ that agrees with noninferiority_pvalue.
+
+    Same ``method``/``deff`` resolution as the p-values: exact_upper_bound for
+    the exact test, score_upper_bound (with ``deff``) for the normal one. Then
+    ``noninferiority_pvalue(..., t) < α`` exactly when ``t > upper_bound``
+    (for the exact test, up to the rare dips described in exact_upper_bound).
+    """
+    _check_counts(b, c, n)
+    if resolve_method(n, method, deff) == "exact":
+        return exact_upper_bound(int(b), int(c), int(n), float(alpha))
+    return score_upper_bound(b, c, n, alpha, deff=deff)
+
+
+# --------------------------------------------------------------------------
+# clusters
+
+
+def design_effect(diffs: Sequence[float], clusters: Sequence[Hashable | None]) -> float:
+    """Design effect of clustered cases for the mean paired difference.
+
+    Following Miller (2024), "Adding Error Bars to Evals: A Statistical
+    Approach to Language Model Evaluations" (arXiv:2411.00640): with
+    residuals ``e_i = d_i − d̄`` of ``d_i = r_i − q_i``, the clustered variance
+    of the mean is ``K/(K−1) · Σ_k (Σ_{i∈k} e_i)² / n²`` over K clusters. It
+    is divided by the plain variance with the matching small-sample factor,
+    ``n/(n−1) · Σ_i e_i² / n²``, so that all-singleton clusters give exactly 1.
+
+    Args:
+        diffs: ``d_i`` per case, in {-1, 0, 1} for pass/fail outcomes.
+        clusters: Cluster id per case; ``None`` makes the case its own cluster.
+
+    Returns:
+        The ratio, never below 1.0; 1.0 when the plain variance is 0, there
+        are fewer than 2 clusters (no between-cluster variance to estimate:
+        independence is assumed) or every cluster is a singleton.
+
+    Raises:
+        ValueError: ``diffs`` and ``clusters`` differ in length.
+    """
+    if len(diffs) != len(clusters):
+        raise ValueError(f"{len(diffs)} diffs but {len(clusters)} cluster ids")
+    n = len(diffs)
+    if n < 2:
+        return 1.0
+    codes: dict[Hashable, int] = {}
+    labels = np.empty(n, dtype=np.int64)
+    next_code = 0
+    for i, cluster in enumerate(clusters):
+        if cluster is None:
+            labels[i] = next_code
+            next_code += 1
+            continue
+        code = codes.get(cluster)
+        if code is None:
+            code = codes[cluster] = next_code
+            next_code += 1
+        labels[i] = code
+    k = next_code
+    d = np.asarray(diffs, dtype=float)
+    if k < 2 or k == n or np.all(d == d[0]):
+        return 1.0
+    resid = d - d.mean()
+    plain = float(np.dot(resid, resid))
+    sums = np.bincount(labels, weights=resid, minlength=k)
+    clustered = float(np.dot(sums, sums))
+    ratio = (k / (k - 1) * clustered) / (n / (n - 1) * plain)
+    return max(1.0, ratio)
+
+
+# --------------------------------------------------------------------------
+# power (Connor 1987)
+
+
+def _connor_n(drop: float, psi: float, z_alpha: float, z_power: float) -> float:
+    psi = max(psi, drop)
+    return (z_alpha * math.sqrt(psi) + z_power * math.sqrt(max(psi - drop * drop, 0.0))) ** 2 / (drop * drop)
+
+
+def n_needed(drop: float, psi: float, alpha: float, power: float = 0.8) -> int:
+    """Cases needed to detect a true drop with McNemar's test (Connor 1987).
+
+    ``n = (z₁₋α·√ψ + z_power·√(ψ − Δ*²))² / Δ*²`` at margin 0, one-sided.
+    A true drop Δ* needs at least Δ* discordant pairs per case, so ψ is
+    floored at Δ* (``ψ = max(ψ, Δ*)``): a slice with no observed discordance
+    still gets a finite answer.
+
+    Args:
+        drop: The true drop Δ* to detect, in (0, 1).
+        psi: Discordance rate ``(b + c)/n``.
+        alpha: One-sided level.
+        power: Desired power, in [0.5, 1).
+    """
+    if not 0.0 < drop < 1.0:
+        raise ValueError(f"drop must lie in (0, 1), got {drop}")
+    if not 0.0 <= psi <= 1.0:
+        raise ValueError(f"psi must lie in [0, 1], got {psi}")
+    _check_alpha(alpha)
+    _check_power(power)
+    value = _connor_n(drop, psi, float(sps.norm.isf(alpha)), float(sps.norm.ppf(power)))
+    # The slack keeps an exact integer from rounding up to the next one.
+    return max(1, math.ceil(value - 1e-9))
+
+
+def min_detectable_drop(n: int, psi: float, alpha: float, power: float = 0.8) -> float:
+    """Smallest true drop McNemar's test detects with the given power (Connor 1987).
+
+    Solves ``n = (z₁₋α·√ψ + z_power·√(ψ − Δ²))² / Δ²`` for Δ with brentq, with
+    ψ floored at Δ as in n_needed. With the floor the right-hand side falls
+    monotonically from +∞ to ``z₁₋α²`` as Δ goes from 0 to 1, so a root
+    exists in (0, 1) whenever ``n > z₁₋α²``.
+
+    Returns:
+        The drop as a fraction; ``math.inf`` when ``n <= z₁₋α²`` (about 2.7
+        at α = 0.05): even a total collapse would not be significant.
+    """
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    if not 0.0 <= psi <= 1.0:
+        raise ValueError(f"psi must lie in [0, 1], got {psi}")
+    _check_alpha(alpha)
+    _check_power(power)
+    z_alpha = float(sps.norm.isf(alpha))
+    z_power = float(sps.norm.ppf(power))
+    if n <= z_alpha * z_alpha:
+        return math.inf
+
+    def gap(drop: float) -> float:
+        return _connor_n(drop, psi, z_alpha, z_power) - n
+
+    hi = 1.0 - _EDGE
+    if gap(hi) >= 0.0:
+        return math.inf
+    return float(optimize.brentq(gap, 1e-9, hi, xtol=1e-12))
+
+
+def n_needed_at_margin(
+    margin: float, psi: float, alpha: float, power: float = 0.8, *, drop: float = 0.0
+) -> int | None:
+    """Cases the score test at ``margin`` needs to reach a verdict with this power.
+
+    Large-sample size (Nam 1997) when the true drop is ``drop`` = Δ₁ and the
+    discordance rate ψ (floored at |Δ₁|): non-inferiority (``H0: Δ ≥ δ``)
+    when Δ₁ < δ, a regression (``H0: Δ ≤ δ``) when Δ₁ > δ. The null variance
+    per case is ``σ0² = 2x̃ + δ − δ²``, with x̃ the restricted estimate of
+    ``p01`` under ``Δ = δ`` at the true ``(p10, p01) = ((ψ+Δ₁)/2, (ψ−Δ₁)/2)``;
+    the true one is ``σ1² = ψ − Δ₁²``:
+
+        ``n = (z₁₋α·σ0 + z_power·σ1)² / (δ − Δ₁)²``.
+
+    With Δ₁ = 0 this is the n at which a candidate with discordance ψ and no
+    true drop is shown non-inferior. It refines the simpler
+    ``(z₁₋α + z_power)²·ψ/δ²`` and needs no floor on ψ: at ψ = 0 it is
+    ``z₁₋α²·(1 − δ)/δ`` (133 cases at δ = 0.02, α = 0.05), because under the
+    null the candidate may still regress. The exact test used for small
+    slices needs somewhat more when ψ is near 0 (149 there).
+
+    Returns:
+        The number of cases; None when ``drop == margin`` (for instance a zero
+        margin and no true drop): no n decides that.
+    """
+    if not 0.0 <= margin < 1.0:
+        raise ValueError(f"margin must lie in [0, 1), got {margin}")
+    if not 0.0 <= psi <= 1.0:
+        raise ValueError(f"psi must lie in [0, 1], got {psi}")
+    if not -1.0 <= drop <= 1.0:
+        raise ValueError(f"drop must lie in [-1, 1], got {drop}")
+    _check_alpha(alpha)
+    _check_power(power)
+    if drop == margin:
+        return None
+    psi = max(psi, abs(drop))
+    p10 = np.array([(psi + drop) / 2.0])
+    p01 = np.array([(psi - drop) / 2.0])
+    x0 = float(_p01(p10, p01, 1.0, margin)[0])
+    sigma0 = math.sqrt(2.0 * x0 + margin - margin * margin)
+    sigma1 = math.sqrt(max(psi - drop * drop, 0.0))
+    z_alpha = float(sps.norm.isf(alpha))
+    z_power = float(sps.norm.ppf(power))
+    value = (z_alpha * sigma0 + z_power * sigma1) ** 2 / (margin - drop) ** 2
+    return max(1, math.ceil(value - 1e-9))
+
+
+# --------------------------------------------------------------------------
+# multiplicity
+
+
+def holm(pvalues: Sequence[float]) -> list[float]:
+    """Holm's step-down adjusted p-values, in the input order.
+
+    The k-th smallest p (1-based) becomes ``max_{j≤k} min(1, (m − j + 1)·p_(j))``.
+    Rejecting where the adjusted p is below α controls the family-wise error.
+
+    Raises:
+        ValueError: A p-value is NaN or outside [0, 1].
+    """
+    p = np.asarray(pvalues, dtype=float)
+    if p.size == 0:
+        return []
+    if not np.all((p >= 0.0) & (p <= 1.0)):
+        raise ValueError(f"p-values must lie in [0, 1], got {list(pvalues)}")
+    m = p.size
+    order = np.argsort(p, kind="stable")
+    scaled = np.minimum((m - np.arange(m)) * p[order], 1.0)
+    adjusted = np.empty(m)
+    adjusted[order] = np.maximum.accumulate(scaled)
+    return [float(v) for v in adjusted]

@@ -1,0 +1,398 @@
+"""Gate verdicts: the seed scenario, rules, serialisation and simulated error rates."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import pytest
+from scipy import stats as sps
+
+from pytest_quantgate import stats
+from pytest_quantgate.gate import (
+    GateSettings,
+    SliceOutcomes,
+    SliceResult,
+    Verdict,
+    evaluate,
+    overall_verdict,
+)
+
+SETTINGS = GateSettings()
+
+
+def outcomes(
+    name: str,
+    both: int,
+    b: int,
+    c: int,
+    neither: int,
+    *,
+    tolerance: float | None = None,
+    clusters: Sequence[str | None] | None = None,
+) -> SliceOutcomes:
+    """A slice from its four cell counts: both pass, regressions, improvements, both fail."""
+    reference = (True,) * both + (True,) * b + (False,) * c + (False,) * neither
+    candidate = (True,) * both + (False,) * b + (True,) * c + (False,) * neither
+    return SliceOutcomes(
+        name=name,
+        reference=reference,
+        candidate=candidate,
+        clusters=None if clusters is None else tuple(clusters),
+        tolerance=tolerance,
+    )
+
+
+def only(row_outcomes: SliceOutcomes, settings: GateSettings = SETTINGS) -> SliceResult:
+    (row,) = evaluate([row_outcomes], None, settings)
+    return row
+
+
+# --------------------------------------------------------------------------
+# the seed scenario (DESIGN §4): 340 cases, 81.2% -> 74.1%
+
+
+def test_seed_regression_is_regressed() -> None:
+    row = only(outcomes("task-completion", 244, 32, 8, 56))
+    assert row.n == 340
+    assert row.ref_accuracy == pytest.approx(0.812, abs=5e-4)
+    assert row.cand_accuracy == pytest.approx(0.741, abs=5e-4)
+    assert row.drop == pytest.approx(24 / 340)
+    assert (row.regressions, row.improvements) == (32, 8)
+    assert row.p_value == pytest.approx(0.0024, abs=5e-5)
+    assert row.verdict is Verdict.REGRESSED
+    assert row.mdd is None and row.n_needed is None
+    assert row.upper > row.drop > row.tolerance
+
+
+def test_seed_identical_model_passes_at_340_cases() -> None:
+    row = only(outcomes("task-completion", 276, 0, 0, 64))
+    assert row.verdict is Verdict.PASS
+    assert row.drop == 0.0 and row.se == 0.0
+    # (1 − U)^340 = α for the exact test.
+    assert row.upper == pytest.approx(1 - 0.05 ** (1 / 340), abs=1e-7)
+    assert row.p_value == 1.0
+
+
+def test_seed_identical_model_is_inconclusive_at_30_cases() -> None:
+    row = only(outcomes("constraint-retention", 24, 0, 0, 6))
+    assert row.verdict is Verdict.INCONCLUSIVE
+    assert row.upper > row.tolerance
+    assert row.mdd is not None and row.tolerance < row.mdd < 1.0
+    assert row.mdd == pytest.approx(stats.min_detectable_drop(30, 0.0, 0.05))
+    assert row.n_needed == 133  # z²·(1 − δ)/δ at ψ = 0
+
+
+# --------------------------------------------------------------------------
+# rules
+
+
+@pytest.mark.parametrize(
+    ("both", "b", "c", "neither", "tolerance", "expected"),
+    [
+        (244, 32, 8, 56, 0.02, Verdict.REGRESSED),
+        (244, 32, 8, 56, 0.10, Verdict.INCONCLUSIVE),  # 7-point drop, 10-point margin
+        (244, 32, 8, 56, 0.20, Verdict.PASS),
+        (150, 0, 12, 38, 0.02, Verdict.IMPROVED),
+        (276, 0, 0, 64, 0.0, Verdict.INCONCLUSIVE),  # zero margin: only a gain passes
+        (270, 3, 9, 58, 0.0, Verdict.INCONCLUSIVE),
+        (150, 0, 7, 43, 0.0, Verdict.IMPROVED),
+        (1900, 40, 40, 520, 0.02, Verdict.PASS),  # normal approximation (n > 2000)
+        (1900, 120, 40, 440, 0.02, Verdict.REGRESSED),
+        (0, 1, 0, 0, 0.02, Verdict.INCONCLUSIVE),  # n = 1
+        (0, 3, 0, 0, 0.02, Verdict.INCONCLUSIVE),
+        (8, 12, 0, 0, 0.02, Verdict.REGRESSED),
+    ],
+)
+def test_verdict_table(both: int, b: int, c: int, neither: int, tolerance: float, expected: Verdict) -> None:
+    row = only(outcomes("s", both, b, c, neither, tolerance=tolerance))
+    assert row.verdict is expected
+    assert row.tolerance == tolerance
+    if expected is Verdict.INCONCLUSIVE:
+        assert row.mdd is not None
+        if tolerance == 0.0:
+            assert row.n_needed is None  # a zero margin is never shown without a gain
+        else:
+            assert row.n_needed is not None and row.n_needed > row.n
+    else:
+        assert row.mdd is None and row.n_needed is None
+
+
+def test_tiny_slice_mdd_is_infinite_and_serialises_as_none() -> None:
+    row = only(outcomes("s", 0, 1, 0, 0))
+    assert row.mdd == math.inf
+    assert row.to_dict()["mdd"] is None
+
+
+def test_default_and_per_slice_tolerance() -> None:
+    rows = evaluate(
+        [outcomes("a", 90, 5, 5, 0), outcomes("b", 90, 5, 5, 0, tolerance=0.1)],
+        None,
+        GateSettings(tolerance=0.03),
+    )
+    assert [r.tolerance for r in rows] == [0.03, 0.1]
+
+
+GRID = [(both, b, c, 10) for both in (20, 60, 150, 400) for b in (0, 1, 3, 8, 20) for c in (0, 1, 4, 10)]
+
+
+@pytest.mark.parametrize("tolerance", [0.0, 0.01, 0.02, 0.05])
+def test_rules_and_bound_agree_on_a_grid(tolerance: float) -> None:
+    slices = [outcomes(f"s{i}", *cells, tolerance=tolerance) for i, cells in enumerate(GRID)]
+    for row in evaluate(slices, None, SETTINGS):
+        if row.verdict is Verdict.REGRESSED:
+            assert row.p_adjusted < row.alpha
+            # A significant regression beyond the margin never coexists with
+            # a bound that claims non-inferiority.
+            assert row.upper >= row.tolerance
+        elif row.verdict is Verdict.IMPROVED:
+            assert row.drop < 0.0
+        else:
+            assert (row.verdict is Verdict.PASS) == (row.upper < row.tolerance)
+            p = stats.noninferiority_pvalue(row.regressions, row.improvements, row.n, row.tolerance)
+            # The exact p-value may dip below α inside the confidence set by
+            # a hair (stats.exact_upper_bound); the verdict follows the bound.
+            if (p < row.alpha) != (row.verdict is Verdict.PASS):
+                assert abs(p - row.alpha) < 1e-3
+
+
+def test_improved_needs_the_holm_adjusted_pvalue() -> None:
+    # c = 5, b = 0: McNemar p = 1/32 < 0.05 alone, but 3/32 > 0.05.
+    alone = only(outcomes("a", 90, 0, 5, 5))
+    assert alone.verdict is Verdict.IMPROVED
+    rows = evaluate(
+        [outcomes("a", 90, 0, 5, 5), outcomes("b", 90, 0, 0, 10), outcomes("c", 90, 0, 0, 10)],
+        None,
+        SETTINGS,
+    )
+    assert rows[0].verdict is not Verdict.IMPROVED
+
+
+# --------------------------------------------------------------------------
+# Holm across slices, not the ALL row
+
+
+def test_holm_family_excludes_the_total_row() -> None:
+    a = outcomes("a", 80, 13, 3, 4)  # raw p ≈ 0.020
+    b = outcomes("b", 350, 0, 0, 50)
+    total = outcomes("all", 430, 13, 3, 54)
+    rows = evaluate([a, b], total, SETTINGS)
+    assert [r.slice for r in rows] == ["a", "b", "ALL"]
+    assert [r.is_total for r in rows] == [False, False, True]
+    expected = stats.holm([rows[0].p_value, rows[1].p_value])
+    assert [rows[0].p_adjusted, rows[1].p_adjusted] == pytest.approx(expected)
+    assert rows[2].p_adjusted == rows[2].p_value
+    # With ALL (p ≈ 0.5) in the family, a's adjusted p would be 3·p > α.
+    assert 2 * rows[0].p_value < 0.05 < 3 * rows[0].p_value
+    assert rows[0].verdict is Verdict.REGRESSED
+    assert rows[2].n == 500
+
+
+def test_total_row_catches_a_diffuse_regression() -> None:
+    # Three slices, each alone p ≈ 0.03: Holm keeps them, the ALL test does not.
+    slices = [outcomes(name, 80, 6, 0, 14) for name in ("x", "y", "z")]
+    total = outcomes("all", 240, 18, 0, 42)
+    rows = evaluate(slices, total, SETTINGS)
+    assert all(r.p_value < 0.05 for r in rows[:3])
+    assert all(r.verdict is not Verdict.REGRESSED for r in rows[:3])
+    assert rows[3].verdict is Verdict.REGRESSED
+    assert overall_verdict(rows) is Verdict.REGRESSED
+
+
+# --------------------------------------------------------------------------
+# empty slices and serialisation
+
+
+def test_empty_slice_is_inconclusive_with_nan_statistics() -> None:
+    rows = evaluate([outcomes("empty", 0, 0, 0, 0), outcomes("a", 80, 13, 3, 4)], None, SETTINGS)
+    empty, a = rows
+    assert empty.verdict is Verdict.INCONCLUSIVE
+    assert empty.n == 0
+    for value in (empty.drop, empty.se, empty.upper, empty.p_value, empty.p_adjusted):
+        assert math.isnan(value)
+    # The empty slice is not part of the Holm family.
+    assert a.p_adjusted == a.p_value
+    data = empty.to_dict()
+    assert data["drop"] is None and data["p_value"] is None and data["mdd"] is None
+    json.dumps(data, allow_nan=False)
+    back = SliceResult.from_dict(data)
+    assert back.verdict is Verdict.INCONCLUSIVE and math.isnan(back.upper)
+
+
+def test_round_trip_through_json() -> None:
+    rows = evaluate(
+        [
+            outcomes("reg", 244, 32, 8, 56),
+            outcomes("pass", 276, 0, 0, 64),
+            outcomes("inc", 24, 0, 0, 6),
+            outcomes("imp", 150, 0, 12, 38),
+        ],
+        outcomes("all", 694, 32, 20, 164),
+        SETTINGS,
+    )
+    for row in rows:
+        data = json.loads(json.dumps(row.to_dict(), allow_nan=False))
+        assert all(v is None or isinstance(v, (str, int, float, bool)) for v in data.values())
+        assert data["verdict"] == row.verdict.value
+        assert SliceResult.from_dict(data) == row
+
+
+def test_verdict_is_a_string() -> None:
+    assert Verdict.REGRESSED == "REGRESSED"
+    assert json.dumps([Verdict.PASS]) == '["PASS"]'
+    assert f"{Verdict.INCONCLUSIVE}" == "INCONCLUSIVE"
+
+
+# --------------------------------------------------------------------------
+# clusters
+
+
+def test_clustered_regressions_use_the_design_effect() -> None:
+    # 30 templates of 8 cases; in 5 of them every case regresses together.
+    both, b, c, neither = 200, 40, 0, 0
+    ids = [f"t{i // 8}" for i in range(both + b)]
+    clustered = only(outcomes("s", both, b, c, neither, clusters=ids))
+    plain = only(outcomes("s", both, b, c, neither))
+    assert clustered.design_effect > 1.0
+    assert plain.design_effect == 1.0
+    deff = clustered.design_effect
+    assert clustered.se == pytest.approx(stats.paired_se(b, c, 240) * math.sqrt(deff))
+    z = stats.score_z(b, c, 240, 0.02)
+    assert clustered.p_value == pytest.approx(sps.norm.sf(z / math.sqrt(deff)))
+    assert clustered.upper == pytest.approx(stats.score_upper_bound(b, c, 240, 0.05, deff=deff))
+    assert clustered.p_value > plain.p_value
+    assert clustered.upper > plain.upper
+
+
+def test_singleton_clusters_change_nothing() -> None:
+    ids: list[str | None] = [None] * 340
+    with_ids = only(outcomes("s", 244, 32, 8, 56, clusters=ids))
+    without = only(outcomes("s", 244, 32, 8, 56))
+    assert with_ids == without
+
+
+# --------------------------------------------------------------------------
+# overall verdict
+
+
+def fake_row(verdict: Verdict, *, is_total: bool = False) -> SliceResult:
+    return SliceResult(
+        slice="ALL" if is_total else "s",
+        n=10,
+        ref_accuracy=0.5,
+        cand_accuracy=0.5,
+        drop=0.0,
+        se=0.0,
+        upper=0.1,
+        regressions=0,
+        improvements=0,
+        p_value=1.0,
+        p_adjusted=1.0,
+        tolerance=0.02,
+        alpha=0.05,
+        design_effect=1.0,
+        verdict=verdict,
+        mdd=None,
+        n_needed=None,
+        is_total=is_total,
+    )
+
+
+REG, PAS, INC, IMP = Verdict.REGRESSED, Verdict.PASS, Verdict.INCONCLUSIVE, Verdict.IMPROVED
+
+
+@pytest.mark.parametrize(
+    ("slices", "total", "expected"),
+    [
+        ([], None, INC),
+        ([PAS, PAS], PAS, PAS),
+        ([PAS, REG], PAS, REG),
+        ([PAS, PAS], REG, REG),
+        ([PAS, INC, IMP], PAS, INC),
+        ([REG, INC], IMP, REG),
+        ([IMP, PAS], IMP, IMP),
+        ([IMP, IMP], PAS, PAS),
+        ([IMP, IMP], None, IMP),
+        ([IMP, PAS], None, PAS),
+        ([PAS], None, PAS),
+    ],
+)
+def test_overall_verdict(slices: list[Verdict], total: Verdict | None, expected: Verdict) -> None:
+    rows = [fake_row(v) for v in slices]
+    if total is not None:
+        rows.append(fake_row(total, is_total=True))
+    assert overall_verdict(rows) is expected
+
+
+# --------------------------------------------------------------------------
+# validation
+
+
+def test_invalid_inputs() -> None:
+    with pytest.raises(ValueError, match="candidate outcomes"):
+        SliceOutcomes("s", (True, False), (True,))
+    with pytest.raises(ValueError, match="cluster ids"):
+        SliceOutcomes("s", (True,), (True,), clusters=("a", "b"))
+    with pytest.raises(ValueError, match="tolerance"):
+        SliceOutcomes("s", (True,), (True,), tolerance=1.0)
+    with pytest.raises(ValueError, match="alpha"):
+        GateSettings(alpha=0.0)
+    with pytest.raises(ValueError, match="tolerance"):
+        GateSettings(tolerance=-0.1)
+    with pytest.raises(ValueError, match="power"):
+        GateSettings(power=1.0)
+
+
+# --------------------------------------------------------------------------
+# simulated error rates
+
+
+def simulate(rng: np.random.Generator, n: int, cells: Sequence[float], slices: int) -> list[SliceOutcomes]:
+    """Slices of n cases with cell probabilities (both, b, c, neither)."""
+    kinds = rng.choice(4, size=(slices, n), p=np.asarray(cells))
+    ref_table = np.array([True, True, False, False])
+    cand_table = np.array([True, False, True, False])
+    return [
+        SliceOutcomes(
+            name=f"sim{i}",
+            reference=tuple(ref_table[row].tolist()),
+            candidate=tuple(cand_table[row].tolist()),
+        )
+        for i, row in enumerate(kinds)
+    ]
+
+
+@pytest.mark.parametrize(
+    ("cells", "tolerance"),
+    [
+        # No true drop: reference 85%, 3% of cases flip each way (p10 = p01).
+        # (Flipping 3% of each model's passes and fails instead would be a
+        # true drop of (0.85 − 0.15)·0.03 = 2.1 points, beyond the margin.)
+        ((0.82, 0.03, 0.03, 0.12), 0.02),
+        ((0.82, 0.03, 0.03, 0.12), 0.0),
+        # A true drop exactly on the margin: the least favourable null.
+        ((0.81, 0.04, 0.02, 0.13), 0.02),
+    ],
+)
+def test_false_alarm_rate_is_at_most_alpha(cells: tuple[float, ...], tolerance: float) -> None:
+    rng = np.random.default_rng(20240611)
+    runs, alpha = 2000, 0.05
+    settings = GateSettings(alpha=alpha, tolerance=tolerance)
+    verdicts = [only(s, settings).verdict for s in simulate(rng, 200, cells, runs)]
+    mc_se = math.sqrt(alpha * (1 - alpha) / runs)
+    assert verdicts.count(Verdict.REGRESSED) / runs <= alpha + 3 * mc_se
+    if cells[1] - cells[2] >= tolerance:
+        # A true drop on the margin must not PASS more often than α either.
+        assert verdicts.count(Verdict.PASS) / runs <= alpha + 3 * mc_se
+
+
+def test_a_ten_point_drop_is_caught() -> None:
+    # Reference 85% -> candidate 75% on 300 cases: p10 = 0.13, p01 = 0.03.
+    rng = np.random.default_rng(20240612)
+    runs = 400
+    regressed = sum(
+        only(s).verdict is Verdict.REGRESSED for s in simulate(rng, 300, (0.72, 0.13, 0.03, 0.12), runs)
+    )
+    assert regressed / runs >= 0.8
