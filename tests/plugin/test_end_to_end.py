@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -254,3 +255,72 @@ def test_help_lists_the_option_group(pytester: pytest.Pytester) -> None:
     result.stdout.fnmatch_lines(
         ["quantgate: gate quantized LLMs*", "*--quant-reference=*", "*--quant-tolerance=*"]
     )
+
+
+def test_strict_fails_inconclusive_slices(
+    pytester: pytest.Pytester, tiny_ref: Path, example_data: Path
+) -> None:
+    # Five identical cases per slice cannot rule out a 2-point drop.
+    pytester.makepyfile(SUITE.format(data=str(example_data), limit=5))
+    args = [f"--quant-reference={tiny_ref}", f"--quant-candidate=same={tiny_ref}"]
+    lenient = pytester.runpytest(*args)
+    assert lenient.ret == 0
+    lenient.stdout.fnmatch_lines(["warning: INCONCLUSIVE (recall, arith, retention, ALL)*"])
+    strict = pytester.runpytest(*args, "--quant-strict")
+    assert strict.ret == 1
+    strict.stdout.fnmatch_lines(["*FAILED quantgate::same::recall*", "*FAILED quantgate::same::ALL*"])
+
+
+@pytest.mark.parametrize("mode", [["-n", "0"], ["-n", "2"]], ids=["n0", "n2"])
+def test_same_gate_with_and_without_xdist(
+    pytester: pytest.Pytester, tiny_ref: Path, example_data: Path, mode: list[str]
+) -> None:
+    """The gate is computed from test reports, so sharding cannot change it."""
+    pytest.importorskip("xdist")
+    pytester.makepyfile(SUITE.format(data=str(example_data), limit=15))
+    report = pytester.path / "gate.json"
+    result = pytester.runpytest(
+        f"--quant-reference=ref={tiny_ref}",
+        f"--quant-candidate=damaged={DAMAGED}:{tiny_ref}",
+        f"--quant-report={report}",
+        *mode,
+    )
+    assert result.ret in (0, 1), result.stdout.str()
+    data = json.loads(report.read_text())
+    assert len(data["cases"]) == 45
+    assert data["models"]["damaged"]["quantization"]["bits"] == 2
+    slices = data["candidates"][0]["slices"]
+    # Compare with the run without xdist at all.
+    baseline = pytester.runpytest(
+        f"--quant-reference=ref={tiny_ref}",
+        f"--quant-candidate=damaged={DAMAGED}:{tiny_ref}",
+        f"--quant-report={pytester.path / 'base.json'}",
+        "-p",
+        "no:xdist",
+    )
+    assert baseline.ret == result.ret
+    assert json.loads((pytester.path / "base.json").read_text())["candidates"][0]["slices"] == slices
+
+
+def test_help_needs_only_the_core(pytester: pytest.Pytester) -> None:
+    """`pytest --help` and the statistics work without torch or transformers."""
+    script = """
+import importlib.abc, sys
+
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] in {"torch", "transformers", "bitsandbytes", "accelerate", "tokenizers"}:
+            raise ImportError(f"blocked: {name}")
+        return None
+
+sys.meta_path.insert(0, Block())
+import pytest
+from pytest_quantgate import stats
+assert stats.holm([0.01, 0.04]) == [0.02, 0.04]
+code = pytest.main(["--help"])
+assert not any(m.partition(".")[0] == "torch" for m in sys.modules)
+sys.exit(code)
+"""
+    result = pytester.run(sys.executable, "-c", script)
+    assert result.ret == 0, result.stderr.str()
+    result.stdout.fnmatch_lines(["quantgate: gate quantized LLMs*", "*--quant-candidate=*"])
