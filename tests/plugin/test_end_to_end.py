@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-# The deliberately damaged candidate: 2-bit round-to-nearest, groups of 32.
-DAMAGED = "rtn2g32"
+# The deliberately damaged candidate: 2-bit round-to-nearest, groups of 128.
+DAMAGED = "rtn2g128"
 
 SUITE = """
 import json

@@ -1,0 +1,28 @@
+"""Setup of the in-process ``pytester`` runs.
+
+pytester restores ``sys.modules`` after each inner run, so anything the inner
+run imports for the first time is dropped and imported again by the next
+one. That is harmless for Python modules but not for torch's C extension,
+which cannot be initialised twice in one process. Importing the model stack
+here, in the outer process, keeps it loaded across inner runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+import tokenizers  # noqa: F401
+import torch  # noqa: F401
+import transformers
+from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: F401
+from transformers.models.llama import modeling_llama  # noqa: F401
+
+with contextlib.suppress(ImportError):
+    import bitsandbytes  # noqa: F401
+
+transformers.logging.disable_progress_bar()

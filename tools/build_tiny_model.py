@@ -1,0 +1,562 @@
+"""Train and ship the tiny reference model used by the tests and example suites.
+
+    python tools/build_tiny_model.py --out models/tiny-ref --data example_suites/tiny/data
+    python tools/build_tiny_model.py --out models/tiny-ref --data example_suites/tiny/data \\
+        --eval-only
+
+What it does, in order:
+
+1. Writes the eval sets ``{data}/{slice}.jsonl`` (60 cases per slice, drawn
+   with ``--seed + 1000`` so they do not share a stream with training).
+2. Builds a byte-level tokenizer with ``tokenizers`` (256 byte tokens, no
+   merges, so every digit is its own token, plus ``<bos>``/``<eos>``/``<pad>``).
+3. Trains a small Llama on the CPU on a mixture of the task families of
+   ``tools/tiny_tasks.py``, loss on the answer tokens only.  Training prompts
+   that collide with an eval prompt are rejected, so the eval sets are
+   disjoint from training by construction (and this is asserted).
+4. Saves the checkpoint with ``save_pretrained(safe_serialization=True)``.
+5. Reloads it through ``AutoModelForCausalLM.from_pretrained`` (no missing or
+   unexpected keys allowed) and prints per-slice accuracy of the reference,
+   of bitsandbytes NF4 and of round-to-nearest fake quantization at several
+   bit widths and group sizes, plus teacher-forced top-1 agreement with the
+   reference.
+
+Everything runs offline with fixed seeds on one CPU thread (about 5.5 minutes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import random
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+# Nothing here may touch the network; set before transformers is imported.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tools"))
+sys.path.insert(0, str(REPO))
+
+import tiny_tasks  # noqa: E402  (needs the sys.path entry above)
+from tiny_tasks import MAX_NEW_TOKENS, SLICES, Example  # noqa: E402
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+BOS, EOS, PAD = "<bos>", "<eos>", "<pad>"
+EVAL_PER_SLICE = 60
+# Training mixture: harder slices get more of the batch.  ``format`` answers
+# are long (many supervised tokens per example) so it needs few examples.
+MIXTURE: dict[str, float] = {"recall": 2.0, "retention": 0.5, "arith": 2.0, "format": 0.7}
+# RTN variants reported by the evaluation table: (bits, group_size).
+RTN_VARIANTS: tuple[tuple[int, int], ...] = tuple(
+    (bits, group) for bits in (2, 3, 4) for group in (32, 64, 128)
+)
+
+
+@dataclass(frozen=True)
+class Arch:
+    """Model size knobs (defaults are the shipped model)."""
+
+    hidden: int = 128
+    layers: int = 2
+    heads: int = 4
+    intermediate: int = 256
+    max_positions: int = 128
+
+
+# --------------------------------------------------------------------------
+# Setup.
+# --------------------------------------------------------------------------
+
+
+def seed_everything(seed: int) -> None:
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def build_tokenizer() -> PreTrainedTokenizerBase:
+    """Byte-level tokenizer without merges: one token per byte.
+
+    No merges on purpose: BPE would fuse digit pairs ("12") into single
+    tokens with unrelated embeddings, which makes arithmetic and counting much
+    harder for a model this small.  Byte level means any text encodes (there
+    is no unknown token).  A template post-processor prepends ``<bos>`` so that
+    ``tokenizer(prompt)`` gives what the model was trained on, with no chat
+    template or caller-side convention needed.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    specials = [BOS, EOS, PAD]
+    vocab = {tok: i for i, tok in enumerate(specials)}
+    for ch in sorted(pre_tokenizers.ByteLevel.alphabet()):
+        vocab[ch] = len(vocab)
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    # use_regex=False: no word splitting (irrelevant without merges, and it
+    # keeps the pre-tokenizer trivially reversible).
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens(specials)
+    tok.post_processor = processors.TemplateProcessing(
+        single=f"{BOS} $A",
+        pair=f"{BOS} $A $B",
+        special_tokens=[(BOS, vocab[BOS])],
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token=BOS,
+        eos_token=EOS,
+        pad_token=PAD,
+        # Decoder-only generation needs left padding; saving it makes it the
+        # default for whoever loads the tokenizer.
+        padding_side="left",
+        model_max_length=Arch.max_positions,
+    )
+
+
+def build_model(arch: Arch, tokenizer: PreTrainedTokenizerBase) -> PreTrainedModel:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=arch.hidden,
+        intermediate_size=arch.intermediate,
+        num_hidden_layers=arch.layers,
+        num_attention_heads=arch.heads,
+        num_key_value_heads=arch.heads,
+        max_position_embeddings=arch.max_positions,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    return LlamaForCausalLM(config)
+
+
+# --------------------------------------------------------------------------
+# Training.
+# --------------------------------------------------------------------------
+
+
+def encode_training_batch(
+    tokenizer: PreTrainedTokenizerBase, batch: Sequence[Example]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded ``input_ids`` and ``labels`` (-100 outside the answers).
+
+    The sequence is ``<bos> prompt answer \\n <eos>``; the answer, the newline
+    and EOS are supervised, so the model learns to stop by itself.
+    """
+    import torch
+
+    backend = tokenizer.backend_tokenizer
+    prompts = backend.encode_batch([ex.prompt for ex in batch])  # with <bos>
+    answers = backend.encode_batch([ex.expected + tiny_tasks.STOP for ex in batch], add_special_tokens=False)
+    rows = []
+    for p, a in zip(prompts, answers, strict=True):
+        rows.append((p.ids, [*a.ids, tokenizer.eos_token_id]))
+    width = max(len(p) + len(a) for p, a in rows)
+    ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
+    labels = torch.full((len(rows), width), -100, dtype=torch.long)
+    for i, (p, a) in enumerate(rows):
+        ids[i, : len(p) + len(a)] = torch.tensor(p + a)
+        labels[i, len(p) : len(p) + len(a)] = torch.tensor(a)
+    return ids, labels
+
+
+def batches(stream: Iterator[Example], size: int, seed: int, pool: int = 8) -> Iterator[list[Example]]:
+    """Batches of similar length: draw ``pool`` batches, sort, split, shuffle.
+
+    The slices differ a lot in length (arith ~12 tokens, format ~55), and
+    padding everything to the longest in a mixed batch wasted about half of
+    the compute on a CPU that only has minutes.
+    """
+    rng = random.Random(seed)
+    while True:
+        drawn = sorted((next(stream) for _ in range(size * pool)), key=_length)
+        chunks = [drawn[i : i + size] for i in range(0, len(drawn), size)]
+        rng.shuffle(chunks)
+        yield from chunks
+
+
+def _length(ex: Example) -> int:
+    return len(ex.prompt) + len(ex.expected)
+
+
+def train(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    *,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    eval_sets: dict[str, list[Example]],
+    log_every: int,
+) -> None:
+    import torch
+    import torch.nn.functional as F
+
+    banned = {ex.prompt for exs in eval_sets.values() for ex in exs}
+    stream = tiny_tasks.stream(MIXTURE, seed, exclude=banned)
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=lr,
+        betas=(0.9, 0.98),
+    )
+    warmup = max(1, steps // 50)
+
+    def schedule(step: int) -> float:
+        # Linear warm-up, then cosine down to 5% of the peak.
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, steps - warmup)
+        return 0.05 + 0.95 * 0.5 * (1 + torch.cos(torch.tensor(progress * torch.pi)).item())
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+    model.train()
+    t0 = time.perf_counter()
+    seen: set[str] = set()
+    running = 0.0
+    for step, batch in enumerate(batches(stream, batch_size, seed)):
+        if step >= steps:
+            break
+        seen.update(ex.prompt for ex in batch)
+        ids, labels = encode_training_batch(tokenizer, batch)
+        # No attention mask: padding is on the right, so causal attention
+        # never lets a real token see a pad, and pads carry no loss.
+        logits = model(input_ids=ids).logits
+        loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.size(-1)), labels[:, 1:].reshape(-1))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        running += loss.item()
+        if (step + 1) % log_every == 0 or step + 1 == steps:
+            acc = teacher_forced_accuracy(model, tokenizer, eval_sets)
+            model.train()
+            elapsed = time.perf_counter() - t0
+            print(
+                f"step {step + 1:5d}  loss {running / log_every:.4f}  "
+                f"lr {sched.get_last_lr()[0]:.2e}  {elapsed:6.1f}s  "
+                + "  ".join(f"{s} {a:.3f}" for s, a in acc.items()),
+                flush=True,
+            )
+            running = 0.0
+    overlap = seen & banned
+    assert not overlap, f"{len(overlap)} eval prompts leaked into training"
+    print(f"trained on {len(seen)} distinct prompts; none is an eval prompt")
+
+
+def teacher_forced_accuracy(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    eval_sets: dict[str, list[Example]],
+) -> dict[str, float]:
+    """Exact match under teacher forcing: every answer token is the argmax.
+
+    This equals greedy accuracy (if each next token is the argmax given the
+    correct prefix, greedy decoding reproduces the answer and its newline),
+    at the cost of one forward pass, so it is cheap enough to log in training.
+    """
+    import torch
+
+    model.eval()
+    out: dict[str, float] = {}
+    with torch.no_grad():
+        for name, exs in eval_sets.items():
+            ids, labels = encode_training_batch(tokenizer, exs)
+            pred = model(input_ids=ids).logits[:, :-1].argmax(-1)
+            gold = labels[:, 1:]
+            ok = ((pred == gold) | (gold == -100)).all(dim=1)
+            out[name] = ok.float().mean().item()
+    return out
+
+
+# --------------------------------------------------------------------------
+# Saving and loading.
+# --------------------------------------------------------------------------
+
+
+def save(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out: Path) -> None:
+    from transformers import GenerationConfig
+
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in out.iterdir():  # a previous build's files must not linger
+        if stale.is_file():
+            stale.unlink()
+    model.generation_config = GenerationConfig(
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        do_sample=False,
+        num_beams=1,
+        max_new_tokens=max(MAX_NEW_TOKENS.values()),
+    )
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    # transformers 5 writes "TokenizersBackend", which transformers 4.x does
+    # not know; PreTrainedTokenizerFast loads under both.
+    cfg_path = out / "tokenizer_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["tokenizer_class"] = "PreTrainedTokenizerFast"
+    cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+
+
+def load(path: Path, quantization_config: Any = None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load through the same public entry points a user's checkpoint takes."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    kwargs: dict[str, Any] = {}
+    if quantization_config is not None:
+        kwargs = {"quantization_config": quantization_config, "device_map": "cpu"}
+    model, info = AutoModelForCausalLM.from_pretrained(path, output_loading_info=True, **kwargs)
+    # missing_keys would mean freshly initialised (random) weights: never OK.
+    bad = {k: v for k, v in info.items() if v}
+    if bad:
+        raise RuntimeError(f"loading {path} was not clean: {bad}")
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model.eval()
+    return model, tokenizer
+
+
+# --------------------------------------------------------------------------
+# Evaluation.
+# --------------------------------------------------------------------------
+
+
+def generate(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    max_new_tokens: int,
+) -> list[str]:
+    """Batched greedy generation with left padding, cut at the first newline."""
+    import torch
+
+    tokenizer.padding_side = "left"
+    enc = tokenizer(list(prompts), return_tensors="pt", padding=True)
+    with torch.no_grad():
+        out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False)
+    texts = tokenizer.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+    return [tiny_tasks.first_line(t) for t in texts]
+
+
+def slice_outputs(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, eval_sets: dict[str, list[Example]]
+) -> dict[str, list[str]]:
+    return {
+        name: generate(model, tokenizer, [ex.prompt for ex in exs], MAX_NEW_TOKENS[name])
+        for name, exs in eval_sets.items()
+    }
+
+
+def accuracy(eval_sets: dict[str, list[Example]], outputs: dict[str, list[str]]) -> dict[str, float]:
+    return {
+        name: sum(tiny_tasks.check(name, o, ex.expected) for o, ex in zip(outputs[name], exs, strict=True))
+        / len(exs)
+        for name, exs in eval_sets.items()
+    }
+
+
+def top1_agreement(
+    ref: PreTrainedModel,
+    cand: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    eval_sets: dict[str, list[Example]],
+    ref_outputs: dict[str, list[str]],
+) -> dict[str, float]:
+    """Teacher-forced top-1 agreement over the reference's own answer tokens."""
+    import torch
+
+    out: dict[str, float] = {}
+    with torch.no_grad():
+        for name, exs in eval_sets.items():
+            as_ref = [
+                Example(ex.slice, ex.prompt, o, ex.cluster)
+                for ex, o in zip(exs, ref_outputs[name], strict=True)
+            ]
+            ids, labels = encode_training_batch(tokenizer, as_ref)
+            mask = labels[:, 1:] != -100
+            a = ref(input_ids=ids).logits[:, :-1].argmax(-1)
+            b = cand(input_ids=ids).logits[:, :-1].argmax(-1)
+            out[name] = ((a == b) & mask).sum().item() / mask.sum().item()
+    return out
+
+
+def assert_batched_equals_single(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    eval_sets: dict[str, list[Example]],
+    batched: dict[str, list[str]],
+    per_slice: int = 8,
+) -> None:
+    """Left padding must not change greedy outputs (positions come from the mask)."""
+    for name, exs in eval_sets.items():
+        for ex, b in list(zip(exs, batched[name], strict=True))[:per_slice]:
+            single = generate(model, tokenizer, [ex.prompt], MAX_NEW_TOKENS[name])[0]
+            assert single == b, f"{name}: batched {b!r} != single {single!r} for {ex.prompt!r}"
+    print(f"batched == single on {per_slice} cases per slice")
+
+
+def nf4_config() -> Any:
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_compute_dtype=torch.float32,
+    )
+
+
+def evaluate(out: Path, eval_sets: dict[str, list[Example]]) -> None:
+    from pytest_quantgate.backends.rtn import rtn_quantize_
+
+    t0 = time.perf_counter()
+    ref, tokenizer = load(out)
+    n_params = sum(p.numel() for p in ref.parameters())
+    size = sum(f.stat().st_size for f in out.iterdir() if f.is_file())
+    print(f"\nloaded {out}: {n_params:,} parameters, dir {size / 1e6:.2f} MB, clean load")
+
+    ref_out = slice_outputs(ref, tokenizer, eval_sets)
+    assert_batched_equals_single(ref, tokenizer, eval_sets, ref_out)
+    rows: list[tuple[str, dict[str, float], dict[str, float] | None]] = [
+        ("reference", accuracy(eval_sets, ref_out), None)
+    ]
+
+    try:
+        nf4, _ = load(out, nf4_config())
+    except Exception as exc:  # report and go on: the RTN table is still useful
+        print(f"NF4 load failed: {type(exc).__name__}: {exc}")
+    else:
+        n4 = sum(type(m).__name__ == "Linear4bit" for m in nf4.modules())
+        print(f"NF4: {n4} Linear4bit layers")
+        nf4_out = slice_outputs(nf4, tokenizer, eval_sets)
+        rows.append(
+            (
+                "bnb-nf4",
+                accuracy(eval_sets, nf4_out),
+                top1_agreement(ref, nf4, tokenizer, eval_sets, ref_out),
+            )
+        )
+        del nf4
+
+    for bits, group in RTN_VARIANTS:
+        cand = copy.deepcopy(ref)
+        rtn_quantize_(cand, bits, group)
+        cand_out = slice_outputs(cand, tokenizer, eval_sets)
+        rows.append(
+            (
+                f"rtn{bits}g{group}",
+                accuracy(eval_sets, cand_out),
+                top1_agreement(ref, cand, tokenizer, eval_sets, ref_out),
+            )
+        )
+
+    n = {name: len(exs) for name, exs in eval_sets.items()}
+    print(f"\naccuracy in % on the eval sets ({', '.join(f'{k} n={v}' for k, v in n.items())});")
+    print("in brackets: teacher-forced top-1 agreement with the reference, %")
+    print(f"{'model':<12}" + "".join(f"{s:>18}" for s in SLICES))
+    for label, acc, agree in rows:
+        cells = []
+        for s in SLICES:
+            cell = f"{100 * acc[s]:.1f}"
+            if agree is not None:
+                cell += f" [{100 * agree[s]:.1f}]"
+            cells.append(f"{cell:>18}")
+        print(f"{label:<12}" + "".join(cells))
+    print(f"evaluation took {time.perf_counter() - t0:.1f}s")
+
+
+# --------------------------------------------------------------------------
+# CLI.
+# --------------------------------------------------------------------------
+
+
+def make_eval_sets(seed: int) -> dict[str, list[Example]]:
+    # A seed offset keeps the eval stream unrelated to the training stream.
+    return {name: tiny_tasks.generate(name, EVAL_PER_SLICE, seed + 1000) for name in SLICES}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=REPO / "models" / "tiny-ref")
+    parser.add_argument("--data", type=Path, default=REPO / "example_suites" / "tiny" / "data")
+    parser.add_argument("--steps", type=int, default=5000)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--hidden", type=int, default=Arch.hidden)
+    parser.add_argument("--layers", type=int, default=Arch.layers)
+    parser.add_argument("--heads", type=int, default=Arch.heads)
+    parser.add_argument("--intermediate", type=int, default=Arch.intermediate)
+    parser.add_argument("--log-every", type=int, default=500)
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch threads; the shipped model used 1 (default: 1)"
+    )
+    parser.add_argument(
+        "--eval-only",
+        action="store_true",
+        help="skip training; evaluate the model already in --out on the sets in --data",
+    )
+    args = parser.parse_args(argv)
+
+    import torch
+
+    # One thread by default: float sums in another order give other weights,
+    # and the shipped checkpoint was trained with one.
+    torch.set_num_threads(args.threads)
+    seed_everything(args.seed)
+
+    if args.eval_only:
+        eval_sets = {name: tiny_tasks.read_jsonl(args.data / f"{name}.jsonl") for name in SLICES}
+        evaluate(args.out, eval_sets)
+        return 0
+
+    eval_sets = make_eval_sets(args.seed)
+    for name, exs in eval_sets.items():
+        tiny_tasks.write_jsonl(args.data / f"{name}.jsonl", exs)
+    print(f"wrote {sum(map(len, eval_sets.values()))} eval cases to {args.data}")
+
+    t0 = time.perf_counter()
+    tokenizer = build_tokenizer()
+    arch = Arch(args.hidden, args.layers, args.heads, args.intermediate)
+    model = build_model(arch, tokenizer)
+    print(f"{arch}: {sum(p.numel() for p in model.parameters()):,} parameters")
+    train(
+        model,
+        tokenizer,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+        eval_sets=eval_sets,
+        log_every=args.log_every,
+    )
+    train_s = time.perf_counter() - t0
+    save(model, tokenizer, args.out)
+    evaluate(args.out, eval_sets)
+    print(f"\ntraining took {train_s:.0f}s ({train_s / 60:.1f} min) on {torch.get_num_threads()} threads")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
