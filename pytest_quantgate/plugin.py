@@ -27,6 +27,7 @@ from .cases import (
     run_check,
 )
 from .config import ConfigError, GateConfig
+from .gate import SliceResult
 from .report import json_report, terminal
 from .session import CandidateGate, QuantSession
 
@@ -386,7 +387,7 @@ class QuantGatePlugin:
         self.session.pool.close()
 
 
-def _gate_report(gate: CandidateGate, row: Any) -> pytest.TestReport:
+def _gate_report(gate: CandidateGate, row: SliceResult) -> pytest.TestReport:
     """A failed test report named ``quantgate::<candidate>::<slice>``."""
     nodeid = f"quantgate::{gate.label}::{row.slice}"
     return pytest.TestReport(

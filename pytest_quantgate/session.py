@@ -151,15 +151,12 @@ class QuantSession:
     ):
         self.config = config
         self.emit: Emit = emit or (lambda line: None)
-        self.pool = ModelPool(config, self._say, loader)
+        self.pool = ModelPool(config, self.emit, loader)
         self.plan: dict[str, CaseSpec] = {}
         self.runs: dict[str, dict[str, CaseRun]] = {}
         self.load_errors: dict[str, str] = {}
         self.records: list[CaseRecord] = []
         self.worker_facts: dict[str, dict[str, Any]] = {}
-
-    def _say(self, line: str) -> None:
-        self.emit(line)
 
     @property
     def labels(self) -> list[str]:
@@ -187,7 +184,7 @@ class QuantSession:
                 except BackendError as exc:
                     self.load_errors[label] = str(exc)
                     continue
-                progress = _Progress(self._say, label, len(cases))
+                progress = _Progress(self.emit, label, len(cases))
                 self.runs[label] = run_cases(
                     backend, cases, batch_size=self.config.batch_size, on_progress=progress
                 )
@@ -206,7 +203,7 @@ class QuantSession:
         seen = sorted({f"{w.category.__name__}: {str(w.message).splitlines()[0]}" for w in caught})
         if seen:
             more = f" (+{len(seen) - 1} more)" if len(seen) > 1 else ""
-            self._say(f"quantgate: {label}: library warning {seen[0]}{more}")
+            self.emit(f"quantgate: {label}: library warning {seen[0]}{more}")
 
     def run_of(self, label: str, key: str) -> CaseRun:
         """The transcript of a case on a model (generating on first call)."""
@@ -214,11 +211,7 @@ class QuantSession:
             self.generate()
         if label in self.load_errors:
             return CaseRun(key, error=f"model {label} failed to load: {self.load_errors[label]}")
-        run = self.runs[label].get(key)
-        if run is None:  # a case the plan missed (added after collection)
-            self.runs[label].update(run_cases(self.pool.get(label), [self.plan[key]], batch_size=1))
-            run = self.runs[label][key]
-        return run
+        return self.runs[label][key]
 
     # -- aggregation (the controller) -----------------------------------------
 
@@ -268,13 +261,11 @@ class QuantSession:
         return out
 
     def report(self, gates: Sequence[CandidateGate], *, complete: bool = True) -> GateReport:
-        models = dict(self.worker_facts)
-        models.update(self.pool.facts)
+        known = {**self.worker_facts, **self.pool.facts}
+        models = {}
         for label, spec in self.pool.specs.items():
-            models.setdefault(
-                label, {"label": label, "spec": spec.text, "path": spec.path, "scheme": spec.scheme}
-            )
-            models[label]["role"] = "reference" if label == self.labels[0] else "candidate"
+            facts = known.get(label) or {"label": label, "spec": spec.text, "path": spec.path}
+            models[label] = {**facts, "role": "reference" if label == self.labels[0] else "candidate"}
         return GateReport(self.config, models, list(gates), list(self.records), complete)
 
 
