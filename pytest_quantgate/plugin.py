@@ -281,6 +281,32 @@ class QuantGatePlugin:
             tr.ensure_newline()
             tr.write_line(line, cyan=True)
 
+    def _resume_progress_line(self, nodeid: str) -> None:
+        """Re-open the file's progress line that the generation lines broke."""
+        tr = self.config.pluginmanager.get_plugin("terminalreporter")
+        capman = self.config.pluginmanager.get_plugin("capturemanager")
+        if tr is None or tr.verbosity > 0:
+            return
+        with capman.global_and_fixture_disabled() if capman else contextlib.nullcontext():
+            tr.write_fspath_result(nodeid, "")
+
+    def _log_gate_report(self, report: pytest.TestReport) -> None:
+        """Hand a gate failure to every reporter (JUnit, ...) and the summary.
+
+        The terminal reporter is left out of the hook call: its progress line
+        is finished by then, and a stray ``F`` after ``[100%]`` reads badly.
+        The report still counts in the summary line and FAILURES section.
+        """
+        pm = self.config.pluginmanager
+        tr = pm.get_plugin("terminalreporter")
+        pm.subset_hook_caller("pytest_runtest_logreport", remove_plugins=[tr] if tr else [])(report=report)
+        if tr is not None:
+            add = getattr(tr, "_add_stats", None)  # keeps the summary colour right
+            if add is not None:
+                add("failed", [report])
+            else:
+                tr.stats.setdefault("failed", []).append(report)
+
     @pytest.hookimpl(trylast=True)
     def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
         markers = self.config.stash[_markers_key]
@@ -309,6 +335,9 @@ class QuantGatePlugin:
         case = pyfuncitem.stash.get(_case_key, None)
         if case is None:
             return None
+        if not self.session.generated:
+            self.session.generate()
+            self._resume_progress_line(pyfuncitem.nodeid)
         kwargs = {name: pyfuncitem.funcargs[name] for name in pyfuncitem._fixtureinfo.argnames}
         outcomes: dict[str, ModelOutcome] = {}
         for label in self.session.labels:
@@ -364,7 +393,7 @@ class QuantGatePlugin:
                 if not fails or not complete:
                     continue
                 failing = True
-                self.config.hook.pytest_runtest_logreport(report=_gate_report(gate, row))
+                self._log_gate_report(_gate_report(gate, row))
         if failing and session.exitstatus == pytest.ExitCode.OK:
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
         if self.gate_config.report_path is not None:
