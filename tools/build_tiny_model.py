@@ -27,7 +27,6 @@ Everything runs offline with fixed seeds on one CPU thread (about 5.5 minutes).
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import random
@@ -36,7 +35,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 # Nothing here may touch the network; set before transformers is imported.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -52,6 +51,8 @@ from tiny_tasks import MAX_NEW_TOKENS, SLICES, Example  # noqa: E402
 if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+    from pytest_quantgate.backends.hf import HFBackend
 
 BOS, EOS, PAD = "<bos>", "<eos>", "<pad>"
 EVAL_PER_SLICE = 60
@@ -320,21 +321,16 @@ def save(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out: Path) 
     cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
 
 
-def load(path: Path, quantization_config: Any = None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load through the same public entry points a user's checkpoint takes."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def load(spec: str) -> HFBackend:
+    """Load through the plugin's own backend: the path a user's checkpoint takes.
 
-    kwargs: dict[str, Any] = {}
-    if quantization_config is not None:
-        kwargs = {"quantization_config": quantization_config, "device_map": "cpu"}
-    model, info = AutoModelForCausalLM.from_pretrained(path, output_loading_info=True, **kwargs)
-    # missing_keys would mean freshly initialised (random) weights: never OK.
-    bad = {k: v for k, v in info.items() if v}
-    if bad:
-        raise RuntimeError(f"loading {path} was not clean: {bad}")
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    model.eval()
-    return model, tokenizer
+    ``spec`` is a model spec (``PATH``, ``bnb-nf4:PATH``, ``rtn2g128:PATH``);
+    a checkpoint that leaves weights randomly initialised is an error there.
+    """
+    from pytest_quantgate.backends.hf import HFBackend
+    from pytest_quantgate.specs import parse_spec
+
+    return HFBackend.load(parse_spec(spec), "cpu", "auto")
 
 
 # --------------------------------------------------------------------------
@@ -342,28 +338,19 @@ def load(path: Path, quantization_config: Any = None) -> tuple[PreTrainedModel, 
 # --------------------------------------------------------------------------
 
 
-def generate(
-    model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
-    prompts: Sequence[str],
-    max_new_tokens: int,
-) -> list[str]:
-    """Batched greedy generation with left padding, cut at the first newline."""
-    import torch
+def generate(backend: HFBackend, prompts: Sequence[str], max_new_tokens: int) -> list[str]:
+    """Batched greedy generation (left padding), cut at the first newline."""
+    from pytest_quantgate.backends.base import GenerationRequest
+    from pytest_quantgate.cases import GenerationSettings
 
-    tokenizer.padding_side = "left"
-    enc = tokenizer(list(prompts), return_tensors="pt", padding=True)
-    with torch.no_grad():
-        out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False)
-    texts = tokenizer.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+    settings = GenerationSettings(max_new_tokens=max_new_tokens, stop=(tiny_tasks.STOP,))
+    texts = backend.generate([GenerationRequest(p, settings) for p in prompts])
     return [tiny_tasks.first_line(t) for t in texts]
 
 
-def slice_outputs(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, eval_sets: dict[str, list[Example]]
-) -> dict[str, list[str]]:
+def slice_outputs(backend: HFBackend, eval_sets: dict[str, list[Example]]) -> dict[str, list[str]]:
     return {
-        name: generate(model, tokenizer, [ex.prompt for ex in exs], MAX_NEW_TOKENS[name])
+        name: generate(backend, [ex.prompt for ex in exs], MAX_NEW_TOKENS[name])
         for name, exs in eval_sets.items()
     }
 
@@ -402,8 +389,7 @@ def top1_agreement(
 
 
 def assert_batched_equals_single(
-    model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
+    backend: HFBackend,
     eval_sets: dict[str, list[Example]],
     batched: dict[str, list[str]],
     per_slice: int = 8,
@@ -411,65 +397,34 @@ def assert_batched_equals_single(
     """Left padding must not change greedy outputs (positions come from the mask)."""
     for name, exs in eval_sets.items():
         for ex, b in list(zip(exs, batched[name], strict=True))[:per_slice]:
-            single = generate(model, tokenizer, [ex.prompt], MAX_NEW_TOKENS[name])[0]
+            single = generate(backend, [ex.prompt], MAX_NEW_TOKENS[name])[0]
             assert single == b, f"{name}: batched {b!r} != single {single!r} for {ex.prompt!r}"
     print(f"batched == single on {per_slice} cases per slice")
 
 
-def nf4_config() -> Any:
-    import torch
-    from transformers import BitsAndBytesConfig
-
-    return BitsAndBytesConfig(
-        load_in_4bit=True,
-        bnb_4bit_quant_type="nf4",
-        bnb_4bit_compute_dtype=torch.float32,
-    )
-
-
 def evaluate(out: Path, eval_sets: dict[str, list[Example]]) -> None:
-    from pytest_quantgate.backends.rtn import rtn_quantize_
-
     t0 = time.perf_counter()
-    ref, tokenizer = load(out)
-    n_params = sum(p.numel() for p in ref.parameters())
+    ref = load(str(out))
+    n_params = sum(p.numel() for p in ref.model.parameters())
     size = sum(f.stat().st_size for f in out.iterdir() if f.is_file())
     print(f"\nloaded {out}: {n_params:,} parameters, dir {size / 1e6:.2f} MB, clean load")
 
-    ref_out = slice_outputs(ref, tokenizer, eval_sets)
-    assert_batched_equals_single(ref, tokenizer, eval_sets, ref_out)
+    ref_out = slice_outputs(ref, eval_sets)
+    assert_batched_equals_single(ref, eval_sets, ref_out)
     rows: list[tuple[str, dict[str, float], dict[str, float] | None]] = [
         ("reference", accuracy(eval_sets, ref_out), None)
     ]
-
-    try:
-        nf4, _ = load(out, nf4_config())
-    except Exception as exc:  # report and go on: the RTN table is still useful
-        print(f"NF4 load failed: {type(exc).__name__}: {exc}")
-    else:
-        n4 = sum(type(m).__name__ == "Linear4bit" for m in nf4.modules())
-        print(f"NF4: {n4} Linear4bit layers")
-        nf4_out = slice_outputs(nf4, tokenizer, eval_sets)
-        rows.append(
-            (
-                "bnb-nf4",
-                accuracy(eval_sets, nf4_out),
-                top1_agreement(ref, nf4, tokenizer, eval_sets, ref_out),
-            )
-        )
-        del nf4
-
-    for bits, group in RTN_VARIANTS:
-        cand = copy.deepcopy(ref)
-        rtn_quantize_(cand, bits, group)
-        cand_out = slice_outputs(cand, tokenizer, eval_sets)
-        rows.append(
-            (
-                f"rtn{bits}g{group}",
-                accuracy(eval_sets, cand_out),
-                top1_agreement(ref, cand, tokenizer, eval_sets, ref_out),
-            )
-        )
+    specs = ["bnb-nf4"] + [f"rtn{bits}g{group}" for bits, group in RTN_VARIANTS]
+    for scheme in specs:
+        try:
+            cand = load(f"{scheme}:{out}")
+        except Exception as exc:  # report and go on: the other rows are still useful
+            print(f"{scheme} load failed: {type(exc).__name__}: {exc}")
+            continue
+        cand_out = slice_outputs(cand, eval_sets)
+        agree = top1_agreement(ref.model, cand.model, ref.tokenizer, eval_sets, ref_out)
+        rows.append((scheme, accuracy(eval_sets, cand_out), agree))
+        cand.close()
 
     n = {name: len(exs) for name, exs in eval_sets.items()}
     print(f"\naccuracy in % on the eval sets ({', '.join(f'{k} n={v}' for k, v in n.items())});")
