@@ -37,8 +37,8 @@ __all__ = [
 
 #: Name of the user property that carries a :class:`CaseRecord` as JSON.
 RECORD_KEY = "quantgate"
-#: Per-case statuses, most severe first.
-STATUSES = ("error", "regressed", "improved", "both-failed", "passed")
+#: Per-case statuses, most severe first ("failed": the reference alone ran and failed).
+STATUSES = ("error", "failed", "regressed", "improved", "both-failed", "passed")
 
 Outcome = Literal["pass", "fail", "error"]
 #: A prompt is plain text or a list of chat messages (``{"role", "content"}``).
@@ -326,6 +326,11 @@ class CaseRecord:
 
     @property
     def worst(self) -> str:
+        """The case's status across candidates; with none, the reference's own."""
+        if not self.candidates:
+            return {"pass": "passed", "fail": "failed", "error": "error"}[
+                self.outcomes[self.reference].outcome
+            ]
         return worst_status(list(self.statuses.values()))
 
     def to_dict(self) -> dict[str, Any]:

@@ -366,7 +366,7 @@ class QuantGatePlugin:
         )
         pyfuncitem.user_properties.append((RECORD_KEY, record.to_json()))
         status = record.worst
-        if status == "error" or (status == "regressed" and case.critical):
+        if status in ("error", "failed") or (status == "regressed" and case.critical):
             pytest.fail("\n".join(terminal.case_lines(record)), pytrace=False)
         return True
 

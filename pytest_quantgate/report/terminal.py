@@ -161,6 +161,8 @@ def case_lines(record: CaseRecord) -> Iterator[str]:
     worst = record.worst
     if worst == "error":
         yield f"quantgate: case error in {record.nodeid} (an exception other than AssertionError)"
+    elif worst == "failed":
+        yield "quantgate: the reference fails this case (no candidate given)"
     elif worst == "regressed":
         critical = " (critical)" if record.critical else ""
         yield f"quantgate: case regressed{critical}: the reference passes, a candidate fails"
@@ -205,6 +207,10 @@ def summary(report: GateReport) -> Iterator[Line | Sep]:
     """The whole terminal section: per candidate a table and its regressions."""
     ref = report.config.reference
     assert ref is not None
+    if not report.candidates:
+        yield Sep(f"quantgate: reference {ref.label} only", {})
+        passed = sum(r.outcomes[r.reference].outcome == "pass" for r in report.records)
+        yield [(f"{passed}/{len(report.records)} cases pass; give --quant-candidate to gate a model", {})]
     for gate in report.candidates:
         verdict = gate.verdict
         yield Sep(

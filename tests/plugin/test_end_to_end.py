@@ -324,3 +324,25 @@ sys.exit(code)
     result = pytester.run(sys.executable, "-c", script)
     assert result.ret == 0, result.stderr.str()
     result.stdout.fnmatch_lines(["quantgate: gate quantized LLMs*", "*--quant-candidate=*"])
+
+
+def test_reference_alone_reports_its_own_outcomes(pytester: pytest.Pytester, tiny_ref: Path) -> None:
+    pytester.makepyfile(
+        """
+        from pytest_quantgate import quant_case
+
+        @quant_case("prompt", ["a=1 b=2 c=3 ; b?", "a=4 b=5 c=6 ; c?"], max_new_tokens=3, stop="\\n")
+        def test_recall(prompt, output):
+            assert output in ("2", "6")
+
+        @quant_case("prompt", ["1+2="], max_new_tokens=3)
+        def test_impossible(prompt, output):
+            assert output == "never"
+        """
+    )
+    result = pytester.runpytest(f"--quant-reference={tiny_ref}")
+    assert result.ret == 1
+    result.assert_outcomes(passed=2, failed=1)
+    result.stdout.fnmatch_lines(
+        ["*the reference fails this case*", "*quantgate: reference tiny-ref only*", "2/3 cases pass*"]
+    )
