@@ -9,25 +9,37 @@ of the test body turns transcripts into :class:`ModelOutcome` values, and a
 
 from __future__ import annotations
 
+import dataclasses
+import enum
 import hashlib
 import json
 import traceback
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import PurePath
 from typing import Any, Literal
 
 __all__ = [
+    "ALL",
+    "KEY_METHOD",
     "RECORD_KEY",
-    "STATUSES",
+    "CaseBuildError",
+    "CaseIdentityError",
     "CaseRecord",
     "CaseSpec",
     "GenerationSettings",
     "ModelOutcome",
     "Prompt",
     "QuantCaseMarker",
+    "Status",
     "Turn",
+    "build_case",
     "case_key",
     "classify",
+    "explicit_ids",
+    "merge_tolerances",
+    "own_status",
+    "param_identities",
     "parse_quant_case",
     "parse_slice_marker",
     "run_check",
@@ -37,8 +49,38 @@ __all__ = [
 
 #: Name of the user property that carries a :class:`CaseRecord` as JSON.
 RECORD_KEY = "quantgate"
-#: Per-case statuses, most severe first ("failed": the reference alone ran and failed).
-STATUSES = ("error", "failed", "regressed", "improved", "both-failed", "passed")
+#: The name of the row (and pseudo-slice) of all cases together; no slice may take it.
+ALL = "ALL"
+
+
+class Status(str, enum.Enum):
+    """What happened to one case, for one candidate; declared most severe first."""
+
+    ERROR = "error"  # a check raised something other than a failure, or generation failed
+    FAILED = "failed"  # no candidate was given and the reference failed
+    REGRESSED = "regressed"  # the reference passes, the candidate fails
+    IMPROVED = "improved"  # the reference fails, the candidate passes
+    BOTH_FAILED = "both-failed"  # a weakness of the reference, not of quantization
+    PASSED = "passed"
+
+    def __str__(self) -> str:
+        return self.value
+
+    @property
+    def severity(self) -> int:
+        """0 for the most severe status."""
+        return _SEVERITY[self]
+
+    def fails_test(self, *, critical: bool) -> bool:
+        """Whether the case's own test fails: errors always, regressions when critical.
+
+        A plain regression does not fail its test: whether a slice regressed
+        is the gate's decision, made on all its cases together.
+        """
+        return self in (Status.ERROR, Status.FAILED) or (self is Status.REGRESSED and critical)
+
+
+_SEVERITY = {s: i for i, s in enumerate(Status)}
 
 Outcome = Literal["pass", "fail", "error"]
 #: A prompt is plain text or a list of chat messages (``{"role", "content"}``).
@@ -60,14 +102,6 @@ class GenerationSettings:
             "chat_template": self.chat_template,
         }
 
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> GenerationSettings:
-        return cls(
-            max_new_tokens=int(data["max_new_tokens"]),
-            stop=tuple(data.get("stop") or ()),
-            chat_template=data.get("chat_template"),
-        )
-
 
 @dataclass(frozen=True)
 class QuantCaseMarker:
@@ -80,6 +114,24 @@ class QuantCaseMarker:
     settings: GenerationSettings = field(default_factory=GenerationSettings)
     critical: bool = False
     cluster: str | Callable[..., Any] | None = None
+    explicit_ids: tuple[str | None, ...] = ()  # per parameter set, see explicit_ids()
+
+    def check_identities(self) -> None:
+        """Every parameter set's values have a stable identity, or an explicit id.
+
+        Raises:
+            CaseIdentityError: naming the case and the argument.
+        """
+        for i, value in enumerate(self.argvalues):
+            if _is_param_set(value):
+                values = tuple(value.values)
+            else:
+                values = (value,) if len(self.argnames) == 1 else tuple(value)
+            named = dict(zip(self.argnames, values, strict=False))
+            try:
+                param_identities(named, self.explicit_ids[i] if i < len(self.explicit_ids) else None)
+            except CaseIdentityError as exc:
+                raise CaseIdentityError(f"case #{i}: {exc}") from None
 
 
 _QUANT_CASE_KWARGS = ("ids", "prompt", "max_new_tokens", "stop", "chat_template", "critical", "cluster")
@@ -149,6 +201,7 @@ def parse_quant_case(args: Sequence[Any], kwargs: Mapping[str, Any]) -> QuantCas
         argnames=argnames,
         argvalues=values,
         ids=kwargs.get("ids"),
+        explicit_ids=explicit_ids(values, kwargs.get("ids")),
         prompt=prompt,
         settings=GenerationSettings(max_new_tokens, tuple(stop), chat),
         critical=critical,
@@ -166,7 +219,7 @@ def parse_slice_marker(
     if not args:
         raise ValueError("slice needs at least one slice name")
     for name in args:
-        if not isinstance(name, str) or not name.strip() or name == "ALL":
+        if not isinstance(name, str) or not name.strip() or name == ALL:
             raise ValueError(f"slice names must be non-empty strings other than 'ALL', got {name!r}")
     tol = kwargs.get("tolerance")
     if tol is not None:
@@ -201,36 +254,148 @@ def prompt_messages(prompt: Prompt) -> list[dict[str, str]] | None:
     return [dict(m) for m in prompt]
 
 
+class CaseIdentityError(ValueError):
+    """A case parameter whose identity cannot be written down the same way twice."""
+
+
+#: The method a class defines to declare the identity of its instances as builtins.
+KEY_METHOD = "quantgate_key"
+
+
 def stable_repr(value: Any) -> str:
-    """A repr that does not change between runs (no ids, sorted mappings)."""
+    """Text that names ``value`` the same in every process and every run.
+
+    Builtins are written out (mappings sorted); dataclass instances by their
+    class and compared fields; enum members by name; module-level functions
+    and classes by qualified name; any object by what its ``quantgate_key()``
+    method returns. Anything else (an object whose only name is its memory
+    address) raises :class:`CaseIdentityError`.
+    """
+    if hasattr(type(value), KEY_METHOD) and not isinstance(value, type):
+        return f"{_qualname(type(value))}<{stable_repr(getattr(value, KEY_METHOD)())}>"
     if isinstance(value, Mapping):
-        return (
-            "{"
-            + ", ".join(
-                f"{stable_repr(k)}: {stable_repr(v)}"
-                for k, v in sorted(value.items(), key=lambda kv: repr(kv[0]))
-            )
-            + "}"
-        )
+        items = sorted(value.items(), key=lambda kv: repr(kv[0]))
+        return "{" + ", ".join(f"{stable_repr(k)}: {stable_repr(v)}" for k, v in items) + "}"
     if isinstance(value, (list, tuple)):
         inner = ", ".join(stable_repr(v) for v in value)
         return f"[{inner}]" if isinstance(value, list) else f"({inner})"
-    if isinstance(value, (str, int, float, bool, type(None))):
+    if isinstance(value, (set, frozenset)):
+        return "{" + ", ".join(sorted(stable_repr(v) for v in value)) + "}"
+    if isinstance(value, (str, int, float, bool, bytes, type(None))):
         return repr(value)
-    return f"{type(value).__module__}.{type(value).__qualname__}:{value!r}"
+    if isinstance(value, enum.Enum):
+        return f"{_qualname(type(value))}.{value.name}"
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        fields = ", ".join(
+            f"{f.name}={stable_repr(getattr(value, f.name))}" for f in dataclasses.fields(value) if f.compare
+        )
+        return f"{_qualname(type(value))}({fields})"
+    if isinstance(value, PurePath):
+        return f"{type(value).__name__}({str(value)!r})"
+    if callable(value) and hasattr(value, "__qualname__") and "<" not in value.__qualname__:
+        return _qualname(value)  # a module-level function or class
+    raise CaseIdentityError(
+        f"a {type(value).__qualname__} has no stable identity (its repr names a memory address); "
+        f"make it a dataclass, give its class a {KEY_METHOD}() method returning builtins, "
+        "or give the case an explicit id with pytest.param(..., id=...)"
+    )
+
+
+def _qualname(obj: Any) -> str:
+    return f"{obj.__module__}.{obj.__qualname__}"
 
 
 def case_key(test_id: str, params: Mapping[str, Any], prompt: Prompt, settings: GenerationSettings) -> str:
     """A stable key of a case: the test, its parameters, prompt and settings.
 
-    The parametrize id is left out on purpose: reordering cases or renaming
-    ids must not change which case is which.
+    The same case gets the same key in every process and run (xdist workers
+    and the controller, two runs sharing a cache). The parametrize id is left
+    out on purpose: reordering cases or renaming ids must not change which
+    case is which — unless an id is what names a parameter (see
+    :func:`param_identities`).
+
+    Raises:
+        CaseIdentityError: naming the parameter that has no stable identity.
     """
     payload = json.dumps(
-        [test_id, stable_repr(dict(params)), stable_repr(prompt), settings.to_dict()],
+        [test_id, _params_repr(params), stable_repr(prompt), settings.to_dict()],
         sort_keys=True,
     )
     return hashlib.sha256(payload.encode()).hexdigest()[:20]
+
+
+def _params_repr(params: Mapping[str, Any]) -> str:
+    parts = []
+    for name, value in sorted(params.items()):
+        try:
+            text = value.text if isinstance(value, DeclaredId) else stable_repr(value)
+        except CaseIdentityError as exc:
+            raise CaseIdentityError(f"argument {name!r}: {exc}") from None
+        parts.append(f"{name!r}: {text}")
+    return "{" + ", ".join(parts) + "}"
+
+
+@dataclass(frozen=True)
+class DeclaredId:
+    """A parameter that is named by its case's explicit id instead of its value."""
+
+    text: str
+
+
+def explicit_ids(argvalues: Sequence[Any], ids: Any) -> tuple[str | None, ...]:
+    """The id the user gave each parameter set, or None where pytest makes one up.
+
+    ``pytest.param(..., id=...)`` and a list ``ids=`` name a set explicitly;
+    ``ids=callable`` does too where it returns a string.
+    """
+    out: list[str | None] = []
+    for i, value in enumerate(argvalues):
+        given: Any = None
+        if _is_param_set(value):
+            given = value.id
+            values = value.values
+        else:
+            values = value if isinstance(value, tuple) else (value,)
+        if given is None and isinstance(ids, (list, tuple)) and i < len(ids):
+            given = ids[i]
+        if given is None and callable(ids):
+            named = [ids(v) for v in values]
+            given = "-".join(named) if named and all(isinstance(x, str) for x in named) else None
+        out.append(None if given is None else str(given))
+    return tuple(out)
+
+
+def _is_param_set(value: Any) -> bool:
+    # pytest.param() returns a ParameterSet, a NamedTuple (values, marks, id);
+    # the type is not part of pytest's public API, its fields are.
+    return isinstance(value, tuple) and getattr(type(value), "_fields", None) == ("values", "marks", "id")
+
+
+def param_identities(params: Mapping[str, Any], explicit_id: str | None) -> dict[str, Any]:
+    """The parameters as :func:`case_key` takes them.
+
+    A parameter without a stable identity is replaced by the case's explicit
+    id when it has one; without one, :class:`CaseIdentityError` names it.
+    """
+    out: dict[str, Any] = {}
+    for name, value in params.items():
+        try:
+            stable_repr(value)
+        except CaseIdentityError as exc:
+            if explicit_id is None:
+                raise CaseIdentityError(f"argument {name!r}: {exc}") from None
+            value = DeclaredId(f"id:{explicit_id}")
+        out[name] = value
+    return out
+
+
+def merge_tolerances(*sources: Mapping[str, float]) -> dict[str, float]:
+    """Per-slice margins from several markers or cases: the stricter margin wins."""
+    out: dict[str, float] = {}
+    for source in sources:
+        for name, tol in source.items():
+            out[name] = min(tol, out.get(name, tol))
+    return out
 
 
 @dataclass(frozen=True)
@@ -245,6 +410,72 @@ class CaseSpec:
     cluster: str | None = None
     critical: bool = False
     tolerances: dict[str, float] = field(default_factory=dict)  # set by slice markers
+
+
+class CaseBuildError(ValueError):
+    """A collected case that cannot become a :class:`CaseSpec`; one line."""
+
+
+def build_case(
+    marker: QuantCaseMarker,
+    *,
+    test_id: str,
+    nodeid: str,
+    params: Mapping[str, Any],
+    index: int | None,
+    slice_markers: Iterable[tuple[Sequence[Any], Mapping[str, Any]]],
+) -> CaseSpec:
+    """The case of one collected item.
+
+    Args:
+        marker: the test's parsed ``quant_case``.
+        test_id: the test's node id without its parameters.
+        nodeid: the item's node id.
+        params: every parameter of the item (``callspec.params``).
+        index: the item's position in ``marker.argvalues``.
+        slice_markers: ``(args, kwargs)`` of the ``slice`` markers, closest first.
+
+    Raises:
+        CaseBuildError: the prompt or cluster cannot be built, or a parameter
+            has no stable identity.
+    """
+    own = {n: params[n] for n in marker.argnames}
+    try:
+        raw_prompt = params[marker.prompt] if isinstance(marker.prompt, str) else marker.prompt(**own)
+        prompt = normalize_prompt(raw_prompt)
+        cluster = None
+        if marker.cluster is not None:
+            value = params[marker.cluster] if isinstance(marker.cluster, str) else marker.cluster(**own)
+            cluster = None if value is None else str(value)
+        explicit = (
+            marker.explicit_ids[index] if index is not None and index < len(marker.explicit_ids) else None
+        )
+        key = case_key(test_id, param_identities(params, explicit), prompt, marker.settings)
+    except CaseIdentityError as exc:
+        raise CaseBuildError(f"{nodeid}: {exc}") from None
+    except Exception as exc:  # the user's prompt= or cluster= callable, or a missing argument
+        raise CaseBuildError(f"{nodeid}: cannot build the quant case: {_describe(exc)}") from exc
+    slices: list[str] = []
+    tolerances: list[dict[str, float]] = []
+    for args, kwargs in slice_markers:
+        names, tol = parse_slice_marker(args, kwargs)
+        slices.extend(n for n in names if n not in slices)
+        if tol is not None:
+            tolerances.append(dict.fromkeys(names, tol))
+    return CaseSpec(
+        key=key,
+        nodeid=nodeid,
+        prompt=prompt,
+        settings=marker.settings,
+        slices=tuple(slices),
+        cluster=cluster,
+        critical=marker.critical,
+        tolerances=merge_tolerances(*tolerances),
+    )
+
+
+def _describe(exc: BaseException) -> str:
+    return "".join(traceback.format_exception_only(type(exc), exc)).strip().splitlines()[-1]
 
 
 @dataclass(frozen=True)
@@ -286,18 +517,23 @@ class ModelOutcome:
         )
 
 
-def classify(reference: Outcome, candidate: Outcome) -> str:
+def classify(reference: Outcome, candidate: Outcome) -> Status:
     """Status of a case for one candidate, from both models' outcomes."""
     if "error" in (reference, candidate):
-        return "error"
+        return Status.ERROR
     if reference == "pass":
-        return "passed" if candidate == "pass" else "regressed"
-    return "improved" if candidate == "pass" else "both-failed"
+        return Status.PASSED if candidate == "pass" else Status.REGRESSED
+    return Status.IMPROVED if candidate == "pass" else Status.BOTH_FAILED
 
 
-def worst_status(statuses: Sequence[str]) -> str:
+def own_status(reference: Outcome) -> Status:
+    """Status of a case run on the reference alone (no candidate given)."""
+    return {"pass": Status.PASSED, "fail": Status.FAILED, "error": Status.ERROR}[reference]
+
+
+def worst_status(statuses: Sequence[Status]) -> Status:
     """The most severe of several statuses (one per candidate)."""
-    return min(statuses, key=STATUSES.index) if statuses else "passed"
+    return min(statuses, key=lambda s: s.severity) if statuses else Status.PASSED
 
 
 @dataclass(frozen=True)
@@ -317,21 +553,24 @@ class CaseRecord:
     def candidates(self) -> list[str]:
         return [label for label in self.outcomes if label != self.reference]
 
-    def status(self, candidate: str) -> str:
+    def status(self, candidate: str) -> Status:
         return classify(self.outcomes[self.reference].outcome, self.outcomes[candidate].outcome)
 
     @property
-    def statuses(self) -> dict[str, str]:
+    def statuses(self) -> dict[str, Status]:
         return {c: self.status(c) for c in self.candidates}
 
     @property
-    def worst(self) -> str:
+    def worst(self) -> Status:
         """The case's status across candidates; with none, the reference's own."""
         if not self.candidates:
-            return {"pass": "passed", "fail": "failed", "error": "error"}[
-                self.outcomes[self.reference].outcome
-            ]
+            return own_status(self.outcomes[self.reference].outcome)
         return worst_status(list(self.statuses.values()))
+
+    @property
+    def fails_test(self) -> bool:
+        """Whether the case's own test fails (see :meth:`Status.fails_test`)."""
+        return self.worst.fails_test(critical=self.critical)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -343,7 +582,7 @@ class CaseRecord:
             "reference": self.reference,
             "outcomes": {k: v.to_dict() for k, v in self.outcomes.items()},
             "tolerances": dict(self.tolerances),
-            "status": self.statuses,
+            "status": {label: status.value for label, status in self.statuses.items()},
         }
 
     @classmethod

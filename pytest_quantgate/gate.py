@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import enum
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
-from pytest_quantgate import stats
+from .cases import ALL
 
 __all__ = [
     "GateSettings",
@@ -31,9 +31,6 @@ __all__ = [
     "evaluate",
     "overall_verdict",
 ]
-
-#: Name of the row for all cases together.
-TOTAL_NAME = "ALL"
 
 
 class Verdict(str, enum.Enum):
@@ -47,6 +44,10 @@ class Verdict(str, enum.Enum):
     def __str__(self) -> str:
         # f-strings print the bare value on every Python version.
         return self.value
+
+    def fails(self, *, strict: bool) -> bool:
+        """Whether a row with this verdict fails the run (INCONCLUSIVE only when strict)."""
+        return self is Verdict.REGRESSED or (strict and self is Verdict.INCONCLUSIVE)
 
 
 @dataclass(frozen=True)
@@ -114,7 +115,7 @@ class SliceResult:
     slice does not have.
 
     Attributes:
-        slice: Slice name (``"ALL"`` for the total row).
+        slice: Slice name (:data:`~.cases.ALL` for the total row).
         n: Paired cases.
         ref_accuracy: Reference pass rate.
         cand_accuracy: Candidate pass rate.
@@ -176,41 +177,6 @@ class SliceResult:
                 out[field.name] = value
         return out
 
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> SliceResult:
-        """Rebuilds a row from to_dict output.
-
-        A None float statistic reads back as NaN; None ``mdd``/``n_needed``
-        stay None, so an infinite ``mdd`` does not survive the round trip.
-        """
-
-        def number(key: str) -> float:
-            value = data[key]
-            return math.nan if value is None else float(value)
-
-        mdd = data.get("mdd")
-        n_needed = data.get("n_needed")
-        return cls(
-            slice=str(data["slice"]),
-            n=int(data["n"]),
-            ref_accuracy=number("ref_accuracy"),
-            cand_accuracy=number("cand_accuracy"),
-            drop=number("drop"),
-            se=number("se"),
-            upper=number("upper"),
-            regressions=int(data["regressions"]),
-            improvements=int(data["improvements"]),
-            p_value=number("p_value"),
-            p_adjusted=number("p_adjusted"),
-            tolerance=number("tolerance"),
-            alpha=number("alpha"),
-            design_effect=number("design_effect"),
-            verdict=Verdict(data["verdict"]),
-            mdd=None if mdd is None else float(mdd),
-            n_needed=None if n_needed is None else int(n_needed),
-            is_total=bool(data.get("is_total", False)),
-        )
-
 
 @dataclass(frozen=True)
 class _Tested:
@@ -231,6 +197,8 @@ class _Tested:
 
 
 def _test(outcomes: SliceOutcomes, settings: GateSettings) -> _Tested:
+    from . import stats  # numpy and scipy: imported when a gate is computed, not with the plugin
+
     tolerance = settings.tolerance if outcomes.tolerance is None else outcomes.tolerance
     n = len(outcomes.reference)
     if n == 0:
@@ -274,8 +242,10 @@ def _row(
     is_total: bool,
 ) -> SliceResult:
     """Applies the verdict rules to one slice, given its (adjusted) p-values."""
+    from . import stats
+
     alpha = settings.alpha
-    name = TOTAL_NAME if is_total else tested.name
+    name = ALL if is_total else tested.name
     if tested.n == 0:
         nan = math.nan
         return SliceResult(
@@ -370,6 +340,8 @@ def evaluate(
     Returns:
         One row per slice, then the ALL row when ``total`` is given.
     """
+    from . import stats
+
     tested = [_test(outcomes, settings) for outcomes in slices]
     family = [i for i, t in enumerate(tested) if t.n > 0]
     adj_regression = [math.nan] * len(tested)

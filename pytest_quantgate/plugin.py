@@ -1,40 +1,58 @@
 """pytest hooks: options, markers, collection, fixtures, report hooks.
 
-Wiring only: every decision is made by the modules this one calls. The
-stateful part is :class:`QuantGatePlugin`, registered from
-``pytest_configure`` and kept in ``config.stash``.
+Wiring only: every decision is made by the modules this one calls. Two
+stateful plugin objects are registered from ``pytest_configure``:
+:class:`CasePlugin` in every process that runs tests (it drives the
+:class:`~.executor.Executor`), and :class:`GatePlugin` in the process that
+reports (it feeds the :class:`~.aggregator.Aggregator` and writes the
+reports) — both in one process without xdist, apart with it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 from typing import Any
 
 import pytest
 
-from .backends.base import Backend
+from .aggregator import Aggregator
+from .backends.base import Backend, load_backend
 from .cases import (
     RECORD_KEY,
+    CaseBuildError,
     CaseRecord,
     CaseSpec,
-    ModelOutcome,
+    Outcome,
     QuantCaseMarker,
-    case_key,
-    normalize_prompt,
+    build_case,
     parse_quant_case,
     parse_slice_marker,
     run_check,
 )
 from .config import ConfigError, GateConfig
+from .executor import Check, Executor
 from .gate import SliceResult
 from .report import json_report, terminal
-from .session import CandidateGate, QuantSession
+from .report.model import CandidateGate, GateReport
+from .specs import SCHEMES, ModelSpec
 
-plugin_key = pytest.StashKey["QuantGatePlugin"]()
+case_plugin_key = pytest.StashKey["CasePlugin"]()
 _case_key = pytest.StashKey[CaseSpec]()
 _case_error_key = pytest.StashKey[str]()
 _markers_key = pytest.StashKey[dict[str, QuantCaseMarker]]()
+#: The workeroutput key of a worker's loaded-model facts.
+_FACTS_KEY = "quantgate_models"
+_NO_REFERENCE = "quantgate: no reference model given (--quant-reference)"
+_SCHEME_LIST = ", ".join(s.usage or s.name for s in SCHEMES.values())
+
+_MARKERS = (
+    "quant_case(argnames, argvalues, *, ids=None, prompt='prompt', max_new_tokens=64, stop=None, "
+    "chat_template=None, critical=False, cluster=None): parametrize a test over domain cases run "
+    "on the reference and candidate models; the body checks `output`.",
+    "slice(*names, tolerance=None): tag quant cases with slices the gate reports on.",
+)
 
 _OPTIONS = (
     # flag, ini name, ini type, help
@@ -42,14 +60,14 @@ _OPTIONS = (
         "--quant-reference",
         "quant_reference",
         "string",
-        "reference model: [LABEL=]PATH to a local checkpoint (default: none; quant cases skip)",
+        "reference model spec [LABEL=][SCHEME:]PATH, usually a local checkpoint "
+        "(default: none; quant cases skip)",
     ),
     (
         "--quant-candidate",
         "quant_candidate",
         "linelist",
-        "candidate model spec [LABEL=][SCHEME:]PATH, repeatable; schemes: bnb-nf4, bnb-int8, "
-        "torchao-int8, torchao-int4, rtn<bits>[g<group>] (default: none)",
+        f"candidate model spec [LABEL=][SCHEME:]PATH, repeatable; schemes: {_SCHEME_LIST} (default: none)",
     ),
     (
         "--quant-device",
@@ -74,13 +92,6 @@ _OPTIONS = (
     ("--quant-report", "quant_report", "string", "write the gate as JSON to this path (default: none)"),
     ("--quant-batch-size", "quant_batch_size", "string", "prompts per generation batch (default: 16)"),
 )
-
-_STATUS_DISPLAY = {
-    "regressed": ("R", "REGRESSED", {"yellow": True, "bold": True}),
-    "improved": ("I", "IMPROVED", {"green": True}),
-    "both-failed": ("b", "BOTH-FAILED", {"yellow": True}),
-}
-
 
 # -- options and configuration ---------------------------------------------
 
@@ -108,16 +119,15 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
+def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
+    from . import hooks
+
+    pluginmanager.add_hookspecs(hooks)
+
+
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line(
-        "markers",
-        "quant_case(argnames, argvalues, *, ids=None, prompt='prompt', max_new_tokens=64, stop=None, "
-        "chat_template=None, critical=False, cluster=None): parametrize a test over domain cases run "
-        "on the reference and candidate models; the body checks `output`.",
-    )
-    config.addinivalue_line(
-        "markers", "slice(*names, tolerance=None): tag quant cases with slices the gate reports on."
-    )
+    for line in _MARKERS:
+        config.addinivalue_line("markers", line)
     config.stash[_markers_key] = {}
     if config.option.help or config.option.version:
         return
@@ -130,18 +140,21 @@ def pytest_configure(config: pytest.Config) -> None:
         )
     except ConfigError as exc:
         raise pytest.UsageError(f"quantgate: {exc}") from None
-    plugin = QuantGatePlugin(config, gate_config)
-    config.stash[plugin_key] = plugin
-    config.pluginmanager.register(plugin, "quantgate-session")
-    if config.pluginmanager.hasplugin("xdist") and not plugin.is_worker:
-        config.pluginmanager.register(XdistHooks(plugin), "quantgate-xdist")
+    cases = CasePlugin(config, gate_config)
+    config.stash[case_plugin_key] = cases
+    config.pluginmanager.register(cases, "quantgate-cases")
+    if not hasattr(config, "workerinput"):  # reports are made by the controller only
+        gate = GatePlugin(config, gate_config, local_facts=cases.executor.pool.facts)
+        config.pluginmanager.register(gate, "quantgate-gate")
+        if config.pluginmanager.hasplugin("xdist"):
+            config.pluginmanager.register(XdistHooks(gate.aggregator), "quantgate-xdist")
 
 
 def pytest_report_header(config: pytest.Config) -> list[str] | None:
-    plugin = config.stash.get(plugin_key, None)
-    if plugin is None or not plugin.gate_config.enabled:
+    cases = config.stash.get(case_plugin_key, None)
+    if cases is None or not cases.gate_config.enabled:
         return None
-    return list(terminal.header_lines(plugin.gate_config))
+    return list(terminal.header_lines(cases.gate_config))
 
 
 # -- collection --------------------------------------------------------------
@@ -156,6 +169,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         parsed = parse_quant_case(marker.args, marker.kwargs)
         for m in metafunc.definition.iter_markers("slice"):
             parse_slice_marker(m.args, m.kwargs)
+        parsed.check_identities()
     except ValueError as exc:
         pytest.fail(f"{where}: {exc}", pytrace=False)
     if "output" not in metafunc.fixturenames:
@@ -166,36 +180,6 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     metafunc.config.stash[_markers_key][where] = parsed
     # The argnames as written: a single name takes scalar values, a list tuples.
     metafunc.parametrize(marker.args[0], parsed.argvalues, ids=parsed.ids)
-
-
-def _build_case(item: pytest.Item, marker: QuantCaseMarker, base_id: str) -> CaseSpec:
-    params: dict[str, Any] = dict(item.callspec.params)  # type: ignore[attr-defined]
-    own = {n: params[n] for n in marker.argnames}
-    raw_prompt = params[marker.prompt] if isinstance(marker.prompt, str) else marker.prompt(**own)
-    prompt = normalize_prompt(raw_prompt)
-    slices: list[str] = []
-    tolerances: dict[str, float] = {}
-    for m in item.iter_markers("slice"):
-        names, tol = parse_slice_marker(m.args, m.kwargs)
-        for name in names:
-            if name not in slices:
-                slices.append(name)
-            if tol is not None:
-                tolerances[name] = min(tol, tolerances.get(name, tol))
-    cluster = None
-    if marker.cluster is not None:
-        value = params[marker.cluster] if isinstance(marker.cluster, str) else marker.cluster(**own)
-        cluster = None if value is None else str(value)
-    return CaseSpec(
-        key=case_key(base_id, params, prompt, marker.settings),
-        nodeid=item.nodeid,
-        prompt=prompt,
-        settings=marker.settings,
-        slices=tuple(slices),
-        cluster=cluster,
-        critical=marker.critical,
-        tolerances=tolerances,
-    )
 
 
 # -- fixtures ----------------------------------------------------------------
@@ -212,27 +196,25 @@ def output(request: pytest.FixtureRequest) -> str:
 @pytest.fixture(scope="session")
 def quant_config(pytestconfig: pytest.Config) -> GateConfig:
     """The session's validated quantgate configuration."""
-    return _plugin(pytestconfig).gate_config
+    return pytestconfig.stash[case_plugin_key].gate_config
 
 
 @pytest.fixture(scope="session")
 def quant_reference(pytestconfig: pytest.Config) -> Backend:
     """The reference model, loaded once per session (per xdist worker)."""
-    plugin = _plugin(pytestconfig)
-    if not plugin.gate_config.enabled:
+    executor = pytestconfig.stash[case_plugin_key].executor
+    if not executor.config.enabled:
         pytest.skip("quantgate: no reference model given (--quant-reference)")
-    return plugin.session.pool.get(plugin.session.labels[0])
+    return executor.pool.get(executor.labels[0])
 
 
 @pytest.fixture(scope="session")
 def quant_candidates(pytestconfig: pytest.Config) -> dict[str, Backend]:
     """The candidate models by label, each loaded once per session."""
-    plugin = _plugin(pytestconfig)
-    return {c.label: plugin.session.pool.get(c.label) for c in plugin.gate_config.candidates}
-
-
-def _plugin(config: pytest.Config) -> QuantGatePlugin:
-    return config.stash[plugin_key]
+    executor = pytestconfig.stash[case_plugin_key].executor
+    return (
+        {label: executor.pool.get(label) for label in executor.labels[1:]} if executor.config.enabled else {}
+    )
 
 
 # -- reporting of single tests -----------------------------------------------
@@ -246,51 +228,138 @@ def _record_of(report: pytest.TestReport) -> CaseRecord | None:
 
 
 def pytest_report_teststatus(report: pytest.TestReport, config: pytest.Config) -> Any:
-    if report.when != "call":
-        return None
-    record = _record_of(report)
-    if record is None:
-        return None
-    status = record.worst
-    if status == "error":
-        return "error", "E", ("ERROR", {"red": True})
-    if report.failed or status not in _STATUS_DISPLAY:
-        return None
-    letter, word, markup = _STATUS_DISPLAY[status]
-    return status, letter, (word, markup)
+    record = _record_of(report) if report.when == "call" else None
+    return None if record is None else terminal.teststatus(record, failed=report.failed)
 
 
-class QuantGatePlugin:
-    """The session's stateful hooks; one instance per pytest process."""
+# -- the process that runs tests ---------------------------------------------
+
+
+class CasePlugin:
+    """Plans the collected cases, generates them, checks them: any process that runs tests."""
 
     def __init__(self, config: pytest.Config, gate_config: GateConfig):
         self.config = config
         self.gate_config = gate_config
-        self.session = QuantSession(gate_config, emit=self._emit)
-        self.gates: list[CandidateGate] | None = None
-        self.is_worker = hasattr(config, "workerinput")
+        self.terminal = _Terminal(config)
+        self.executor = Executor(gate_config, emit=self.terminal.emit, loader=self._load)
 
-    def _emit(self, line: str) -> None:
-        tr = self.config.pluginmanager.get_plugin("terminalreporter")
-        if tr is None:
+    def _load(self, spec: ModelSpec, *, device: str, dtype: str) -> Backend:
+        made = self.config.hook.pytest_quantgate_make_backend(spec=spec, device=device, dtype=dtype)
+        return made if made is not None else load_backend(spec, device=device, dtype=dtype)
+
+    def pytest_collection_finish(self, session: pytest.Session) -> None:
+        # session.items is final here: -k, -m and --lf have deselected what
+        # this process will not run, so nothing deselected is generated.
+        markers = self.config.stash[_markers_key]
+        for item in session.items:
+            if not isinstance(item, pytest.Function) or not hasattr(item, "callspec"):
+                continue
+            test_id = f"{item.parent.nodeid if item.parent else ''}::{item.originalname}"
+            marker = markers.get(test_id)
+            if marker is None:
+                continue
+            if not self.gate_config.enabled:
+                item.add_marker(pytest.mark.skip(reason=_NO_REFERENCE))
+                continue
+            try:
+                case = build_case(
+                    marker,
+                    test_id=test_id,
+                    nodeid=item.nodeid,
+                    params=item.callspec.params,
+                    index=item.callspec.indices.get(marker.argnames[0]),
+                    slice_markers=[(m.args, m.kwargs) for m in item.iter_markers("slice")],
+                )
+            except CaseBuildError as exc:
+                item.stash[_case_error_key] = str(exc)
+                continue
+            item.stash[_case_key] = case
+            self.executor.plan(case)
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_pyfunc_call(self, pyfuncitem: pytest.Function) -> bool | None:
+        if _case_error_key in pyfuncitem.stash:
+            pytest.fail(pyfuncitem.stash[_case_error_key], pytrace=False)
+        case = pyfuncitem.stash.get(_case_key, None)
+        if case is None:
+            return None
+        generates = not self.executor.is_generated(case.key)
+        record = self.executor.record(case, _body_check(pyfuncitem))
+        if generates:
+            self.terminal.resume_progress_line(pyfuncitem.nodeid)
+        pyfuncitem.user_properties.append((RECORD_KEY, record.to_json()))
+        if record.fails_test:
+            pytest.fail("\n".join(terminal.case_lines(record)), pytrace=False)
+        return True
+
+    def pytest_sessionfinish(self) -> None:
+        if hasattr(self.config, "workerinput"):
+            self.config.workeroutput[_FACTS_KEY] = json.dumps(self.executor.pool.facts)  # type: ignore[attr-defined]
+
+    def pytest_unconfigure(self) -> None:
+        self.executor.close()
+
+
+def _body_check(item: pytest.Function) -> Check:
+    """The test body as a check of one model's output."""
+    kwargs = {name: item.funcargs[name] for name in _test_argnames(item)}
+
+    def check(output: str) -> tuple[Outcome, str | None]:
+        return run_check(
+            item.obj,
+            {**kwargs, "output": output},
+            fail_types=(AssertionError, pytest.fail.Exception),
+            passthrough=(pytest.skip.Exception, pytest.xfail.Exception, pytest.exit.Exception),
+        )
+
+    return check
+
+
+def _test_argnames(item: pytest.Function) -> list[str]:
+    """The arguments the test function takes, as pytest passes them (no defaults)."""
+    params = inspect.signature(item.obj).parameters.values()
+    return [
+        p.name
+        for p in params
+        if p.default is inspect.Parameter.empty
+        and p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+        and p.name in item.funcargs
+    ]
+
+
+# -- the process that reports --------------------------------------------------
+
+
+class GatePlugin:
+    """Gathers the records of every test report and gates them: the controller."""
+
+    def __init__(self, config: pytest.Config, gate_config: GateConfig, local_facts: dict[str, Any]):
+        self.config = config
+        self.gate_config = gate_config
+        self.aggregator = Aggregator(gate_config)
+        self._local_facts = local_facts
+        self.report: GateReport | None = None
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        record = _record_of(report) if report.when == "call" else None
+        if record is not None:
+            self.aggregator.add(record)
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
+        self.aggregator.add_model_facts(self._local_facts)
+        self.report = self.aggregator.report(complete=exitstatus != pytest.ExitCode.INTERRUPTED)
+        if self.report is None:
             return
-        # Generation runs inside a test's call, where output is captured:
-        # progress must reach the terminal, as live logging does.
-        capman = self.config.pluginmanager.get_plugin("capturemanager")
-        with capman.global_and_fixture_disabled() if capman else contextlib.nullcontext():
-            tr.ensure_newline()
-            tr.write_line(line, cyan=True)
+        for candidate, row in self.report.failures:
+            self._log_gate_failure(_gate_report(candidate, row))
+        if self.report.failures and session.exitstatus == pytest.ExitCode.OK:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        if self.gate_config.report_path is not None:
+            json_report.write(self.report, self.gate_config.report_path)
 
-    def _resume_progress_line(self, nodeid: str) -> None:
-        """Re-open the file's progress line that the generation lines broke."""
-        tr = self.config.pluginmanager.get_plugin("terminalreporter")
-        capman = self.config.pluginmanager.get_plugin("capturemanager")
-        if tr is None or tr.verbosity > 0:
-            return
-        with capman.global_and_fixture_disabled() if capman else contextlib.nullcontext():
-            tr.write_fspath_result(nodeid, "")
-
-    def _log_gate_report(self, report: pytest.TestReport) -> None:
+    def _log_gate_failure(self, report: pytest.TestReport) -> None:
         """Hand a gate failure to every reporter (JUnit, ...) and the summary.
 
         The terminal reporter is left out of the hook call: its progress line
@@ -301,119 +370,18 @@ class QuantGatePlugin:
         tr = pm.get_plugin("terminalreporter")
         pm.subset_hook_caller("pytest_runtest_logreport", remove_plugins=[tr] if tr else [])(report=report)
         if tr is not None:
-            add = getattr(tr, "_add_stats", None)  # keeps the summary colour right
-            if add is not None:
-                add("failed", [report])
-            else:
-                tr.stats.setdefault("failed", []).append(report)
+            _count_as_failed(tr, report)
 
-    @pytest.hookimpl(trylast=True)
-    def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
-        markers = self.config.stash[_markers_key]
-        for item in items:
-            base_id = item.nodeid.partition("[")[0]
-            marker = markers.get(base_id)
-            if marker is None or not hasattr(item, "callspec"):
-                continue
-            if not self.gate_config.enabled:
-                item.add_marker(
-                    pytest.mark.skip(reason="quantgate: no reference model given (--quant-reference)")
-                )
-                continue
-            try:
-                case = _build_case(item, marker, base_id)
-            except (ValueError, KeyError, TypeError) as exc:
-                item.stash[_case_error_key] = f"{item.nodeid}: cannot build the quant case: {exc}"
-                continue
-            item.stash[_case_key] = case
-            self.session.add_case(case)
-
-    @pytest.hookimpl(tryfirst=True)
-    def pytest_pyfunc_call(self, pyfuncitem: pytest.Function) -> bool | None:
-        if _case_error_key in pyfuncitem.stash:
-            pytest.fail(pyfuncitem.stash[_case_error_key], pytrace=False)
-        case = pyfuncitem.stash.get(_case_key, None)
-        if case is None:
-            return None
-        if not self.session.generated:
-            self.session.generate()
-            self._resume_progress_line(pyfuncitem.nodeid)
-        kwargs = {name: pyfuncitem.funcargs[name] for name in pyfuncitem._fixtureinfo.argnames}
-        outcomes: dict[str, ModelOutcome] = {}
-        for label in self.session.labels:
-            run = self.session.run_of(label, case.key)
-            transcript = tuple(t.to_dict() for t in run.turns)
-            if run.error is not None:
-                outcomes[label] = ModelOutcome("error", run.output, run.error, transcript)
-                continue
-            kwargs["output"] = run.output
-            result, message = run_check(
-                pyfuncitem.obj,
-                kwargs,
-                fail_types=(AssertionError, pytest.fail.Exception),
-                passthrough=(pytest.skip.Exception, pytest.xfail.Exception, pytest.exit.Exception),
-            )
-            outcomes[label] = ModelOutcome(result, run.output, message, transcript)
-        record = CaseRecord(
-            key=case.key,
-            nodeid=case.nodeid,
-            slices=case.slices,
-            cluster=case.cluster,
-            critical=case.critical,
-            reference=self.session.labels[0],
-            outcomes=outcomes,
-            tolerances=case.tolerances,
-        )
-        pyfuncitem.user_properties.append((RECORD_KEY, record.to_json()))
-        status = record.worst
-        if status in ("error", "failed") or (status == "regressed" and case.critical):
-            pytest.fail("\n".join(terminal.case_lines(record)), pytrace=False)
-        return True
-
-    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        if report.when != "call":
+    def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
+        if self.report is None:
             return
-        record = _record_of(report)
-        if record is not None:
-            self.session.add_record(record)
-
-    @pytest.hookimpl(tryfirst=True)
-    def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
-        if self.is_worker:
-            self.config.workeroutput["quantgate_models"] = json.dumps(self.session.pool.facts)  # type: ignore[attr-defined]
-            return
-        if not self.gate_config.enabled or not self.session.records:
-            return
-        self.gates = self.session.gate()
-        complete = exitstatus != pytest.ExitCode.INTERRUPTED
-        failing = False
-        for gate in self.gates:
-            for row in gate.rows:
-                fails = terminal.row_fails(row, strict=self.gate_config.strict)
-                if not fails or not complete:
-                    continue
-                failing = True
-                self._log_gate_report(_gate_report(gate, row))
-        if failing and session.exitstatus == pytest.ExitCode.OK:
-            session.exitstatus = pytest.ExitCode.TESTS_FAILED
-        if self.gate_config.report_path is not None:
-            report = self.session.report(self.gates, complete=complete)
-            json_report.write(report, self.gate_config.report_path)
-
-    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
-        if self.is_worker or self.gates is None:
-            return
-        report = self.session.report(self.gates)
-        for line in terminal.summary(report):
+        for line in terminal.summary(self.report):
             if isinstance(line, terminal.Sep):
                 terminalreporter.write_sep("=", line.title, **line.markup)
                 continue
             for text, markup in line:
                 terminalreporter.write(text, **markup)
             terminalreporter.line("")
-
-    def pytest_unconfigure(self) -> None:
-        self.session.pool.close()
 
 
 def _gate_report(gate: CandidateGate, row: SliceResult) -> pytest.TestReport:
@@ -430,13 +398,58 @@ def _gate_report(gate: CandidateGate, row: SliceResult) -> pytest.TestReport:
     )
 
 
+def _count_as_failed(tr: pytest.TerminalReporter, report: pytest.TestReport) -> None:
+    """Count a report as failed in the terminal's summary line and FAILURES section.
+
+    The one private pytest API this plugin uses: ``TerminalReporter._add_stats``
+    also marks the summary colour as stale, so the final line turns red. If a
+    pytest release renames it, the fallback still counts the failure (and the
+    exit status is unaffected); only the colour of the last line may stay green.
+    """
+    add = getattr(tr, "_add_stats", None)
+    if add is not None:
+        add("failed", [report])
+    else:
+        tr.stats.setdefault("failed", []).append(report)
+
+
 class XdistHooks:
     """Controller-side hooks that exist only when pytest-xdist is active."""
 
-    def __init__(self, plugin: QuantGatePlugin):
-        self.plugin = plugin
+    def __init__(self, aggregator: Aggregator):
+        self.aggregator = aggregator
 
     def pytest_testnodedown(self, node: Any, error: Any) -> None:
-        facts = getattr(node, "workeroutput", {}).get("quantgate_models")
+        facts = getattr(node, "workeroutput", {}).get(_FACTS_KEY)
         if facts:
-            self.plugin.session.worker_facts.update(json.loads(facts))
+            self.aggregator.add_model_facts(json.loads(facts))
+
+
+class _Terminal:
+    """Progress lines from inside a test's call, where output is captured."""
+
+    def __init__(self, config: pytest.Config):
+        self.config = config
+
+    def _parts(self) -> tuple[Any, contextlib.AbstractContextManager[Any]]:
+        tr = self.config.pluginmanager.get_plugin("terminalreporter")
+        capman = self.config.pluginmanager.get_plugin("capturemanager")
+        # Generation runs inside a test's call: progress must reach the
+        # terminal anyway, as live logging does.
+        return tr, capman.global_and_fixture_disabled() if capman else contextlib.nullcontext()
+
+    def emit(self, line: str) -> None:
+        tr, uncaptured = self._parts()
+        if tr is None:
+            return
+        with uncaptured:
+            tr.ensure_newline()
+            tr.write_line(line, cyan=True)
+
+    def resume_progress_line(self, nodeid: str) -> None:
+        """Re-open the file's progress line that the generation lines broke."""
+        tr, uncaptured = self._parts()
+        if tr is None or tr.verbosity > 0:
+            return
+        with uncaptured:
+            tr.write_fspath_result(nodeid, "")

@@ -1,12 +1,19 @@
 """Model spec strings -> :class:`ModelSpec`.
 
-Grammar (one pure function, room for more schemes)::
+Grammar (one pure function; whether a prefix is a scheme is decided by the
+grammar alone, never by looking at the filesystem)::
 
-    [LABEL=][SCHEME:]PATH
+    [LABEL=][SCHEME:]TARGET[?KEY=VALUE&...]
 
-``PATH`` is a local checkpoint directory (a plain checkpoint, or one that is
-already quantized and carries its ``quantization_config``). ``SCHEME`` asks
-for quantization at load time:
+``SCHEME`` is two or more characters of ``[a-z0-9-]`` starting with a letter,
+followed by ``:``. Anything else is part of ``TARGET``: a path that contains
+a colon is written ``./a:b`` or as an absolute path, and a one-letter drive
+(``C:\\models``) is never a scheme. Without a scheme, ``TARGET`` is a local
+checkpoint directory loaded as it is (a plain checkpoint, or one that is
+already quantized and carries its ``quantization_config``). ``?KEY=VALUE``
+options are accepted only by schemes that declare them.
+
+Schemes (:data:`SCHEMES`; plugins add theirs with :func:`register_scheme`):
 
 =================  ==========================================================
 ``bnb-nf4``        bitsandbytes 4-bit NormalFloat
@@ -16,50 +23,124 @@ for quantization at load time:
 ``rtn<B>[g<G>]``   round-to-nearest fake quantization to B bits in groups of
                    G input columns (default 32): a cheap, library-free way to
                    see how a suite reacts to a damaged model
+``fake``           a scripted model read from a JSON file (testing suites and
+                   the plugin itself without a model)
 =================  ==========================================================
 
 ``LABEL`` names the model in reports; by default it is derived from the
-scheme and the directory name (``nf4-tiny-ref``).
+scheme and the target's name (``bnb-nf4-tiny-ref``).
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-__all__ = ["SCHEMES", "ModelSpec", "SpecError", "parse_spec"]
+__all__ = [
+    "SCHEMES",
+    "ModelSpec",
+    "Scheme",
+    "SpecError",
+    "find_scheme",
+    "parse_spec",
+    "register_scheme",
+]
 
 
 class SpecError(ValueError):
     """A model spec string that cannot be used; the message is one line."""
 
 
+Target = Literal["checkpoint", "file", "url"]
+
+
 @dataclass(frozen=True)
 class Scheme:
-    """A load-time quantization scheme."""
+    """A way to obtain a model: which backend loads it, what its target is.
+
+    Attributes:
+        name: the scheme as written before ``:`` (or a family name, with
+            ``pattern``).
+        description: one line for ``--help`` and error messages.
+        backend: the backend kind that loads it (see :mod:`.backends`).
+        extra: the pip extra that provides what it needs, for error messages.
+        target: what ``TARGET`` is: a checkpoint directory, a file, a URL.
+        pattern: for a family of schemes (``rtn2g64``), a regex whose named
+            groups become integer options.
+        defaults: values of the pattern's optional groups when absent.
+        usage: how a family is written, for the list of known schemes.
+        options: the ``?KEY=VALUE`` options the scheme accepts.
+    """
 
     name: str
     description: str
-    extra: str  # the pip extra that provides it, for error messages
+    backend: str = "hf"
+    extra: str | None = None
+    target: Target = "checkpoint"
+    pattern: str | None = None
+    usage: str | None = None
+    options: tuple[str, ...] = ()
+    defaults: Mapping[str, int] = field(default_factory=dict)
+
+    def match(self, text: str) -> dict[str, Any] | None:
+        """Options of the scheme named ``text``, or None when it is not this scheme."""
+        if self.pattern is None:
+            return {} if text == self.name else None
+        m = re.fullmatch(self.pattern, text)
+        if m is None:
+            return None
+        return {k: int(v) if v is not None else self.defaults[k] for k, v in m.groupdict().items()}
 
 
-SCHEMES: dict[str, Scheme] = {
-    s.name: s
-    for s in (
-        Scheme("bnb-nf4", "bitsandbytes 4-bit NF4", "bnb"),
-        Scheme("bnb-int8", "bitsandbytes LLM.int8()", "bnb"),
-        Scheme("torchao-int8", "torchao int8 weight-only", "torchao"),
-        Scheme("torchao-int4", "torchao int4 weight-only (groups of 32)", "torchao"),
-    )
-}
+SCHEMES: dict[str, Scheme] = {}
 
-_RTN = re.compile(r"^rtn(?P<bits>[1-8])(?:g(?P<group>\d+))?$")
+
+def register_scheme(scheme: Scheme) -> None:
+    """Make ``scheme`` known to :func:`parse_spec` (a plugin's or conftest's own)."""
+    SCHEMES[scheme.name] = scheme
+
+
+for _scheme in (
+    Scheme("bnb-nf4", "bitsandbytes 4-bit NF4", extra="bnb"),
+    Scheme("bnb-int8", "bitsandbytes LLM.int8()", extra="bnb"),
+    Scheme("torchao-int8", "torchao int8 weight-only", extra="torchao"),
+    Scheme("torchao-int4", "torchao int4 weight-only (groups of 32)", extra="torchao"),
+    Scheme(
+        "rtn",
+        "round-to-nearest fake quantization",
+        extra="hf",
+        pattern=r"rtn(?P<bits>[1-8])(?:g(?P<group_size>[1-9]\d*))?",
+        usage="rtn<bits 1-8>[g<group>]",
+        defaults={"group_size": 32},
+    ),
+    Scheme("fake", "a scripted model from a JSON file", backend="fake", target="file"),
+):
+    register_scheme(_scheme)
+
+#: The scheme of a spec without one: a checkpoint loaded as it is.
+PLAIN = Scheme("", "a local checkpoint, loaded as it is", extra="hf")
+
+
+def find_scheme(name: str | None) -> tuple[Scheme, dict[str, Any]]:
+    """The scheme a spec names and the options its name carries.
+
+    Raises:
+        SpecError: no known scheme has that name.
+    """
+    if name is None:
+        return PLAIN, {}
+    for scheme in SCHEMES.values():
+        options = scheme.match(name)
+        if options is not None:
+            return scheme, options
+    raise SpecError(f"unknown scheme {name!r}")
+
+
 _LABELLED = re.compile(r"^(?P<label>[A-Za-z0-9][A-Za-z0-9._+-]*)=(?P<rest>.*)$")
-# A scheme prefix is lower-case letters, digits and dashes; anything else
-# before a colon (a Windows drive letter, a path with a colon) is a path.
-_SCHEME_PREFIX = re.compile(r"^(?P<scheme>[a-z][a-z0-9-]+):(?P<rest>.+)$")
+_SCHEME_PREFIX = re.compile(r"^(?P<scheme>[a-z][a-z0-9-]+):(?P<rest>.*)$")
 
 
 @dataclass(frozen=True)
@@ -67,32 +148,34 @@ class ModelSpec:
     """One model to load: where from and how to quantize it at load time."""
 
     label: str
-    path: str  # absolute, resolved
+    path: str  # the target: an absolute resolved path, or a URL
     scheme: str | None = None  # None = load the checkpoint as it is
     options: dict[str, Any] = field(default_factory=dict)
     text: str = ""  # the spec as the user wrote it
 
     @property
+    def kind(self) -> Scheme:
+        """The scheme's entry in :data:`SCHEMES` (``PLAIN`` without a scheme)."""
+        return find_scheme(self.scheme)[0]
+
+    @property
     def display(self) -> str:
         """Short form for headings: ``label (scheme:dir)``."""
-        where = Path(self.path).name
+        where = self.path if self.kind.target == "url" else Path(self.path).name
         return f"{self.label} ({self.scheme}:{where})" if self.scheme else f"{self.label} ({where})"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ModelSpec:
-        return cls(**data)
-
 
 def parse_spec(text: str, *, base_dir: Path | str | None = None, check_path: bool = True) -> ModelSpec:
-    """Parse ``[LABEL=][SCHEME:]PATH`` into a :class:`ModelSpec`.
+    """Parse ``[LABEL=][SCHEME:]TARGET[?OPTIONS]`` into a :class:`ModelSpec`.
 
     Args:
         text: the spec string.
-        base_dir: directory that a relative ``PATH`` is relative to.
-        check_path: require ``PATH`` to be an existing directory.
+        base_dir: directory that a relative path is relative to.
+        check_path: require the target to exist (a checkpoint directory with
+            a ``config.json``, or a file, as the scheme says).
 
     Raises:
         SpecError: with a one-line message naming the problem.
@@ -106,33 +189,76 @@ def parse_spec(text: str, *, base_dir: Path | str | None = None, check_path: boo
     # path such as ``runs/lr=3e-4`` stays a path.
     labelled = _LABELLED.match(raw)
     if labelled:
-        label, rest = labelled.group("label"), labelled.group("rest")
-    scheme: str | None = None
-    options: dict[str, Any] = {}
-    m = _SCHEME_PREFIX.match(rest)
-    if m and not Path(rest).exists():
-        scheme, rest = m.group("scheme"), m.group("rest")
-        rtn = _RTN.match(scheme)
-        if rtn:
-            options = {"bits": int(rtn.group("bits")), "group_size": int(rtn.group("group") or 32)}
-            if options["group_size"] < 1:
-                raise SpecError(f"bad group size in model spec {raw!r}")
-        elif scheme not in SCHEMES:
-            known = ", ".join([*SCHEMES, "rtn<bits>[g<group>]"])
-            raise SpecError(f"unknown quantization scheme {scheme!r} in model spec {raw!r} (known: {known})")
-    if not rest.strip():
-        raise SpecError(f"empty model spec: no path in {raw!r}")
-    path = Path(rest.strip()).expanduser()
-    if not path.is_absolute() and base_dir is not None:
-        path = Path(base_dir) / path
-    path = path.resolve()
-    if check_path:
-        if not path.exists():
-            raise SpecError(f"model directory not found: {path} (from spec {raw!r})")
-        if not path.is_dir():
-            raise SpecError(f"model path is not a directory: {path} (from spec {raw!r})")
-        if not (path / "config.json").is_file():
-            raise SpecError(f"no config.json in model directory {path} (from spec {raw!r})")
+        label, rest = labelled.group("label"), labelled.group("rest").strip()
+    scheme_name: str | None = None
+    prefixed = _SCHEME_PREFIX.match(rest)
+    if prefixed:
+        scheme_name, rest = prefixed.group("scheme"), prefixed.group("rest")
+    try:
+        scheme, options = find_scheme(scheme_name)
+    except SpecError as exc:
+        known = ", ".join(s.usage or s.name for s in SCHEMES.values())
+        raise SpecError(
+            f"{exc} in model spec {raw!r} (known: {known}; a relative path containing ':' is written ./PATH)"
+        ) from None
+    target, query = rest, ""
+    if scheme.options:
+        target, _, query = rest.partition("?")
+    options.update(_parse_query(query, scheme, raw))
+    target = target.strip()
+    if not target:
+        raise SpecError(f"empty model spec: no {'URL' if scheme.target == 'url' else 'path'} in {raw!r}")
+    if scheme.target == "url":
+        where = target
+        name = re.sub(r"^[a-z]+://", "", target).strip("/").replace("/", "-")
+    else:
+        path = Path(target).expanduser()
+        if not path.is_absolute() and base_dir is not None:
+            path = Path(base_dir) / path
+        path = path.resolve()
+        if check_path:
+            _check_target(path, scheme, raw)
+        where, name = str(path), path.name
     if label is None:
-        label = f"{scheme}-{path.name}" if scheme else path.name
-    return ModelSpec(label=label, path=str(path), scheme=scheme, options=options, text=raw)
+        label = f"{scheme_name}-{name}" if scheme_name else name
+    return ModelSpec(label=label, path=where, scheme=scheme_name, options=options, text=raw)
+
+
+def _check_target(path: Path, scheme: Scheme, raw: str) -> None:
+    if scheme.target == "file":
+        if not path.is_file():
+            raise SpecError(f"file not found: {path} (from spec {raw!r})")
+        return
+    if not path.exists():
+        raise SpecError(f"model directory not found: {path} (from spec {raw!r})")
+    if not path.is_dir():
+        raise SpecError(f"model path is not a directory: {path} (from spec {raw!r})")
+    if not (path / "config.json").is_file():
+        raise SpecError(f"no config.json in model directory {path} (from spec {raw!r})")
+
+
+_VALUE_TYPES: Mapping[str, Callable[[str], Any]] = {"true": lambda _: True, "false": lambda _: False}
+
+
+def _parse_query(query: str, scheme: Scheme, raw: str) -> dict[str, Any]:
+    """``bits=4&sym=true`` -> ``{"bits": 4, "sym": True}`` for the options a scheme declares."""
+    out: dict[str, Any] = {}
+    for part in filter(None, query.split("&")):
+        key, sep, value = part.partition("=")
+        if not sep or key not in scheme.options:
+            allowed = ", ".join(scheme.options)
+            raise SpecError(f"option {part!r} is not one of {allowed} in model spec {raw!r}")
+        out[key] = _option_value(value)
+    return out
+
+
+def _option_value(text: str) -> Any:
+    lowered = text.lower()
+    if lowered in _VALUE_TYPES:
+        return _VALUE_TYPES[lowered](lowered)
+    for convert in (int, float):
+        try:
+            return convert(text)
+        except ValueError:
+            pass
+    return text

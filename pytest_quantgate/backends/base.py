@@ -3,14 +3,16 @@
 A backend generates greedy continuations for a batch of requests and scores
 given continuations token by token (teacher forcing, for divergence and
 perplexity metrics). Heavy libraries are imported only inside the backend
-that needs them; :func:`load_backend` is a registry of lazy factories.
+that needs them; :func:`load_backend` picks the backend by the spec's scheme
+from a registry of lazily imported factories.
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, cast, runtime_checkable
 
 from ..cases import GenerationSettings, Prompt
 
@@ -55,32 +57,53 @@ class Backend(Protocol):
         ...
 
 
+#: A loader: ``factory(spec, device, dtype)`` returns a loaded :class:`Backend`.
 Factory = Callable[["ModelSpec", str, str], Backend]
-_FACTORIES: dict[str, Callable[[], Factory]] = {}
+#: Backend kind -> "module:attribute" of its factory, imported on first use.
+_FACTORIES: dict[str, str | Factory] = {
+    "hf": "pytest_quantgate.backends.hf:HFBackend.load",
+    "fake": "pytest_quantgate.backends.fake:FakeBackend.load",
+}
 
 
-def register_backend(kind: str, factory: Callable[[], Factory]) -> None:
-    """Register a lazy factory: ``factory()`` imports and returns the loader."""
+def register_backend(kind: str, factory: str | Factory) -> None:
+    """Make a backend kind loadable: a factory, or its ``"module:attr"`` path (imported lazily).
+
+    A scheme names its backend kind (:class:`~..specs.Scheme`); a plugin that
+    brings a new kind registers it here, or implements the
+    ``pytest_quantgate_make_backend`` hook instead.
+    """
     _FACTORIES[kind] = factory
 
 
-def _hf() -> Factory:
-    from .hf import HFBackend
+def _resolve(kind: str) -> Factory:
+    target = _FACTORIES[kind]
+    if not isinstance(target, str):
+        return target
+    module_name, _, attr = target.partition(":")
+    obj: Any = importlib.import_module(module_name)
+    for part in attr.split("."):
+        obj = getattr(obj, part)
+    return cast(Factory, obj)
 
-    return HFBackend.load
 
+def load_backend(spec: ModelSpec, *, device: str, dtype: str) -> Backend:
+    """Load the model a spec names with the backend its scheme asks for.
 
-register_backend("hf", _hf)
-
-
-def load_backend(spec: ModelSpec, *, device: str, dtype: str, kind: str = "hf") -> Backend:
-    """Load the model a spec names with the backend ``kind``."""
+    Raises:
+        BackendError: the kind is unknown, its packages are missing, or the
+            model cannot be loaded.
+    """
+    scheme = spec.kind
     try:
-        factory = _FACTORIES[kind]()
+        factory = _resolve(scheme.backend)
     except KeyError:
-        raise BackendError(f"unknown backend {kind!r}; known: {', '.join(_FACTORIES)}") from None
-    except ImportError as exc:
         raise BackendError(
-            f"the {kind} backend needs extra packages ({exc.name or exc}): pip install 'pytest-quantgate[hf]'"
+            f"no backend {scheme.backend!r} for {spec.label}; known: {', '.join(_FACTORIES)}"
+        ) from None
+    except ImportError as exc:
+        extra = f": pip install 'pytest-quantgate[{scheme.extra}]'" if scheme.extra else ""
+        raise BackendError(
+            f"the {scheme.backend} backend needs a missing package ({exc.name or exc}){extra}"
         ) from exc
     return factory(spec, device, dtype)

@@ -13,7 +13,7 @@ import enum
 import gc
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..cases import GenerationSettings, Prompt, prompt_messages
@@ -35,14 +35,14 @@ def resolve_device(device: str) -> str:
         return "cpu"
     if device.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise BackendError(f"--quant-device={device} but torch sees no CUDA device")
+            raise BackendError(f"device {device} was asked for, but torch sees no CUDA device")
         index = int(device.split(":", 1)[1]) if ":" in device else 0
         if index >= torch.cuda.device_count():
             raise BackendError(
-                f"--quant-device={device} but torch sees {torch.cuda.device_count()} CUDA device(s)"
+                f"device {device} was asked for, but torch sees {torch.cuda.device_count()} CUDA device(s)"
             )
     if device == "mps" and not torch.backends.mps.is_available():
-        raise BackendError("--quant-device=mps but MPS is not available")
+        raise BackendError("device mps was asked for, but MPS is not available")
     return device
 
 
@@ -56,46 +56,63 @@ def _resolve_dtype(dtype: str, device: str) -> Any:
     return getattr(torch, dtype)
 
 
+def _bnb_nf4(torch_dtype: Any) -> Any:
+    import bitsandbytes  # noqa: F401  (fail here, with the extra named, not inside transformers)
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    compute = torch_dtype if isinstance(torch_dtype, torch.dtype) else torch.float32
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute)
+
+
+def _bnb_int8(torch_dtype: Any) -> Any:
+    import bitsandbytes  # noqa: F401
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(load_in_8bit=True)
+
+
+def _torchao_int8(torch_dtype: Any) -> Any:
+    import torchao.quantization as tq
+    from transformers import TorchAoConfig
+
+    return TorchAoConfig(tq.Int8WeightOnlyConfig())
+
+
+def _torchao_int4(torch_dtype: Any) -> Any:
+    import torch
+    import torchao.quantization as tq
+    from torchao.quantization.granularity import PerGroup
+    from transformers import TorchAoConfig
+
+    # Int4WeightOnlyConfig has no CPU kernel; the Intx config does.
+    return TorchAoConfig(
+        tq.IntxWeightOnlyConfig(weight_dtype=torch.int4, granularity=PerGroup(32))  # type: ignore[attr-defined]
+    )
+
+
+#: Schemes quantized by transformers at load time -> their quantization config.
+LOAD_TIME_CONFIGS: dict[str, Callable[[Any], Any]] = {
+    "bnb-nf4": _bnb_nf4,
+    "bnb-int8": _bnb_int8,
+    "torchao-int8": _torchao_int8,
+    "torchao-int4": _torchao_int4,
+}
+
+
 def _quantization_config(spec: ModelSpec, torch_dtype: Any) -> Any:
     """The transformers quantization config of a load-time scheme, or None."""
-    import torch
-
-    scheme = spec.scheme
-    if scheme is None or scheme.startswith("rtn"):
+    scheme = spec.kind
+    build = LOAD_TIME_CONFIGS.get(scheme.name)
+    if build is None:
         return None
     try:
-        if scheme.startswith("bnb-"):
-            import bitsandbytes  # noqa: F401  (fail here with a clear message)
-            from transformers import BitsAndBytesConfig
-
-            compute = torch_dtype if isinstance(torch_dtype, torch.dtype) else torch.float32
-            if scheme == "bnb-nf4":
-                return BitsAndBytesConfig(
-                    load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute
-                )
-            return BitsAndBytesConfig(load_in_8bit=True)
-        if scheme.startswith("torchao-"):
-            import torchao.quantization as tq
-            from transformers import TorchAoConfig
-
-            if scheme == "torchao-int8":
-                return TorchAoConfig(tq.Int8WeightOnlyConfig())
-            from torchao.quantization.granularity import PerGroup
-
-            # Int4WeightOnlyConfig has no CPU kernel; the Intx config does.
-            return TorchAoConfig(
-                tq.IntxWeightOnlyConfig(
-                    weight_dtype=torch.int4,  # type: ignore[attr-defined]
-                    granularity=PerGroup(32),
-                )
-            )
+        return build(torch_dtype)
     except ImportError as exc:
-        extra = "bnb" if scheme.startswith("bnb-") else "torchao"
         raise BackendError(
             f"spec {spec.text!r} needs {exc.name or 'a missing package'}: "
-            f"pip install 'pytest-quantgate[{extra}]'"
+            f"pip install 'pytest-quantgate[{scheme.extra}]'"
         ) from exc
-    raise BackendError(f"no loader for scheme {scheme!r}")
 
 
 class HFBackend:
@@ -148,7 +165,7 @@ class HFBackend:
             )
         if qconfig is None:
             model.to(device)
-        if spec.scheme is not None and spec.scheme.startswith("rtn"):
+        if spec.kind.name == "rtn":
             from .rtn import rtn_quantize_
 
             rtn_quantize_(model, spec.options["bits"], spec.options["group_size"])
@@ -253,7 +270,7 @@ class HFBackend:
         qconf = getattr(self.model.config, "quantization_config", None)
         if qconf is not None and not isinstance(qconf, dict):
             qconf = qconf.to_dict() if hasattr(qconf, "to_dict") else repr(qconf)
-        if self.spec.scheme and self.spec.scheme.startswith("rtn"):
+        if self.spec.kind.name == "rtn":
             qconf = {"quant_method": "rtn", **self.spec.options}
         return {
             "label": self.label,

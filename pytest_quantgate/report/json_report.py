@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ..session import GateReport
+    from .model import GateReport
 
 __all__ = ["SCHEMA", "SCHEMA_VERSION", "to_dict", "write"]
 
@@ -41,7 +41,7 @@ def to_dict(report: GateReport) -> dict[str, Any]:
         "config": report.config.to_dict(),
         "models": report.models,
         "candidates": [c.to_dict() for c in report.candidates],
-        "cases": [r.to_dict() for r in sorted(report.records, key=lambda r: r.nodeid)],
+        "cases": [r.to_dict() for r in report.records],
     }
 
 

@@ -11,22 +11,23 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from ..cases import Status
 from ..gate import SliceResult, Verdict
 
 if TYPE_CHECKING:
     from ..cases import CaseRecord
     from ..config import GateConfig
-    from ..session import CandidateGate, GateReport
+    from .model import CandidateGate, GateReport
 
 __all__ = [
     "Line",
     "Sep",
     "case_lines",
     "header_lines",
-    "row_fails",
     "row_failure_lines",
     "summary",
     "table",
+    "teststatus",
 ]
 
 Markup = dict[str, bool]
@@ -65,9 +66,28 @@ def header_lines(config: GateConfig) -> Iterator[str]:
     )
 
 
-def row_fails(row: SliceResult, *, strict: bool) -> bool:
-    """Whether a row fails the session."""
-    return row.verdict is Verdict.REGRESSED or (strict and row.verdict is Verdict.INCONCLUSIVE)
+#: How a case's status shows in pytest's progress and summary: (letter, word, markup).
+STATUS_DISPLAY: dict[Status, tuple[str, str, Markup]] = {
+    Status.ERROR: ("E", "ERROR", {"red": True}),
+    Status.REGRESSED: ("R", "REGRESSED", {"yellow": True, "bold": True}),
+    Status.IMPROVED: ("I", "IMPROVED", {"green": True}),
+    Status.BOTH_FAILED: ("b", "BOTH-FAILED", {"yellow": True}),
+}
+
+
+def teststatus(record: CaseRecord, *, failed: bool) -> tuple[str, str, tuple[str, Markup]] | None:
+    """A case's category, letter and word for pytest's report, or None for pytest's own.
+
+    Errors count as errors (``E``) even though they are reported as failed
+    tests; the other statuses with a display are their own categories, unless
+    the test failed (a critical regression), which pytest shows as a failure.
+    """
+    status = record.worst
+    display = STATUS_DISPLAY.get(status)
+    if display is None or (failed and status is not Status.ERROR):
+        return None
+    letter, word, markup = display
+    return status.value, letter, (word, markup)
 
 
 def _pts(x: float | None, signed: bool = False) -> str:
@@ -159,15 +179,15 @@ def case_lines(record: CaseRecord) -> Iterator[str]:
     """Both models' outputs and check results for one case."""
     statuses = record.statuses
     worst = record.worst
-    if worst == "error":
+    if worst is Status.ERROR:
         yield f"quantgate: case error in {record.nodeid} (an exception other than AssertionError)"
-    elif worst == "failed":
+    elif worst is Status.FAILED:
         yield "quantgate: the reference fails this case (no candidate given)"
-    elif worst == "regressed":
+    elif worst is Status.REGRESSED:
         critical = " (critical)" if record.critical else ""
         yield f"quantgate: case regressed{critical}: the reference passes, a candidate fails"
     for label, outcome in record.outcomes.items():
-        role = "reference" if label == record.reference else f"candidate {statuses.get(label, '')}"
+        role = "reference" if label == record.reference else f"candidate {statuses[label]}"
         yield f"  {label} [{role.strip()}]: {outcome.outcome}  output={_short(outcome.output)}"
         if outcome.message:
             for i, line in enumerate(outcome.message.splitlines()[:6]):
@@ -209,8 +229,8 @@ def summary(report: GateReport) -> Iterator[Line | Sep]:
     assert ref is not None
     if not report.candidates:
         yield Sep(f"quantgate: reference {ref.label} only", {})
-        passed = sum(r.outcomes[r.reference].outcome == "pass" for r in report.records)
-        yield [(f"{passed}/{len(report.records)} cases pass; give --quant-candidate to gate a model", {})]
+        passed, total = report.reference_passed, len(report.records)
+        yield [(f"{passed}/{total} cases pass; give --quant-candidate to gate a model", {})]
     for gate in report.candidates:
         verdict = gate.verdict
         yield Sep(
@@ -222,9 +242,8 @@ def summary(report: GateReport) -> Iterator[Line | Sep]:
         yield from table(gate.rows, report.config.alpha)
         if gate.errors:
             yield [(f"{gate.errors} case(s) with errors are left out of the statistics", {"red": True})]
-        inconclusive = [r for r in gate.rows if r.verdict is Verdict.INCONCLUSIVE]
-        if inconclusive and not report.config.strict:
-            names = ", ".join(r.slice for r in inconclusive)
+        if gate.inconclusive and not report.config.strict:
+            names = ", ".join(gate.inconclusive)
             yield [
                 (
                     f"warning: INCONCLUSIVE ({names}): too few cases to rule out a drop beyond the "

@@ -159,7 +159,7 @@ def test_missing_model_path_is_one_usage_error(suite: pytest.Pytester, tiny_ref:
     ("args", "message"),
     [
         (["--quant-tolerance=2"], "ERROR: quantgate: --quant-tolerance must be in [[]0, 1[]], got 2*"),
-        (["--quant-candidate=gguf:{ref}"], "ERROR: quantgate: unknown quantization scheme 'gguf'*"),
+        (["--quant-candidate=gguf:{ref}"], "ERROR: quantgate: unknown scheme 'gguf' in model spec*"),
         (["--quant-device=tpu"], "ERROR: quantgate: --quant-device must be*"),
     ],
 )

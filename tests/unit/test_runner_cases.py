@@ -14,6 +14,7 @@ from pytest_quantgate.cases import (
     CaseSpec,
     GenerationSettings,
     ModelOutcome,
+    Status,
     case_key,
     classify,
     normalize_prompt,
@@ -132,9 +133,25 @@ def test_classify(ref: Any, cand: Any, status: str) -> None:
 
 
 def test_worst_status_orders_by_severity() -> None:
-    assert worst_status(["passed", "improved", "regressed"]) == "regressed"
-    assert worst_status(["passed", "error"]) == "error"
-    assert worst_status([]) == "passed"
+    assert worst_status([Status.PASSED, Status.IMPROVED, Status.REGRESSED]) is Status.REGRESSED
+    assert worst_status([Status.PASSED, Status.ERROR]) is Status.ERROR
+    assert worst_status([]) is Status.PASSED
+
+
+@pytest.mark.parametrize(
+    ("status", "critical", "fails"),
+    [
+        (Status.ERROR, False, True),
+        (Status.FAILED, False, True),
+        (Status.REGRESSED, False, False),
+        (Status.REGRESSED, True, True),
+        (Status.IMPROVED, True, False),
+        (Status.BOTH_FAILED, True, False),
+        (Status.PASSED, True, False),
+    ],
+)
+def test_which_statuses_fail_the_case_test(status: Status, critical: bool, fails: bool) -> None:
+    assert status.fails_test(critical=critical) is fails
 
 
 def test_run_check_outcomes() -> None:

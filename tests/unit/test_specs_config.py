@@ -16,7 +16,7 @@ from pytest_quantgate.config import (
     parse_slice_tolerances,
     parse_tolerance,
 )
-from pytest_quantgate.specs import SpecError, parse_spec
+from pytest_quantgate.specs import SCHEMES, Scheme, SpecError, find_scheme, parse_spec
 
 
 @pytest.fixture
@@ -64,9 +64,11 @@ def test_path_with_equals_sign_is_a_path(tmp_path: Path) -> None:
     [
         ("", "empty model spec"),
         ("{d}/missing", "model directory not found"),
-        ("gguf-q4:{d}", "unknown quantization scheme 'gguf-q4'"),
-        ("rtn9:{d}", "unknown quantization scheme 'rtn9'"),
-        ("rtn2g0:{d}", "bad group size"),
+        ("gguf-q4:{d}", "unknown scheme 'gguf-q4'"),
+        ("rtn9:{d}", "unknown scheme 'rtn9'"),
+        ("rtn2g0:{d}", "unknown scheme 'rtn2g0'"),
+        ("fake:{d}", "file not found"),
+        ("bnb-nf4:{d}?bits=4", "model directory not found"),
         ("{d}/config.json", "not a directory"),
         ("{empty}", "no config.json"),
         ("x=", "empty model spec"),
@@ -78,6 +80,51 @@ def test_parse_spec_errors(model_dir: Path, tmp_path: Path, text: str, message: 
     with pytest.raises(SpecError, match=message) as info:
         parse_spec(text.format(d=model_dir, empty=empty))
     assert "\n" not in str(info.value)
+
+
+def test_a_scheme_is_decided_by_the_grammar_not_the_filesystem(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A directory whose name looks like a scheme prefix is still read as a scheme...
+    odd = tmp_path / "bnb-nf4:weights"
+    odd.mkdir()
+    (odd / "config.json").write_text("{}")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SpecError, match="model directory not found"):
+        parse_spec("bnb-nf4:weights")
+    # ...and written as ./PATH it is a path.
+    spec = parse_spec("./bnb-nf4:weights")
+    assert spec.scheme is None and spec.path == str(odd.resolve())
+    # A drive letter is never a scheme.
+    assert parse_spec("C:/models/x", check_path=False).scheme is None
+
+
+def test_schemes_choose_backends_and_targets(tmp_path: Path) -> None:
+    script = tmp_path / "ref.json"
+    script.write_text("{}")
+    spec = parse_spec(f"fake:{script}")
+    assert spec.kind.backend == "fake" and spec.label == "fake-ref.json"
+    assert parse_spec(f"rtn3:{script.parent}", check_path=False).kind.name == "rtn"
+    assert find_scheme("rtn4g64") == (SCHEMES["rtn"], {"bits": 4, "group_size": 64})
+    assert find_scheme(None)[0].backend == "hf"
+
+
+def test_a_registered_scheme_takes_urls_and_options(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(
+        SCHEMES,
+        "myapi",
+        Scheme("myapi", "an endpoint", backend="myapi", target="url", options=("bits", "sym")),
+    )
+    spec = parse_spec("srv=myapi:http://localhost:8000/v1?bits=4&sym=true")
+    assert (spec.label, spec.path, spec.options) == (
+        "srv",
+        "http://localhost:8000/v1",
+        {"bits": 4, "sym": True},
+    )
+    assert spec.kind.backend == "myapi" and spec.display == "srv (myapi:http://localhost:8000/v1)"
+    assert parse_spec("myapi:https://h/x").label == "myapi-h-x"
+    with pytest.raises(SpecError, match="'group=3' is not one of bits, sym"):
+        parse_spec("myapi:http://h?group=3")
 
 
 @pytest.mark.parametrize(("value", "expected"), [("0", 0.0), ("0.02", 0.02), (1, 1.0), ("1e-2", 0.01)])

@@ -1,0 +1,118 @@
+"""A scripted model: replies read from a JSON file, deterministic and instant.
+
+``fake:PATH`` loads the script at ``PATH``::
+
+    {
+      "replies": {"17+25=": "42", "3*4=": "12"},   # prompt -> reply
+      "default": "",                # reply to any other prompt (default: "")
+      "fail_on": ["bad prompt"],    # generating these raises: a per-case error
+      "load_error": "message",      # loading fails with this message
+      "log": "generated.jsonl"      # append one line per generated prompt
+    }
+
+A chat prompt is looked up by the JSON text of its message list. A reply is
+cut at ``max_new_tokens`` characters (a character stands for a token), as a
+real model stops at its budget. ``log`` is relative to the script; each line
+is ``{"model": label, "prompt": prompt}``, written with a single append so
+that xdist workers can share one log.
+
+It exists to test suites and the plugin itself without a model: the plugin's
+own tests run on it, and a suite's checks can be tried on canned outputs.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..cases import Prompt, prompt_messages
+from .base import BackendError, GenerationRequest
+
+if TYPE_CHECKING:
+    from ..specs import ModelSpec
+
+__all__ = ["FakeBackend"]
+
+_KEYS = {"replies", "default", "fail_on", "load_error", "log"}
+
+
+class FakeBackend:
+    """Replies from a script; see the module docstring for the format."""
+
+    def __init__(self, spec: ModelSpec, script: dict[str, Any], load_seconds: float):
+        self.spec = spec
+        self.label = spec.label
+        self.replies: dict[str, str] = dict(script.get("replies") or {})
+        self.default = str(script.get("default", ""))
+        self.fail_on = set(script.get("fail_on") or ())
+        log = script.get("log")
+        self.log = (Path(spec.path).parent / log) if log else None
+        self.load_seconds = load_seconds
+
+    @classmethod
+    def load(cls, spec: ModelSpec, device: str, dtype: str) -> FakeBackend:
+        started = time.perf_counter()
+        try:
+            script = json.loads(Path(spec.path).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise BackendError(f"cannot read the script of {spec.label} at {spec.path}: {exc}") from exc
+        if not isinstance(script, dict) or set(script) - _KEYS:
+            unknown = sorted(set(script) - _KEYS) if isinstance(script, dict) else "not an object"
+            raise BackendError(f"bad script for {spec.label} at {spec.path}: unknown keys {unknown}")
+        if script.get("load_error"):
+            raise BackendError(str(script["load_error"]))
+        return cls(spec, script, time.perf_counter() - started)
+
+    @staticmethod
+    def prompt_text(prompt: Prompt) -> str:
+        """The script key of a prompt: the text, or the JSON of the chat messages."""
+        messages = prompt_messages(prompt)
+        return prompt if isinstance(prompt, str) else json.dumps(messages, sort_keys=True)
+
+    def generate(self, requests: Sequence[GenerationRequest]) -> list[str]:
+        texts = [self.prompt_text(r.prompt) for r in requests]
+        bad = [t for t in texts if t in self.fail_on]
+        if bad:
+            raise BackendError(f"{self.label}: scripted failure on {bad[0]!r}")
+        if self.log is not None:
+            lines = "".join(json.dumps({"model": self.label, "prompt": t}) + "\n" for t in texts)
+            fd = os.open(self.log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                os.write(fd, lines.encode())
+            finally:
+                os.close(fd)
+        return [
+            self.replies.get(t, self.default)[: r.settings.max_new_tokens]
+            for t, r in zip(texts, requests, strict=True)
+        ]
+
+    def token_logprobs(self, pairs: Sequence[tuple[Prompt, str]]) -> list[list[float]]:
+        """0 per character where the continuation is the scripted reply, log ½ elsewhere."""
+        out = []
+        for prompt, continuation in pairs:
+            reply = self.replies.get(self.prompt_text(prompt), self.default)
+            out.append(
+                [0.0 if reply[i : i + 1] == ch else math.log(0.5) for i, ch in enumerate(continuation)]
+            )
+        return out
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "label": self.label,
+            "spec": self.spec.text,
+            "path": self.spec.path,
+            "scheme": self.spec.scheme,
+            "device": "cpu",
+            "dtype": "none",
+            "quantization": None,
+            "load_seconds": round(self.load_seconds, 3),
+            "pid": os.getpid(),
+        }
+
+    def close(self) -> None:
+        self.replies = {}
