@@ -430,12 +430,12 @@ def evaluate(out: Path, eval_sets: dict[str, list[Example]]) -> None:
     print(f"\naccuracy in % on the eval sets ({', '.join(f'{k} n={v}' for k, v in n.items())});")
     print("in brackets: teacher-forced top-1 agreement with the reference, %")
     print(f"{'model':<12}" + "".join(f"{s:>18}" for s in SLICES))
-    for label, acc, agree in rows:
+    for label, acc, agreement in rows:
         cells = []
         for s in SLICES:
             cell = f"{100 * acc[s]:.1f}"
-            if agree is not None:
-                cell += f" [{100 * agree[s]:.1f}]"
+            if agreement is not None:
+                cell += f" [{100 * agreement[s]:.1f}]"
             cells.append(f"{cell:>18}")
         print(f"{label:<12}" + "".join(cells))
     print(f"evaluation took {time.perf_counter() - t0:.1f}s")

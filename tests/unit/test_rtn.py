@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-torch = pytest.importorskip("torch")
+pytest.importorskip("torch")
+
+import torch  # noqa: E402
 
 from pytest_quantgate.backends.rtn import fake_quantize_weight, rtn_quantize_  # noqa: E402
 

@@ -215,7 +215,13 @@ def test_parse_quant_case_accepts() -> None:
 
 def test_slice_marker_and_prompts() -> None:
     assert parse_slice_marker(("a", "b"), {"tolerance": 0}) == (("a", "b"), 0.0)
-    for args, kwargs in [((), {}), (("ALL",), {}), (("a",), {"tolerance": 2}), (("a",), {"tol": 0.1})]:
+    bad: list[tuple[tuple[str, ...], dict[str, float]]] = [
+        ((), {}),
+        (("ALL",), {}),
+        (("a",), {"tolerance": 2}),
+        (("a",), {"tol": 0.1}),
+    ]
+    for args, kwargs in bad:
         with pytest.raises(ValueError):
             parse_slice_marker(args, kwargs)
     assert normalize_prompt("hi") == "hi"
