@@ -295,7 +295,8 @@ def stable_repr(value: Any) -> str:
     if callable(value) and hasattr(value, "__qualname__") and "<" not in value.__qualname__:
         return _qualname(value)  # a module-level function or class
     raise CaseIdentityError(
-        f"a {type(value).__qualname__} has no stable identity (its repr names a memory address); "
+        f"its value, of type {type(value).__qualname__}, has no stable identity "
+        "(its repr is not the same in every process); "
         f"make it a dataclass, give its class a {KEY_METHOD}() method returning builtins, "
         "or give the case an explicit id with pytest.param(..., id=...)"
     )
