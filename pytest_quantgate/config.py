@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -127,9 +127,6 @@ class GateConfig:
         if marker_tolerance is not None:
             return marker_tolerance
         return self.slice_tolerances.get(slice_name, self.tolerance)
-
-    def with_(self, **changes: Any) -> GateConfig:
-        return replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
         return {

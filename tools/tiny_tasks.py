@@ -5,13 +5,12 @@ to be of clearly different difficulty for a ~1 M parameter model, so that
 quantization damage lands unevenly across slices (as it does on real models):
 
 * ``recall``    -- key/value lookup among a few pairs (one induction hop).
-* ``retention`` -- a rule stated at the start, then a long list of digits;
-  the answer is how many items satisfy the rule.  The rule has to be carried
-  across the whole list and every item has to be judged, which makes this the
-  most fragile slice (an off-by-one count is a wrong answer).
-* ``arith``     -- two-digit addition / subtraction, answer written most
-  significant digit first (so the carry has to be resolved before the first
-  answer token).
+* ``retention`` -- a value stated at the start (``hold 7``), then a long list
+  of distractor digits; the answer is the value held from the start.  It has
+  to be carried across the whole list, past many digits that look like it.
+* ``arith``     -- a number up to ``ARITH_MAX`` plus one digit, answer written
+  most significant digit first (so the carry has to be resolved before the
+  first answer token); the eval sums are held out from training.
 * ``format``    -- copy key/value pairs into a compact JSON object; checked by
   parsing with :func:`json.loads`.
 

@@ -35,13 +35,14 @@ def test_key_value_recall(prompt: str, expected: str, output: str) -> None:
 @quant_slice("retention")
 @quant_case("prompt, expected", cases("retention"), max_new_tokens=4, stop="\n")
 def test_rule_held_over_a_long_list(prompt: str, expected: str, output: str) -> None:
-    # "rule >5 | 3 8 1 9 ... ; count?" -> how many items satisfy the rule
+    # "hold 7 | 3 8 1 9 ... ; held?" -> "7": the value stated first, held across the list
     assert output.strip() == expected
 
 
 @quant_slice("arith")
 @quant_case("prompt, expected", cases("arith"), max_new_tokens=5, stop="\n")
 def test_two_digit_arithmetic(prompt: str, expected: str, output: str) -> None:
+    # "17+8=" -> "25"
     assert output.strip() == expected
 
 
