@@ -251,31 +251,33 @@ class CasePlugin:
     def pytest_collection_finish(self, session: pytest.Session) -> None:
         # session.items is final here: -k, -m and --lf have deselected what
         # this process will not run, so nothing deselected is generated.
-        markers = self.config.stash[_markers_key]
         for item in session.items:
-            if not isinstance(item, pytest.Function) or not hasattr(item, "callspec"):
-                continue
-            test_id = f"{item.parent.nodeid if item.parent else ''}::{item.originalname}"
-            marker = markers.get(test_id)
-            if marker is None:
-                continue
-            if not self.gate_config.enabled:
-                item.add_marker(pytest.mark.skip(reason=_NO_REFERENCE))
-                continue
-            try:
-                case = build_case(
-                    marker,
-                    test_id=test_id,
-                    nodeid=item.nodeid,
-                    params=item.callspec.params,
-                    index=item.callspec.indices.get(marker.argnames[0]),
-                    slice_markers=[(m.args, m.kwargs) for m in item.iter_markers("slice")],
-                )
-            except CaseBuildError as exc:
-                item.stash[_case_error_key] = str(exc)
-                continue
-            item.stash[_case_key] = case
-            self.executor.plan(case)
+            self._plan(item)
+
+    def _plan(self, item: pytest.Item) -> None:
+        if not isinstance(item, pytest.Function) or not hasattr(item, "callspec"):
+            return
+        test_id = f"{item.parent.nodeid if item.parent else ''}::{item.originalname}"
+        marker = self.config.stash[_markers_key].get(test_id)
+        if marker is None:
+            return
+        if not self.gate_config.enabled:
+            item.add_marker(pytest.mark.skip(reason=_NO_REFERENCE))
+            return
+        try:
+            case = build_case(
+                marker,
+                test_id=test_id,
+                nodeid=item.nodeid,
+                params=item.callspec.params,
+                index=item.callspec.indices.get(marker.argnames[0]),
+                slice_markers=[(m.args, m.kwargs) for m in item.iter_markers("slice")],
+            )
+        except CaseBuildError as exc:
+            item.stash[_case_error_key] = str(exc)
+            return
+        item.stash[_case_key] = case
+        self.executor.plan(case)
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_pyfunc_call(self, pyfuncitem: pytest.Function) -> bool | None:
