@@ -41,6 +41,25 @@ __all__ = ["FakeBackend"]
 _KEYS = {"replies", "default", "fail_on", "load_error", "log"}
 
 
+def _script_problem(script: Any) -> str | None:
+    """What is wrong with a script's shape, or None."""
+    if not isinstance(script, dict):
+        return f"expected a JSON object, got {type(script).__name__}"
+    unknown = sorted(set(script) - _KEYS)
+    if unknown:
+        return f"unknown keys {unknown} (known: {', '.join(sorted(_KEYS))})"
+    replies = script.get("replies", {})
+    if not isinstance(replies, dict) or not all(isinstance(v, str) for v in replies.values()):
+        return '"replies" must map prompts to reply strings'
+    fail_on = script.get("fail_on", [])
+    if not isinstance(fail_on, list) or not all(isinstance(v, str) for v in fail_on):
+        return '"fail_on" must be a list of prompts'
+    for key in ("default", "load_error", "log"):
+        if script.get(key) is not None and not isinstance(script[key], str):
+            return f'"{key}" must be a string'
+    return None
+
+
 class FakeBackend:
     """Replies from a script; see the module docstring for the format."""
 
@@ -61,9 +80,9 @@ class FakeBackend:
             script = json.loads(Path(spec.path).read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
             raise BackendError(f"cannot read the script of {spec.label} at {spec.path}: {exc}") from exc
-        if not isinstance(script, dict) or set(script) - _KEYS:
-            unknown = sorted(set(script) - _KEYS) if isinstance(script, dict) else "not an object"
-            raise BackendError(f"bad script for {spec.label} at {spec.path}: unknown keys {unknown}")
+        problem = _script_problem(script)
+        if problem:
+            raise BackendError(f"bad script for {spec.label} at {spec.path}: {problem}")
         if script.get("load_error"):
             raise BackendError(str(script["load_error"]))
         return cls(spec, script, time.perf_counter() - started)

@@ -5,24 +5,24 @@ run imports for the first time is dropped and imported again by the next
 one. That is harmless for Python modules but not for torch's C extension,
 which cannot be initialised twice in one process. Importing the model stack
 here, in the outer process, keeps it loaded across inner runs.
+
+The model stack is optional: the runs on ``fake:`` models
+(``test_plugin.py``) need none of it, and ``test_real_models.py`` skips
+itself without it.
 """
 
 from __future__ import annotations
 
 import contextlib
 
-import pytest
+with contextlib.suppress(ImportError):
+    import tokenizers  # noqa: F401
+    import torch  # noqa: F401
+    import transformers
+    from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: F401
+    from transformers.models.llama import modeling_llama  # noqa: F401
 
-pytest.importorskip("torch")
-pytest.importorskip("transformers")
-
-import tokenizers  # noqa: F401
-import torch  # noqa: F401
-import transformers
-from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: F401
-from transformers.models.llama import modeling_llama  # noqa: F401
+    transformers.logging.disable_progress_bar()
 
 with contextlib.suppress(ImportError):
     import bitsandbytes  # noqa: F401
-
-transformers.logging.disable_progress_bar()

@@ -82,7 +82,9 @@ def test_values_without_identity_are_refused(value: Any) -> None:
 
 
 def test_an_explicit_id_names_a_value_without_identity() -> None:
-    with pytest.raises(CaseIdentityError, match="argument 'case': its value, of type Opaque, has no stable identity"):
+    with pytest.raises(
+        CaseIdentityError, match="argument 'case': its value, of type Opaque, has no stable identity"
+    ):
         param_identities({"case": Opaque(), "n": 1}, None)
     named = param_identities({"case": Opaque(), "n": 1}, "first")
     gs = GenerationSettings()

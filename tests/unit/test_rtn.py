@@ -6,9 +6,9 @@ import pytest
 
 pytest.importorskip("torch")
 
-import torch  # noqa: E402
+import torch
 
-from pytest_quantgate.backends.rtn import fake_quantize_weight, rtn_quantize_  # noqa: E402
+from pytest_quantgate.backends.rtn import fake_quantize_weight, rtn_quantize_
 
 
 class Tiny(torch.nn.Module):

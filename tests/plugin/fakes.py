@@ -1,0 +1,154 @@
+"""Helpers for the plugin's pytester tests: fake-backend scripts, generated suites, logs.
+
+A test builds its scenario from three parts:
+
+- cases: ``cases("arith", 60)`` makes 60 distinct prompts of a slice, each
+  with its expected answer;
+- a suite: ``suite_source(Slice("arith", arith), ...)`` writes one
+  ``@quant_case`` test per slice whose body checks ``output.strip() == expected``;
+- scripts: ``write_script(path, answers(arith, wrong=range(20)))`` is a model
+  that answers every case right except the first 20 (``fake:PATH`` loads it).
+
+Every model is a script, so each scenario's outcomes are decided in advance.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = [
+    "WRONG",
+    "Case",
+    "Slice",
+    "answers",
+    "cases",
+    "generations",
+    "spec",
+    "suite_source",
+    "table_rows",
+    "write_script",
+]
+
+#: The reply a script gives where it is meant to get a case wrong.
+WRONG = "wrong"
+
+
+@dataclass(frozen=True)
+class Case:
+    """One prompt and the answer its check expects."""
+
+    prompt: str
+    expected: str
+
+
+def cases(name: str, n: int) -> list[Case]:
+    """``n`` distinct sums tagged with the slice ``name``: ``"arith 3: 3+7="`` -> ``"10"``."""
+    return [Case(f"{name} {i}: {i}+{i % 9 + 1}=", str(i + i % 9 + 1)) for i in range(n)]
+
+
+def answers(items: Sequence[Case], *, wrong: Iterable[int] = (), omit: Iterable[int] = ()) -> dict[str, str]:
+    """Replies to ``items``: the expected answer, :data:`WRONG` at the indexes in ``wrong``.
+
+    Indexes in ``omit`` get no reply at all: the script's ``default`` answers them.
+    """
+    wrong, omit = set(wrong), set(omit)
+    return {c.prompt: WRONG if i in wrong else c.expected for i, c in enumerate(items) if i not in omit}
+
+
+def write_script(
+    path: Path,
+    replies: Mapping[str, str],
+    default: str = "",
+    fail_on: Iterable[str] = (),
+    load_error: str | None = None,
+    log: str | None = None,
+) -> Path:
+    """Write a ``fake:`` script (see :mod:`pytest_quantgate.backends.fake`); returns ``path``.
+
+    ``log`` is relative to the script's directory.
+    """
+    script: dict[str, object] = {"replies": dict(replies), "default": default, "fail_on": list(fail_on)}
+    if load_error is not None:
+        script["load_error"] = load_error
+    if log is not None:
+        script["log"] = log
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(script, indent=1), encoding="utf-8")
+    return path
+
+
+def spec(label: str, script: Path) -> str:
+    """The model spec of a script under a label: ``label=fake:/abs/path.json``."""
+    return f"{label}=fake:{script}"
+
+
+@dataclass(frozen=True)
+class Slice:
+    """One ``@quant_case`` test of a generated suite, named ``test_<name>``.
+
+    Attributes:
+        name: the slice, and the test's name.
+        items: its cases; case ``i`` gets the id ``<name>-<i>``.
+        critical: ``quant_case(critical=...)``.
+        tolerance: ``quant_slice(tolerance=...)``.
+        marks: further decorators written above the test (``"pytest.mark.smoke"``).
+        max_new_tokens: ``quant_case(max_new_tokens=...)``.
+    """
+
+    name: str
+    items: Sequence[Case]
+    critical: bool = False
+    tolerance: float | None = None
+    marks: tuple[str, ...] = ()
+    max_new_tokens: int = 8
+
+
+def suite_source(*slices: Slice) -> str:
+    """A test module with one ``@quant_case`` test per slice."""
+    lines = ["import pytest", "from pytest_quantgate import quant_case, quant_slice", ""]
+    for s in slices:
+        params = ", ".join(
+            f"pytest.param({c.prompt!r}, {c.expected!r}, id={f'{s.name}-{i}'!r})"
+            for i, c in enumerate(s.items)
+        )
+        tolerance = "" if s.tolerance is None else f", tolerance={s.tolerance!r}"
+        lines += ["", *(f"@{m}" for m in s.marks)]
+        lines += [
+            f"@quant_slice({s.name!r}{tolerance})",
+            f'@quant_case("prompt, expected", [{params}], '
+            f"max_new_tokens={s.max_new_tokens}, critical={s.critical})",
+            f"def test_{s.name}(prompt, expected, output):",
+            "    assert output.strip() == expected",
+            "",
+        ]
+    return "\n".join(lines)
+
+
+def generations(log: Path) -> dict[str, Counter[str]]:
+    """Model label -> how many times each prompt was generated, read from a script's log."""
+    out: dict[str, Counter[str]] = {}
+    if not log.exists():
+        return out
+    for line in log.read_text(encoding="utf-8").splitlines():
+        entry = json.loads(line)
+        out.setdefault(entry["model"], Counter())[entry["prompt"]] += 1
+    return out
+
+
+def table_rows(stdout: str, candidate: str) -> dict[str, str]:
+    """Slice -> verdict, read from the terminal table of one candidate."""
+    lines = stdout.splitlines()
+    start = next(i for i, line in enumerate(lines) if re.search(rf"quantgate: {re.escape(candidate)} ", line))
+    rows: dict[str, str] = {}
+    for line in lines[start + 2 :]:
+        m = re.match(r"^(\S+)\s+\d+\s.*\s(REGRESSED|PASS|INCONCLUSIVE|IMPROVED)\b", line)
+        if m:
+            rows[m.group(1)] = m.group(2)
+        elif line.startswith(("Δ:", "=")):
+            break
+    return rows

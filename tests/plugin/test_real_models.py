@@ -1,0 +1,169 @@
+"""The plugin end to end with ``pytester`` on the tiny shipped model.
+
+A few runs that only a real model can show: an identical candidate passes,
+a damaged one (2-bit round-to-nearest) regresses where quantization really
+hurts, bitsandbytes loads, and xdist workers each load the model and agree
+with a run without xdist. Everything else about the plugin is tested on
+scripted models in ``test_plugin.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from .fakes import table_rows
+
+pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+# The deliberately damaged candidate: 2-bit round-to-nearest, groups of 128.
+DAMAGED = "rtn2g128"
+
+SUITE = """
+import json
+from pathlib import Path
+
+import pytest
+from pytest_quantgate import quant_case, quant_slice
+
+DATA = Path({data!r})
+
+
+def cases(name, limit={limit}):
+    rows = [json.loads(line) for line in (DATA / f"{{name}}.jsonl").read_text().splitlines() if line.strip()]
+    return [pytest.param(r["prompt"], r["expected"], id=r["id"]) for r in rows[:limit]]
+
+
+@quant_slice("recall")
+@quant_case("prompt, expected", cases("recall"), max_new_tokens=4, stop="\\n")
+def test_recall(prompt, expected, output):
+    assert output.strip() == expected
+
+
+@quant_slice("arith")
+@quant_case("prompt, expected", cases("arith"), max_new_tokens=5, stop="\\n")
+def test_arith(prompt, expected, output):
+    assert output.strip() == expected
+
+
+@quant_slice("retention")
+@quant_case("prompt, expected", cases("retention"), max_new_tokens=4, stop="\\n")
+def test_retention(prompt, expected, output):
+    assert output.strip() == expected
+"""
+
+
+@pytest.fixture
+def suite(pytester: pytest.Pytester, example_data: Path, tiny_ref: Path) -> pytest.Pytester:
+    pytester.makepyfile(test_suite=SUITE.format(data=str(example_data), limit=60))
+    return pytester
+
+
+def test_identical_candidate_passes(suite: pytest.Pytester, tiny_ref: Path) -> None:
+    report = suite.path / "gate.json"
+    result = suite.runpytest(
+        f"--quant-reference={tiny_ref}",
+        f"--quant-candidate=same={tiny_ref}",
+        f"--quant-report={report}",
+    )
+    assert result.ret == 0, result.stdout.str()
+    out = result.stdout.str()
+    assert "REGRESSED" not in out
+    rows = table_rows(out, "same")
+    assert set(rows) == {"recall", "arith", "retention", "ALL"}
+    assert set(rows.values()) <= {"PASS", "INCONCLUSIVE"}
+    data = json.loads(report.read_text())
+    assert data["schema"] == "pytest-quantgate/report" and data["schema_version"] == 1
+    (cand,) = data["candidates"]
+    for row in cand["slices"]:
+        assert row["regressions"] == row["improvements"] == 0
+        assert row["verdict"] == rows[row["slice"]]
+
+
+def test_damaged_candidate_regresses(suite: pytest.Pytester, tiny_ref: Path) -> None:
+    report = suite.path / "out" / "gate.json"
+    result = suite.runpytest(
+        f"--quant-reference=ref={tiny_ref}",
+        f"--quant-candidate=damaged={DAMAGED}:{tiny_ref}",
+        f"--quant-report={report}",
+    )
+    out = result.stdout.str()
+    assert result.ret == 1, out
+    rows = table_rows(out, "damaged")
+    regressed = sorted(s for s, v in rows.items() if v == "REGRESSED" and s != "ALL")
+    assert regressed, out
+    # Each regressed slice is its own failed report, named for CI.
+    for name in regressed:
+        result.stdout.fnmatch_lines([f"*FAILED quantgate::damaged::{name}*"])
+    # Per-case statuses are their own categories in the summary line.
+    assert re.search(r"\d+ regressed", out.splitlines()[-1]), out.splitlines()[-1]
+
+    data = json.loads(report.read_text())
+    assert data["complete"] is True and data["failed"] is True
+    assert set(data["models"]) == {"ref", "damaged"}
+    assert data["models"]["damaged"]["quantization"]["bits"] == 2
+    (cand,) = data["candidates"]
+    assert cand["verdict"] == "REGRESSED"
+    json_rows = {r["slice"]: r for r in cand["slices"]}
+    assert {s: r["verdict"] for s, r in json_rows.items()} == rows
+    # The per-case outcomes add up to the slice counts.
+    for name, row in json_rows.items():
+        cases = [c for c in data["cases"] if name == "ALL" or name in c["slices"]]
+        assert row["n"] == len(cases)
+        assert row["regressions"] == sum(c["status"]["damaged"] == "regressed" for c in cases)
+        assert row["improvements"] == sum(c["status"]["damaged"] == "improved" for c in cases)
+        ref_pass = sum(c["outcomes"]["ref"]["outcome"] == "pass" for c in cases)
+        assert row["ref_accuracy"] == pytest.approx(ref_pass / len(cases))
+    # The regressed cases are listed with both outputs.
+    result.stdout.fnmatch_lines(
+        ["regressed cases (*):", "  R test_suite.py::test_*", "      reference: *candidate: *"]
+    )
+
+
+def test_nf4_candidate_runs_through_bitsandbytes(suite: pytest.Pytester, tiny_ref: Path) -> None:
+    pytest.importorskip("bitsandbytes")
+    report = suite.path / "gate.json"
+    result = suite.runpytest(
+        f"--quant-reference={tiny_ref}",
+        f"--quant-candidate=nf4=bnb-nf4:{tiny_ref}",
+        f"--quant-report={report}",
+    )
+    out = result.stdout.str()
+    assert "REGRESSED" not in out and result.ret == 0, out
+    data = json.loads(report.read_text())
+    assert data["models"]["nf4"]["quantization"]["bnb_4bit_quant_type"] == "nf4"
+
+
+@pytest.mark.parametrize("mode", [["-n", "0"], ["-n", "2"]], ids=["n0", "n2"])
+def test_same_gate_with_and_without_xdist(
+    pytester: pytest.Pytester, tiny_ref: Path, example_data: Path, mode: list[str]
+) -> None:
+    """The gate is computed from test reports, so sharding cannot change it."""
+    pytest.importorskip("xdist")
+    pytester.makepyfile(SUITE.format(data=str(example_data), limit=15))
+    report = pytester.path / "gate.json"
+    result = pytester.runpytest(
+        f"--quant-reference=ref={tiny_ref}",
+        f"--quant-candidate=damaged={DAMAGED}:{tiny_ref}",
+        f"--quant-report={report}",
+        *mode,
+    )
+    assert result.ret in (0, 1), result.stdout.str()
+    data = json.loads(report.read_text())
+    assert len(data["cases"]) == 45
+    assert data["models"]["damaged"]["quantization"]["bits"] == 2
+    slices = data["candidates"][0]["slices"]
+    # Compare with the run without xdist at all.
+    baseline = pytester.runpytest(
+        f"--quant-reference=ref={tiny_ref}",
+        f"--quant-candidate=damaged={DAMAGED}:{tiny_ref}",
+        f"--quant-report={pytester.path / 'base.json'}",
+        "-p",
+        "no:xdist",
+    )
+    assert baseline.ret == result.ret
+    assert json.loads((pytester.path / "base.json").read_text())["candidates"][0]["slices"] == slices
