@@ -4,7 +4,7 @@ For one candidate, every slice gets one of four verdicts, checked in order:
 
 1. ``REGRESSED``: the drop exceeds the slice's tolerance δ, i.e. ``H0: Δ ≤ δ``
    is rejected at level α after Holm's correction across the candidate's
-   slices.
+   slices and its ALL row. The test is nested in δ (stats.regression_pvalue).
 2. ``IMPROVED``: the candidate is significantly better (``H1: Δ < 0``),
    Holm-corrected likewise. Information, never a failure.
 3. ``PASS``: non-inferior, the one-sided ``1 − α`` upper bound of Δ lies
@@ -125,8 +125,8 @@ class SliceResult:
         regressions: b, cases the reference passes and the candidate fails.
         improvements: c, the reverse.
         p_value: Raw one-sided p-value of ``H0: drop ≤ tolerance``.
-        p_adjusted: p_value after Holm across the candidate's slices (equal to
-            p_value on the ALL row).
+        p_adjusted: p_value after Holm across the candidate's slices and
+            its ALL row.
         tolerance: Margin δ used for this row.
         alpha: Level used for this row.
         design_effect: Variance inflation from clusters (1.0 without).
@@ -139,6 +139,9 @@ class SliceResult:
             n decides it, e.g. a zero margin with no observed drop.
             INCONCLUSIVE only.
         is_total: True for the ALL row.
+        n_needed_for: What ``n_needed`` cases would settle: ``"PASS"`` when
+            the assumed drop is below the tolerance, ``"REGRESSED"`` (the
+            drop confirmed) when above; None with ``n_needed``.
     """
 
     slice: str
@@ -159,6 +162,7 @@ class SliceResult:
     mdd: float | None
     n_needed: int | None
     is_total: bool = False
+    n_needed_for: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Returns the row as JSON-safe builtins: NaN and ±inf become None."""
@@ -209,13 +213,20 @@ def _test(outcomes: SliceOutcomes, settings: GateSettings) -> _Tested:
     b = sum(r and not q for r, q in zip(ref, cand, strict=True))
     c = sum(q and not r for r, q in zip(ref, cand, strict=True))
     deff = 1.0
+    df: int | None = None
     if outcomes.clusters is not None:
         diffs = [int(r) - int(q) for r, q in zip(ref, cand, strict=True)]
         deff = stats.design_effect(diffs, outcomes.clusters)
+        # Few clusters estimate the clustered variance poorly: refer the
+        # scaled score to Student's t with G − 1 degrees of freedom.
+        named = {cl for cl in outcomes.clusters if cl is not None}
+        df = len(named) + sum(cl is None for cl in outcomes.clusters) - 1
     # One method for all three tests and the bound, so that they agree:
-    # exact for small independent slices, the score test scaled by the
-    # design effect otherwise (the exact tests assume independent cases).
+    # exact for independent slices, the score test scaled by the design
+    # effect otherwise (the exact tests assume independent cases).
     method = stats.resolve_method(n, "auto", deff)
+    if method == "exact":
+        df = None
     alpha = settings.alpha
     return _Tested(
         name=outcomes.name,
@@ -227,9 +238,9 @@ def _test(outcomes: SliceOutcomes, settings: GateSettings) -> _Tested:
         tolerance=tolerance,
         deff=deff,
         se=stats.paired_se(b, c, n) * math.sqrt(deff),
-        upper=stats.upper_bound(b, c, n, alpha, method=method, deff=deff),
-        p_regression=stats.regression_pvalue(b, c, n, tolerance, method=method, deff=deff),
-        p_improvement=stats.improvement_pvalue(b, c, n, method=method, deff=deff),
+        upper=stats.upper_bound(b, c, n, alpha, method=method, deff=deff, df=df),
+        p_regression=stats.regression_pvalue(b, c, n, tolerance, method=method, deff=deff, df=df),
+        p_improvement=stats.improvement_pvalue(b, c, n, method=method, deff=deff, df=df),
     )
 
 
@@ -270,6 +281,7 @@ def _row(
         )
     mdd: float | None = None
     n_needed: int | None = None
+    n_needed_for: str | None = None
     if p_regression < alpha:
         verdict = Verdict.REGRESSED
     elif p_improvement < alpha:
@@ -291,6 +303,7 @@ def _row(
         assumed = max((tested.b - tested.c) / tested.n, 0.0)
         n_needed = stats.n_needed_at_margin(tested.tolerance, psi, alpha, settings.power, drop=assumed)
         if n_needed is not None:
+            n_needed_for = Verdict.PASS.value if assumed < tested.tolerance else Verdict.REGRESSED.value
             # The large-sample figure can fall to n or below for tiny or
             # borderline slices; a slice still undecided needs more than it has.
             n_needed = max(n_needed, tested.n + 1)
@@ -313,6 +326,7 @@ def _row(
         mdd=mdd,
         n_needed=n_needed,
         is_total=is_total,
+        n_needed_for=n_needed_for,
     )
 
 
@@ -323,10 +337,11 @@ def evaluate(
 ) -> list[SliceResult]:
     """Gives every slice of one candidate its verdict.
 
-    Holm's correction runs over the non-empty ``slices`` only. The ``total``
-    row is the pre-specified overall test of the candidate at level α and is
-    not part of that family: its p-values are used raw. Empty slices are
-    INCONCLUSIVE with NaN statistics and do not enlarge the family.
+    Holm's correction runs over the non-empty ``slices`` and the ``total``
+    row together (a slice holding every case at the total's margin counts
+    once): the candidate fails with probability at most α when no row's
+    true drop exceeds its margin. Empty slices are INCONCLUSIVE with NaN
+    statistics and do not enlarge the family.
 
     PASS needs no correction across slices: the candidate as a whole passes
     only when every slice does, an intersection–union test, which is level α
@@ -343,20 +358,35 @@ def evaluate(
     from . import stats
 
     tested = [_test(outcomes, settings) for outcomes in slices]
-    family = [i for i, t in enumerate(tested) if t.n > 0]
-    adj_regression = [math.nan] * len(tested)
-    adj_improvement = [math.nan] * len(tested)
-    for i, p in zip(family, stats.holm([tested[i].p_regression for i in family]), strict=True):
-        adj_regression[i] = p
-    for i, p in zip(family, stats.holm([tested[i].p_improvement for i in family]), strict=True):
-        adj_improvement[i] = p
-    rows = [
-        _row(t, adj_regression[i], adj_improvement[i], settings, is_total=False) for i, t in enumerate(tested)
-    ]
     if total is not None:
-        t = _test(total, settings)
-        rows.append(_row(t, t.p_regression, t.p_improvement, settings, is_total=True))
-    return rows
+        tested.append(_test(total, settings))
+    # The Holm family: every non-empty row, the ALL row included, so that a
+    # candidate with no drop beyond the tolerance anywhere fails the gate
+    # with probability at most α. A slice that holds every case at the ALL
+    # row's margin is the same hypothesis: it is counted once.
+    key = list(range(len(tested)))
+    if total is not None:
+        whole = tested[-1]
+        twin = next(
+            (i for i, t in enumerate(tested[:-1]) if t.n == whole.n and t.tolerance == whole.tolerance),
+            None,
+        )
+        if twin is not None:
+            key[-1] = twin
+    family = sorted({key[i] for i, t in enumerate(tested) if t.n > 0})
+    adj_regression = dict(zip(family, stats.holm([tested[i].p_regression for i in family]), strict=True))
+    adj_improvement = dict(zip(family, stats.holm([tested[i].p_improvement for i in family]), strict=True))
+    last = len(tested) - 1
+    return [
+        _row(
+            t,
+            adj_regression.get(key[i], math.nan),
+            adj_improvement.get(key[i], math.nan),
+            settings,
+            is_total=total is not None and i == last,
+        )
+        for i, t in enumerate(tested)
+    ]
 
 
 def overall_verdict(results: Sequence[SliceResult]) -> Verdict:

@@ -7,7 +7,7 @@ slice: ``n`` cases, ``b`` regressions (reference passes, candidate fails) and
 
 The formulas are those of DESIGN.md §4a: the restricted maximum-likelihood
 estimate of ``p01`` under ``Δ = δ`` and the score statistic of Nam (1997) and
-Tango (1998), an exact unconditional p-value for small slices, McNemar's exact
+Tango (1998), an exact unconditional p-value at any n, McNemar's exact
 conditional test at ``δ = 0``, Holm's step-down correction, the design effect
 of clustered cases (Miller 2024) and Connor's (1987) power formula.
 """
@@ -26,8 +26,9 @@ from scipy import stats as sps
 
 Method = Literal["auto", "exact", "normal"]
 
-#: Largest slice for which ``method="auto"`` computes exact p-values.
-EXACT_MAX_N = 2000
+#: The gate's REGRESSED p-value at margin δ is the largest of the tests at
+#: 0 and at every multiple of this step below δ (see regression_pvalue).
+NEST_STEP = 0.0025
 
 # Score ties between tables are decided with this slack: two tables whose Z
 # differ only by rounding must fall on the same side of the observed one.
@@ -41,7 +42,7 @@ _LOG_INV_EPS = 39.14
 _EDGE = 1e-12
 
 __all__ = [
-    "EXACT_MAX_N",
+    "NEST_STEP",
     "Method",
     "design_effect",
     "exact_upper_bound",
@@ -52,7 +53,10 @@ __all__ = [
     "n_needed_at_margin",
     "noninferiority_pvalue",
     "paired_se",
+    "pvalue_table",
+    "region_probability",
     "regression_pvalue",
+    "regression_region",
     "resolve_method",
     "restricted_p01",
     "score_lower_bound",
@@ -97,8 +101,9 @@ def resolve_method(n: int, method: Method = "auto", deff: float = 1.0) -> Litera
 
     Args:
         n: Number of paired cases.
-        method: ``"exact"``, ``"normal"`` or ``"auto"`` (exact when
-            ``n <= EXACT_MAX_N`` and the cases are independent, ``deff == 1``).
+        method: ``"exact"``, ``"normal"`` or ``"auto"`` (exact whenever the
+            cases are independent, ``deff == 1``, at any n: the exact tail
+            costs about a millisecond even at n = 100,000).
         deff: Design effect of clustered cases; the exact tests assume
             independent cases, so ``deff > 1`` needs the normal approximation.
 
@@ -111,7 +116,7 @@ def resolve_method(n: int, method: Method = "auto", deff: float = 1.0) -> Litera
     if not deff >= 1.0:
         raise ValueError(f"design effect must be >= 1, got {deff}")
     if method == "auto":
-        return "exact" if n <= EXACT_MAX_N and deff == 1.0 else "normal"
+        return "exact" if deff == 1.0 else "normal"
     if method == "exact":
         if deff != 1.0:
             raise ValueError("the exact tests assume independent cases; use method='normal'")
@@ -236,42 +241,89 @@ def _unconditional_tail(b: int, c: int, n: int, delta: float, upper: bool) -> fl
 
     Sums the multinomial probabilities, at ``(p10, p01) = (x + δ, x)`` with x
     the restricted MLE of the observed table, of all tables ``(b′, c′)`` whose
-    Z is at least (``upper``) or at most as extreme as the observed Z. Tables
-    outside a box holding all but ~4e-17 of the mass are skipped, which makes
-    the sum O(n) instead of O(n²) terms for rates away from ½.
+    Z is at least (``upper``) or at most as extreme as the observed Z.
 
-    Memoised: the gate and its simulations ask for the same tables often.
+    The sum is taken one discordant count ``m = b′ + c′`` at a time: ``m`` is
+    Binomial(n, ψ) with ``ψ = p10 + p01``, and given ``m``, ``b′`` is
+    Binomial(m, p10/ψ). For fixed ``m``, Z rises with ``b′`` (checked over a
+    grid in the tests), so the tables at least as extreme are ``b′ ≥ b*(m)``,
+    read off a cached grid of every table's Z for small n and found by
+    bisection for large n, and their mass is one binomial tail. Counts ``m``
+    outside a range holding all but 2·1e-17 of Binomial(n, ψ) are skipped
+    (see _support): the result is exact up to that, for any n, in O(√n log n)
+    time (about a millisecond at n = 100,000).
+
+    Memoised: the gate, its bounds and its power asks for the same tables often.
     """
-    x = float(_p01(np.array([b], dtype=float), np.array([c], dtype=float), float(n), delta)[0])
+    bb = np.array([b], dtype=float)
+    cc = np.array([c], dtype=float)
+    x = float(_p01(bb, cc, float(n), delta)[0])
     p10 = min(max(x + delta, 0.0), 1.0)
     p01 = min(max(x, 0.0), 1.0)
-    p00 = max(1.0 - p10 - p01, 0.0)
-    b_lo, b_hi = _support(n, p10)
-    c_lo, c_hi = _support(n, p01)
-    bb, cc = np.meshgrid(
-        np.arange(b_lo, b_hi + 1, dtype=float),
-        np.arange(c_lo, c_hi + 1, dtype=float),
-        indexing="ij",
-    )
-    keep = bb + cc <= n
-    bb = bb[keep]
-    cc = cc[keep]
-    rest = n - bb - cc
-    log_prob = (
-        special.gammaln(n + 1.0)
-        - special.gammaln(bb + 1.0)
-        - special.gammaln(cc + 1.0)
-        - special.gammaln(rest + 1.0)
-        # xlogy gives 0·log 0 = 0: a cell with probability 0 and count 0.
-        + special.xlogy(bb, p10)
-        + special.xlogy(cc, p01)
-        + special.xlogy(rest, p00)
-    )
-    z_obs = float(_z(np.array([b], dtype=float), np.array([c], dtype=float), float(n), delta)[0])
-    z_all = _z(bb, cc, float(n), delta)
+    psi = min(p10 + p01, 1.0)
+    z_obs = float(_z(bb, cc, float(n), delta)[0])
     slack = _TIE_TOL * max(1.0, abs(z_obs))
-    extreme = z_all >= z_obs - slack if upper else z_all <= z_obs + slack
-    return min(float(np.exp(log_prob[extreme]).sum()), 1.0)
+    if psi <= 0.0:
+        # Only the all-concordant table has mass; its Z is 0.
+        return 1.0 if (z_obs - slack <= 0.0 if upper else z_obs + slack >= 0.0) else 0.0
+    m_lo, m_hi = _support(n, psi)
+    m = np.arange(m_lo, m_hi + 1, dtype=np.int64)
+    # first[i]: the smallest b′ with Z(b′, m−b′) above the cut. Upper tail:
+    # Z ≥ z_obs − slack, the tables at least as extreme are b′ ≥ first.
+    # Lower tail: Z > z_obs + slack, those at most as extreme are b′ < first.
+    cut = z_obs - slack if upper else z_obs + slack
+    if n <= _GRID_MAX_N:
+        rows = _z_grid(n, delta)[m_lo : m_hi + 1]
+        first = m + 1 - (rows >= cut).sum(axis=1) if upper else (rows <= cut).sum(axis=1)
+    else:
+        first = _bisect_first(m, n, delta, cut, strict=not upper)
+    mf = m.astype(float)
+    weight = np.exp(
+        special.gammaln(n + 1.0)
+        - special.gammaln(mf + 1.0)
+        - special.gammaln(n - mf + 1.0)
+        + special.xlogy(mf, psi)
+        + special.xlog1py(n - mf, -psi)
+    )
+    share = min(p10 / psi, 1.0)
+    k = first - 1
+    # bdtrc(k, m, p) = P(X > k) (1 for k < 0); bdtr(k, m, p) = P(X ≤ k).
+    if upper:
+        inside = special.bdtrc(k, m, share)
+    else:
+        inside = np.where(k < 0, 0.0, special.bdtr(np.maximum(k, 0), m, share))
+    return min(float(np.dot(weight, inside)), 1.0)
+
+
+#: Up to this n, the score of every table is computed once per (n, δ) and kept.
+_GRID_MAX_N = 400
+
+
+@lru_cache(maxsize=32)
+def _z_grid(n: int, delta: float) -> NDArray[np.float64]:
+    """Z of every table: row m (discordant pairs), column b′ (regressions); NaN where b′ > m."""
+    m, b = np.meshgrid(np.arange(n + 1.0), np.arange(n + 1.0), indexing="ij")
+    valid = b <= m
+    grid = np.full((n + 1, n + 1), np.nan)
+    grid[valid] = _z(b[valid], m[valid] - b[valid], float(n), delta)
+    grid.setflags(write=False)
+    return grid
+
+
+def _bisect_first(
+    m: NDArray[np.int64], n: int, delta: float, cut: float, *, strict: bool
+) -> NDArray[np.int64]:
+    """Per m, the smallest b′ in [0, m + 1] with Z(b′, m − b′) ≥ cut (> cut when strict)."""
+    lo = np.zeros_like(m)
+    hi = m + 1
+    while np.any(lo < hi):
+        mid = (lo + hi) // 2
+        z = _z(mid.astype(float), (m - mid).astype(float), float(n), delta)
+        above = z > cut if strict else z >= cut
+        searching = lo < hi
+        hi = np.where(searching & above, mid, hi)
+        lo = np.where(searching & ~above, mid + 1, lo)
+    return lo
 
 
 def _mcnemar_upper(b: int, c: int) -> float:
@@ -289,13 +341,31 @@ def _mcnemar_lower(b: int, c: int) -> float:
 
 
 def regression_pvalue(
-    b: int, c: int, n: int, delta: float, *, method: Method = "auto", deff: float = 1.0
+    b: int,
+    c: int,
+    n: int,
+    delta: float,
+    *,
+    method: Method = "auto",
+    deff: float = 1.0,
+    df: int | None = None,
+    nested: bool = True,
 ) -> float:
     """One-sided p-value of ``H0: Δ ≤ δ`` against ``H1: Δ > δ`` (candidate worse).
 
     Exact: at ``δ = 0`` McNemar's exact conditional test, ``P(X ≥ b | b + c,
     ½)``; otherwise the exact unconditional tail ``P(Z ≥ Z_obs)`` at the
-    restricted estimate (DESIGN §4a). Normal: ``1 − Φ(Z/√deff)``.
+    restricted estimate (DESIGN §4a). Normal: ``1 − F(Z/√deff)`` with F the
+    standard normal, or Student's t with ``df`` degrees of freedom.
+
+    Nested (the gate's p-value): the exact p-value at δ is raised to the
+    largest of McNemar's at 0 and the exact ones at every multiple of
+    :data:`NEST_STEP` below δ. McNemar's conditional test is less powerful
+    at small n than the unconditional one, and the unconditional p-value is
+    not quite monotone in δ; taking the maximum makes REGRESSED at δ imply
+    REGRESSED at 0 and at every grid margin below δ, so a stricter tolerance
+    never passes what a looser one fails. Raising a p-value keeps the level.
+    The normal p-value is monotone in δ already (Z falls as δ rises).
 
     Args:
         b: Regressions.
@@ -304,31 +374,60 @@ def regression_pvalue(
         delta: Margin, in (-1, 1) (the gate uses [0, 1)).
         method: ``"auto"``, ``"exact"`` or ``"normal"`` (see resolve_method).
         deff: Design effect of clustered cases; scales the null variance.
+        df: Degrees of freedom of a t reference for the normal method
+            (clusters − 1); None for the normal distribution.
+        nested: Take the maximum over the margins below δ (see above).
 
     Returns:
         The p-value; 1.0 when ``n == 0`` or, at ``δ = 0``, when ``b + c == 0``.
     """
-    return _tail(b, c, n, delta, method, deff, upper=True)
+    p = _tail(b, c, n, delta, method, deff, df, upper=True)
+    if not nested or delta <= 0.0 or resolve_method(n, method, deff) == "normal":
+        return p
+    steps = math.ceil(delta / NEST_STEP - 1e-9)
+    for margin in (0.0, *(k * NEST_STEP for k in range(1, steps))):
+        p = max(p, _tail(b, c, n, margin, method, deff, df, upper=True))
+    return p
 
 
 def noninferiority_pvalue(
-    b: int, c: int, n: int, delta: float, *, method: Method = "auto", deff: float = 1.0
+    b: int,
+    c: int,
+    n: int,
+    delta: float,
+    *,
+    method: Method = "auto",
+    deff: float = 1.0,
+    df: int | None = None,
 ) -> float:
     """One-sided p-value of ``H0: Δ ≥ δ`` against ``H1: Δ < δ`` (non-inferior).
 
-    The mirror of regression_pvalue: exact ``P(Z ≤ Z_obs)`` at the restricted
-    estimate, McNemar's ``P(X ≤ b | b + c, ½)`` at ``δ = 0``, or ``Φ(Z/√deff)``.
+    The mirror of regression_pvalue (not nested): exact ``P(Z ≤ Z_obs)`` at
+    the restricted estimate, McNemar's ``P(X ≤ b | b + c, ½)`` at ``δ = 0``,
+    or ``F(Z/√deff)``.
 
     Returns:
         The p-value; 1.0 when ``n == 0`` or, at ``δ = 0``, when ``b + c == 0``.
     """
-    return _tail(b, c, n, delta, method, deff, upper=False)
+    return _tail(b, c, n, delta, method, deff, df, upper=False)
 
 
-def _tail(b: int, c: int, n: int, delta: float, method: Method, deff: float, *, upper: bool) -> float:
+def _reference_sf(z: float, df: int | None) -> float:
+    return float(sps.norm.sf(z) if df is None else sps.t.sf(z, df))
+
+
+def _reference_isf(alpha: float, df: int | None) -> float:
+    return float(sps.norm.isf(alpha) if df is None else sps.t.isf(alpha, df))
+
+
+def _tail(
+    b: int, c: int, n: int, delta: float, method: Method, deff: float, df: int | None, *, upper: bool
+) -> float:
     _check_counts(b, c, n)
     _check_delta(delta)
     resolved = resolve_method(n, method, deff)
+    if df is not None and df < 1:
+        raise ValueError(f"df must be >= 1, got {df}")
     if n == 0:
         return 1.0
     if delta == 0.0 and b + c == 0:
@@ -336,29 +435,132 @@ def _tail(b: int, c: int, n: int, delta: float, method: Method, deff: float, *, 
         return 1.0
     if resolved == "normal":
         z = score_z(b, c, n, delta) / math.sqrt(deff)
-        return float(sps.norm.sf(z) if upper else sps.norm.cdf(z))
+        return _reference_sf(z if upper else -z, df)
     if delta == 0.0:
         return _mcnemar_upper(b, c) if upper else _mcnemar_lower(b, c)
     return _unconditional_tail(int(b), int(c), int(n), float(delta), upper)
 
 
-def improvement_pvalue(b: int, c: int, n: int, *, method: Method = "auto", deff: float = 1.0) -> float:
+def improvement_pvalue(
+    b: int, c: int, n: int, *, method: Method = "auto", deff: float = 1.0, df: int | None = None
+) -> float:
     """One-sided p-value that the candidate is better (``H1: Δ < 0``).
 
-    Exact: McNemar's ``P(X ≥ c | b + c, ½)``; normal: ``Φ(Z(0)/√deff)``.
+    Exact: McNemar's ``P(X ≥ c | b + c, ½)``; normal: ``F(Z(0)/√deff)``.
 
     Returns:
         The p-value; 1.0 when ``b + c == 0``.
     """
-    return _tail(b, c, n, 0.0, method, deff, upper=False)
+    return _tail(b, c, n, 0.0, method, deff, df, upper=False)
+
+
+# --------------------------------------------------------------------------
+# every table at once: the rejection region and its probability
+
+
+@lru_cache(maxsize=64)
+def pvalue_table(n: int, delta: float, *, upper: bool = True) -> NDArray[np.float64]:
+    """The exact unconditional p-value of every table of n cases, at once.
+
+    The same numbers as the plain (not nested) ``regression_pvalue`` (or,
+    with ``upper=False``, ``noninferiority_pvalue``) for ``δ ≠ 0``, computed
+    for all tables together: entry ``[b, c]``, NaN where ``b + c > n``.
+    O(n³) time; meant for n up to a few hundred, where exact size and power
+    are summed over every table. Memoised; the array is read-only.
+    """
+    _check_delta(delta)
+    bs, cs = np.meshgrid(np.arange(n + 1.0), np.arange(n + 1.0), indexing="ij")
+    valid = bs + cs <= n
+    b, c = bs[valid], cs[valid]
+    x = _p01(b, c, float(n), delta)
+    p10 = np.clip(x + delta, 0.0, 1.0)
+    psi = np.minimum(p10 + np.clip(x, 0.0, 1.0), 1.0)
+    z = _z(b, c, float(n), delta)
+    slack = _TIE_TOL * np.maximum(1.0, np.abs(z))
+    cut = z - slack if upper else z + slack
+    grid = _z_grid(n, delta)
+    # first[t, m]: the first b′ of row m on the far side of table t's cut
+    # (each row is increasing in b′, so this is a sorted search).
+    first = np.empty((b.size, n + 1), dtype=np.int64)
+    for m in range(n + 1):
+        first[:, m] = np.searchsorted(grid[m, : m + 1], cut, side="left" if upper else "right")
+    m_all = np.broadcast_to(np.arange(n + 1), first.shape)
+    mf = np.arange(n + 1.0)[None, :]
+    weight = np.exp(
+        special.gammaln(n + 1.0)
+        - special.gammaln(mf + 1.0)
+        - special.gammaln(n - mf + 1.0)
+        + special.xlogy(mf, psi[:, None])
+        + special.xlog1py(n - mf, -psi[:, None])
+    )
+    share = (p10 / np.where(psi > 0.0, psi, 1.0))[:, None]
+    k = first - 1
+    if upper:
+        inside = special.bdtrc(k, m_all, share)
+    else:
+        inside = np.where(k < 0, 0.0, special.bdtr(np.maximum(k, 0), m_all, share))
+    out = np.full((n + 1, n + 1), np.nan)
+    out[valid] = np.minimum((weight * inside).sum(axis=1), 1.0)
+    out.setflags(write=False)
+    return out
+
+
+def _mcnemar_table(n: int) -> NDArray[np.float64]:
+    """McNemar's exact upper p-value of every table of n cases (1.0 at b = c = 0)."""
+    bs, cs = np.meshgrid(np.arange(n + 1), np.arange(n + 1), indexing="ij")
+    with np.errstate(invalid="ignore"):
+        p = np.where(bs + cs > 0, special.bdtrc(bs - 1, bs + cs, 0.5), 1.0)
+    return np.where(bs + cs <= n, p, np.nan)
+
+
+def regression_region(n: int, delta: float, alpha: float) -> NDArray[np.bool_]:
+    """The tables of n cases that the gate's nested test calls REGRESSED at margin δ.
+
+    Entry ``[b, c]`` is ``regression_pvalue(b, c, n, δ) < α``: McNemar's test
+    at 0 and the exact test at every grid margin up to δ all reject.
+    """
+    _check_alpha(alpha)
+    if delta < 0.0:
+        raise ValueError("regression_region takes a margin >= 0")
+    reject = _mcnemar_table(n) < alpha
+    steps = math.ceil(delta / NEST_STEP - 1e-9)
+    margins = [k * NEST_STEP for k in range(1, steps)] + ([delta] if delta > 0.0 else [])
+    for margin in margins:
+        reject &= pvalue_table(n, margin) < alpha
+    return reject
+
+
+def region_probability(region: NDArray[np.bool_], p10: float, p01: float) -> float:
+    """``P((b, c) ∈ region)`` for n cases with regression and improvement rates p10, p01."""
+    n = region.shape[0] - 1
+    if not (p10 >= 0.0 and p01 >= 0.0 and p10 + p01 <= 1.0 + 1e-12):
+        raise ValueError(f"rates must be >= 0 and sum to at most 1, got {p10}, {p01}")
+    bs, cs = np.meshgrid(np.arange(n + 1.0), np.arange(n + 1.0), indexing="ij")
+    valid = (bs + cs <= n) & region
+    b, c = bs[valid], cs[valid]
+    rest = n - b - c
+    logp = (
+        special.gammaln(n + 1.0)
+        - special.gammaln(b + 1.0)
+        - special.gammaln(c + 1.0)
+        - special.gammaln(rest + 1.0)
+        + special.xlogy(b, p10)
+        + special.xlogy(c, p01)
+        + special.xlogy(rest, max(1.0 - p10 - p01, 0.0))
+    )
+    return float(np.exp(logp).sum())
 
 
 # --------------------------------------------------------------------------
 # confidence bounds
 
 
-def score_upper_bound(b: int, c: int, n: int, alpha: float, *, deff: float = 1.0) -> float:
+def score_upper_bound(
+    b: int, c: int, n: int, alpha: float, *, deff: float = 1.0, df: int | None = None
+) -> float:
     """One-sided ``1 − α`` upper score bound of Δ: the δ with ``Z(δ)/√deff = −z₁₋α``.
+
+    ``z₁₋α`` is the normal quantile, or Student's t with ``df`` degrees of freedom.
 
     Found with brentq between ``Δ̂`` (where Z = 0) and just below 1.
 
@@ -370,7 +572,7 @@ def score_upper_bound(b: int, c: int, n: int, alpha: float, *, deff: float = 1.0
     resolve_method(n, "normal", deff)
     if n == 0:
         return 1.0
-    crit = float(sps.norm.isf(alpha)) * math.sqrt(deff)
+    crit = _reference_isf(alpha, df) * math.sqrt(deff)
     bb = np.array([b], dtype=float)
     cc = np.array([c], dtype=float)
 
@@ -383,7 +585,9 @@ def score_upper_bound(b: int, c: int, n: int, alpha: float, *, deff: float = 1.0
     return float(optimize.brentq(gap, lo, hi, xtol=1e-12))
 
 
-def score_lower_bound(b: int, c: int, n: int, alpha: float, *, deff: float = 1.0) -> float:
+def score_lower_bound(
+    b: int, c: int, n: int, alpha: float, *, deff: float = 1.0, df: int | None = None
+) -> float:
     """One-sided ``1 − α`` lower score bound of Δ: the δ with ``Z(δ)/√deff = z₁₋α``.
 
     Returns:
@@ -394,7 +598,7 @@ def score_lower_bound(b: int, c: int, n: int, alpha: float, *, deff: float = 1.0
     resolve_method(n, "normal", deff)
     if n == 0:
         return -1.0
-    crit = float(sps.norm.isf(alpha)) * math.sqrt(deff)
+    crit = _reference_isf(alpha, df) * math.sqrt(deff)
     bb = np.array([b], dtype=float)
     cc = np.array([c], dtype=float)
 
@@ -474,7 +678,16 @@ def exact_upper_bound(b: int, c: int, n: int, alpha: float) -> float:
     return bound
 
 
-def upper_bound(b: int, c: int, n: int, alpha: float, *, method: Method = "auto", deff: float = 1.0) -> float:
+def upper_bound(
+    b: int,
+    c: int,
+    n: int,
+    alpha: float,
+    *,
+    method: Method = "auto",
+    deff: float = 1.0,
+    df: int | None = None,
+) -> float:
     """Upper ``1 − α`` bound of Δ that agrees with noninferiority_pvalue.
 
     Same ``method``/``deff`` resolution as the p-values: exact_upper_bound for
@@ -485,7 +698,7 @@ def upper_bound(b: int, c: int, n: int, alpha: float, *, method: Method = "auto"
     _check_counts(b, c, n)
     if resolve_method(n, method, deff) == "exact":
         return exact_upper_bound(int(b), int(c), int(n), float(alpha))
-    return score_upper_bound(b, c, n, alpha, deff=deff)
+    return score_upper_bound(b, c, n, alpha, deff=deff, df=df)
 
 
 # --------------------------------------------------------------------------

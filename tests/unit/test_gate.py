@@ -171,23 +171,35 @@ def test_improved_needs_the_holm_adjusted_pvalue() -> None:
 
 
 # --------------------------------------------------------------------------
-# Holm across slices, not the ALL row
+# Holm across the slices and the ALL row
 
 
-def test_holm_family_excludes_the_total_row() -> None:
+def test_holm_family_includes_the_total_row() -> None:
     a = outcomes("a", 80, 13, 3, 4)  # raw p ≈ 0.020
     b = outcomes("b", 350, 0, 0, 50)
     total = outcomes("all", 430, 13, 3, 54)
     rows = evaluate([a, b], total, SETTINGS)
     assert [r.slice for r in rows] == ["a", "b", "ALL"]
     assert [r.is_total for r in rows] == [False, False, True]
-    expected = stats.holm([rows[0].p_value, rows[1].p_value])
-    assert [rows[0].p_adjusted, rows[1].p_adjusted] == pytest.approx(expected)
-    assert rows[2].p_adjusted == rows[2].p_value
-    # With ALL (p ≈ 0.5) in the family, a's adjusted p would be 3·p > α.
+    expected = stats.holm([r.p_value for r in rows])
+    assert [r.p_adjusted for r in rows] == pytest.approx(expected)
+    # Three hypotheses: a's adjusted p is 3·p, above α, though 2·p is below.
     assert 2 * rows[0].p_value < 0.05 < 3 * rows[0].p_value
-    assert rows[0].verdict is Verdict.REGRESSED
+    assert rows[0].verdict is not Verdict.REGRESSED
     assert rows[2].n == 500
+
+
+def test_a_slice_holding_every_case_is_the_total_hypothesis() -> None:
+    only_slice = outcomes("s", 200, 9, 1, 20)
+    rows = evaluate([only_slice], outcomes("all", 200, 9, 1, 20), SETTINGS)
+    # One hypothesis, counted once: no correction, and both rows agree.
+    assert rows[0].p_adjusted == pytest.approx(rows[0].p_value)
+    assert rows[1].p_adjusted == rows[0].p_adjusted and rows[1].verdict is rows[0].verdict
+    # At another margin it is another hypothesis.
+    strict = SliceOutcomes("s", only_slice.reference, only_slice.candidate, tolerance=0.0)
+    rows = evaluate([strict], outcomes("all", 200, 9, 1, 20), SETTINGS)
+    assert rows[0].p_adjusted > rows[0].p_value
+    assert stats.holm([r.p_value for r in rows]) == pytest.approx([r.p_adjusted for r in rows])
 
 
 def test_total_row_catches_a_diffuse_regression() -> None:
@@ -261,8 +273,9 @@ def test_clustered_regressions_use_the_design_effect() -> None:
     deff = clustered.design_effect
     assert clustered.se == pytest.approx(stats.paired_se(b, c, 240) * math.sqrt(deff))
     z = stats.score_z(b, c, 240, 0.02)
-    assert clustered.p_value == pytest.approx(sps.norm.sf(z / math.sqrt(deff)))
-    assert clustered.upper == pytest.approx(stats.score_upper_bound(b, c, 240, 0.05, deff=deff))
+    # 30 clusters: the scaled score is referred to Student's t with 29 df.
+    assert clustered.p_value == pytest.approx(sps.t.sf(z / math.sqrt(deff), 29))
+    assert clustered.upper == pytest.approx(stats.score_upper_bound(b, c, 240, 0.05, deff=deff, df=29))
     assert clustered.p_value > plain.p_value
     assert clustered.upper > plain.upper
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy import optimize
 from scipy import stats as sps
-from scipy.special import xlogy
+from scipy.special import gammaln, xlogy
 from statsmodels.stats.contingency_tables import mcnemar
 from statsmodels.stats.multitest import multipletests
 
@@ -313,9 +313,11 @@ EXACT_CASES = [
 
 @pytest.mark.parametrize(("b", "c", "n", "delta"), EXACT_CASES)
 def test_exact_pvalues_against_enumeration(b: int, c: int, n: int, delta: float) -> None:
-    reg = stats.regression_pvalue(b, c, n, delta, method="exact")
+    reg = stats.regression_pvalue(b, c, n, delta, method="exact", nested=False)
     non = stats.noninferiority_pvalue(b, c, n, delta, method="exact")
     assert reg == pytest.approx(brute_exact_tail(b, c, n, delta, upper=True), abs=1e-12)
+    # The gate's nested p-value is never below the plain one.
+    assert stats.regression_pvalue(b, c, n, delta) >= reg
     assert non == pytest.approx(brute_exact_tail(b, c, n, delta, upper=False), abs=1e-12)
     # Both tails contain the observed table, so they overlap.
     assert reg + non >= 1.0 - 1e-12
@@ -350,13 +352,61 @@ def test_normal_method_is_the_score_tail(b: int, c: int, n: int, delta: float) -
     assert deffed == pytest.approx(sps.norm.sf(z / math.sqrt(2.5)))
 
 
-def test_auto_method_switches_to_normal_above_the_limit() -> None:
-    n = stats.EXACT_MAX_N + 1
-    assert stats.resolve_method(n) == "normal"
-    assert stats.resolve_method(stats.EXACT_MAX_N) == "exact"
+def test_auto_method_is_exact_at_every_n() -> None:
+    assert stats.resolve_method(100_000) == "exact"
     assert stats.resolve_method(100, deff=1.5) == "normal"
-    z = stats.score_z(60, 20, n, 0.0)
-    assert stats.regression_pvalue(60, 20, n, 0.0) == pytest.approx(sps.norm.sf(z))
+    # At δ = 0 McNemar's exact test needs only b + c: (3, 0) is 0.5³ at any n,
+    # where the normal approximation used to say 0.042 at n = 2500.
+    assert stats.regression_pvalue(3, 0, 2500, 0.0) == pytest.approx(0.125)
+    assert stats.regression_pvalue(3, 0, 10**5, 0.0) == pytest.approx(0.125)
+
+
+def test_adding_a_concordant_case_does_not_flip_the_verdict() -> None:
+    # The audit's example: the normal switch above n = 2000 turned
+    # (51, 0, 2000) at δ = 0.02 from p 0.0509 into 0.0398 at n = 2001.
+    p2000 = stats.regression_pvalue(51, 0, 2000, 0.02)
+    p2001 = stats.regression_pvalue(51, 0, 2001, 0.02)
+    assert 0.05 < p2000 < 0.052 and 0.05 < p2001 < 0.052
+    assert abs(p2001 - p2000) < 5e-4
+
+
+@pytest.mark.parametrize(
+    ("b", "c", "n", "delta"),
+    [(2100, 1900, 100_000, 0.001), (5000, 3000, 100_000, 0.02), (60, 10, 5000, 0.005), (0, 0, 100_000, 0.02)],
+)
+def test_exact_tail_at_large_n_against_a_direct_sum(b: int, c: int, n: int, delta: float) -> None:
+    """The per-discordant-count sum equals the plain sum over every table of non-negligible mass."""
+    x = stats.restricted_p01(b, c, n, delta)
+    p10, p01 = x + delta, x
+    z_obs = stats.score_z(b, c, n, delta)
+    b_lo, b_hi = stats._support(n, p10)
+    c_lo, c_hi = stats._support(n, p01)
+    bb, cc = np.meshgrid(np.arange(b_lo, b_hi + 1.0), np.arange(c_lo, c_hi + 1.0), indexing="ij")
+    logp = (
+        math.lgamma(n + 1)
+        - gammaln(bb + 1)
+        - gammaln(cc + 1)
+        - gammaln(np.maximum(n - bb - cc, 0) + 1)
+        + xlogy(bb, p10)
+        + xlogy(cc, p01)
+        + xlogy(n - bb - cc, 1 - p10 - p01)
+    )
+    zs = np.where(bb + cc <= n, stats._z(bb, cc, float(n), delta), np.nan)
+    slack = 1e-9 * max(1.0, abs(z_obs))
+    upper = float(np.exp(logp[zs >= z_obs - slack]).sum())
+    lower = float(np.exp(logp[zs <= z_obs + slack]).sum())
+    # Both sides carry float rounding of log-factorials near 10⁶: ~1e-10.
+    assert stats.regression_pvalue(b, c, n, delta, nested=False) == pytest.approx(upper, abs=1e-9)
+    assert stats.noninferiority_pvalue(b, c, n, delta) == pytest.approx(lower, abs=1e-9)
+
+
+@pytest.mark.parametrize("n", [5, 20, 60, 150, 1000])
+@pytest.mark.parametrize("delta", [0.0, 0.01, 0.05, 0.3])
+def test_score_rises_with_regressions_at_a_fixed_discordant_count(n: int, delta: float) -> None:
+    """The exact tail's bisection relies on it: Z(b, m − b) is increasing in b for fixed m."""
+    for m in sorted({1, 2, 3, n // 10, n // 3, n // 2, n}):
+        b = np.arange(0, m + 1, dtype=float)
+        assert np.all(np.diff(stats._z(b, m - b, float(n), delta)) >= -1e-12), m
 
 
 def test_exact_regression_pvalue_keeps_its_size() -> None:
