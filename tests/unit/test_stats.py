@@ -63,6 +63,41 @@ def brute_exact_tail(b: int, c: int, n: int, delta: float, upper: bool) -> float
     return min(total, 1.0)
 
 
+def brute_tail_at(b: int, c: int, n: int, delta: float, psi: float, upper: bool) -> float:
+    """The score tail at discordance ψ and the least favourable null drop, every table enumerated."""
+    if (upper and delta < -psi) or (not upper and delta > psi):
+        return 0.0  # H0 cannot hold at this ψ
+    drop = min(max(delta, -psi), psi)
+    probs = [(psi + drop) / 2, (psi - drop) / 2, 1.0 - psi]
+    z_obs = tango_z(b, c, n, delta)
+    total = 0.0
+    for bb in range(n + 1):
+        for cc in range(n + 1 - bb):
+            z = tango_z(bb, cc, n, delta)
+            if (z >= z_obs - 1e-9) if upper else (z <= z_obs + 1e-9):
+                total += sps.multinomial.pmf([bb, cc, n - bb - cc], n, probs)
+    return total
+
+
+def brute_berger_boos(b: int, c: int, n: int, delta: float, upper: bool) -> float:
+    """The exact p-value by enumeration: the largest tail over stats' ψ points, plus γ."""
+    coarse = stats.psi_points(b, c, n, delta)
+    tails = np.array([brute_tail_at(b, c, n, delta, float(psi), upper) for psi in coarse])
+    fine = [brute_tail_at(b, c, n, delta, float(psi), upper) for psi in stats._refine(coarse, tails)]
+    return min(max(float(tails.max()), max(fine)) + stats.BB_GAMMA, 1.0)
+
+
+def test_psi_points_span_a_clopper_pearson_interval() -> None:
+    points = stats.psi_points(8, 2, 100, 0.02)
+    # statsmodels' Clopper–Pearson ("beta") interval at 1 − γ.
+    from statsmodels.stats.proportion import proportion_confint
+
+    lo, hi = proportion_confint(10, 100, alpha=stats.BB_GAMMA, method="beta")
+    assert points.min() == pytest.approx(lo, rel=1e-9) and points.max() == pytest.approx(hi, rel=1e-9)
+    psi0 = 2 * stats.restricted_p01(8, 2, 100, 0.02) + 0.02
+    assert np.isclose(points, psi0).any() and np.all(np.diff(points) >= 0)
+
+
 def brute_score_bound(b: int, c: int, n: int, alpha: float, upper: bool) -> float:
     """Inverts the score test on a grid of δ, then bisects the crossing."""
     crit = sps.norm.isf(alpha)
@@ -181,14 +216,23 @@ def test_design_worked_z(b: int, c: int, n: int, delta: float, z: float) -> None
 
 
 def test_design_worked_pvalue() -> None:
-    assert stats.regression_pvalue(32, 8, 340, 0.02) == pytest.approx(0.0024, abs=5e-5)
+    # DESIGN §4a: the tail at the restricted MLE is 0.0024. The gate's exact
+    # p-value takes the largest tail over a 99.9% interval of ψ, plus 0.001.
+    z = stats.score_z(32, 8, 340, 0.02)
+    psi0 = 2 * stats.restricted_p01(32, 8, 340, 0.02) + 0.02
+    estimated = float(stats._tails_at(340, 0.02, True, z, np.array([psi0]))[0])
+    assert estimated == pytest.approx(0.0024, abs=5e-5)
+    p = stats.regression_pvalue(32, 8, 340, 0.02)
+    assert estimated + stats.BB_GAMMA <= p < 0.005
     assert stats.regression_pvalue(0, 0, 340, 0.0) == 1.0
 
 
 def test_identical_outcomes_exact_noninferiority() -> None:
-    # With b = c = 0 only the all-concordant table is as extreme: (1 − δ)^n.
-    assert stats.noninferiority_pvalue(0, 0, 340, 0.02) == pytest.approx(0.98**340, rel=1e-9)
-    assert stats.noninferiority_pvalue(0, 0, 30, 0.02) == pytest.approx(0.98**30, rel=1e-9)
+    # With b = c = 0 only the all-concordant table is as extreme: (1 − ψ)^n,
+    # largest at the smallest ψ under H0 (ψ = δ), plus γ.
+    gamma = stats.BB_GAMMA
+    assert stats.noninferiority_pvalue(0, 0, 340, 0.02) == pytest.approx(0.98**340 + gamma, rel=1e-9)
+    assert stats.noninferiority_pvalue(0, 0, 30, 0.02) == pytest.approx(0.98**30 + gamma, rel=1e-9)
 
 
 # --------------------------------------------------------------------------
@@ -315,10 +359,15 @@ EXACT_CASES = [
 def test_exact_pvalues_against_enumeration(b: int, c: int, n: int, delta: float) -> None:
     reg = stats.regression_pvalue(b, c, n, delta, method="exact", nested=False)
     non = stats.noninferiority_pvalue(b, c, n, delta, method="exact")
-    assert reg == pytest.approx(brute_exact_tail(b, c, n, delta, upper=True), abs=1e-12)
+    assert reg == pytest.approx(brute_berger_boos(b, c, n, delta, upper=True), abs=1e-12)
+    assert non == pytest.approx(brute_berger_boos(b, c, n, delta, upper=False), abs=1e-12)
+    # The tail at the restricted MLE alone (the "estimated" p-value) is one of its terms.
+    x = tango_p21(b, c, n, delta)
+    z_obs = stats.score_z(b, c, n, delta)
+    estimated = float(stats._tails_at(n, delta, True, z_obs, np.array([2 * x + delta]))[0])
+    assert estimated == pytest.approx(brute_exact_tail(b, c, n, delta, upper=True), abs=1e-12)
     # The gate's nested p-value is never below the plain one.
     assert stats.regression_pvalue(b, c, n, delta) >= reg
-    assert non == pytest.approx(brute_exact_tail(b, c, n, delta, upper=False), abs=1e-12)
     # Both tails contain the observed table, so they overlap.
     assert reg + non >= 1.0 - 1e-12
 
@@ -340,7 +389,8 @@ def test_exact_pvalue_matches_the_full_table_sum_at_larger_n() -> None:
     zs = ((bb - cc) / n - delta) / np.sqrt((2 * p21 + delta - delta**2) / n)
     z_obs = tango_z(b, c, n, delta)
     full = float(np.exp(logp[zs >= z_obs - 1e-9]).sum())
-    assert stats.regression_pvalue(b, c, n, delta, method="exact") == pytest.approx(full, abs=1e-12)
+    tail = stats._tails_at(n, delta, True, stats.score_z(b, c, n, delta), np.array([2 * x + delta]))
+    assert float(tail[0]) == pytest.approx(full, abs=1e-12)
 
 
 @pytest.mark.parametrize(("b", "c", "n", "delta"), [(32, 8, 340, 0.02), (5, 1, 200, 0.02), (0, 0, 30, 0.02)])
@@ -366,7 +416,7 @@ def test_adding_a_concordant_case_does_not_flip_the_verdict() -> None:
     # (51, 0, 2000) at δ = 0.02 from p 0.0509 into 0.0398 at n = 2001.
     p2000 = stats.regression_pvalue(51, 0, 2000, 0.02)
     p2001 = stats.regression_pvalue(51, 0, 2001, 0.02)
-    assert 0.05 < p2000 < 0.052 and 0.05 < p2001 < 0.052
+    assert 0.05 < p2000 < 0.053 and 0.05 < p2001 < 0.053
     assert abs(p2001 - p2000) < 5e-4
 
 
@@ -396,8 +446,11 @@ def test_exact_tail_at_large_n_against_a_direct_sum(b: int, c: int, n: int, delt
     upper = float(np.exp(logp[zs >= z_obs - slack]).sum())
     lower = float(np.exp(logp[zs <= z_obs + slack]).sum())
     # Both sides carry float rounding of log-factorials near 10⁶: ~1e-10.
-    assert stats.regression_pvalue(b, c, n, delta, nested=False) == pytest.approx(upper, abs=1e-9)
-    assert stats.noninferiority_pvalue(b, c, n, delta) == pytest.approx(lower, abs=1e-9)
+    at_mle = np.array([p10 + p01])
+    assert float(stats._tails_at(n, delta, True, z_obs, at_mle)[0]) == pytest.approx(upper, abs=1e-9)
+    assert float(stats._tails_at(n, delta, False, z_obs, at_mle)[0]) == pytest.approx(lower, abs=1e-9)
+    # The exact p-value is at least that tail, plus γ.
+    assert stats.regression_pvalue(b, c, n, delta, nested=False) >= min(upper + stats.BB_GAMMA, 1.0) - 1e-9
 
 
 @pytest.mark.parametrize("n", [5, 20, 60, 150, 1000])
@@ -463,15 +516,17 @@ def test_exact_upper_bound_is_close_to_the_score_bound() -> None:
         exact = stats.exact_upper_bound(b, c, n, 0.05)
         score = stats.score_upper_bound(b, c, n, 0.05)
         assert exact == pytest.approx(score, abs=2e-3)
-    # b = c = 0: the exact bound solves (1 − U)^n = α.
-    assert stats.exact_upper_bound(0, 0, 340, 0.05) == pytest.approx(1 - 0.05 ** (1 / 340), abs=1e-8)
+    # b = c = 0: the exact bound solves (1 − U)^n + γ = α.
+    u = 1 - (0.05 - stats.BB_GAMMA) ** (1 / 340)
+    assert stats.exact_upper_bound(0, 0, 340, 0.05) == pytest.approx(u, abs=1e-8)
 
 
 @pytest.mark.parametrize(("b", "c", "n"), [(0, 3, 40), (0, 4, 5), (1, 6, 10), (14, 25, 40)])
-def test_exact_upper_bound_is_zero_when_mcnemar_keeps_zero(b: int, c: int, n: int) -> None:
-    # The unconditional test would exclude 0, McNemar's (used at δ = 0) not.
+def test_exact_upper_bound_is_not_below_zero_when_mcnemar_keeps_zero(b: int, c: int, n: int) -> None:
+    # McNemar's test (used at δ = 0) keeps 0 in the confidence set, so the
+    # bound is at least 0 even where the unconditional crossing is below it.
     assert stats.noninferiority_pvalue(b, c, n, 0.0) >= 0.05
-    assert stats.exact_upper_bound(b, c, n, 0.05) == 0.0
+    assert stats.exact_upper_bound(b, c, n, 0.05) >= 0.0
 
 
 def test_upper_bound_of_a_total_collapse_is_one() -> None:
@@ -685,3 +740,60 @@ def test_empty_slice_has_no_evidence() -> None:
     assert stats.noninferiority_pvalue(0, 0, 0, 0.02) == 1.0
     assert stats.improvement_pvalue(0, 0, 0) == 1.0
     assert stats.score_z(0, 0, 0, 0.02) == 0.0
+
+
+# --------------------------------------------------------------------------
+# exact size and nesting, summed over every table
+
+
+def _size_by_threshold(n: int, delta: float, psi: float, alpha: float = 0.05) -> float:
+    """P(plain exact test rejects) at the boundary, with the region b ≥ r(m) for each m."""
+    p10 = (psi + delta) / 2
+    m_lo, m_hi = stats._support(n, psi)
+    total = 0.0
+    for m in range(m_lo, m_hi + 1):
+        lo, hi = 0, m + 1
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if stats.regression_pvalue(mid, m - mid, n, delta, nested=False) < alpha:
+                hi = mid
+            else:
+                lo = mid + 1
+        total += float(sps.binom.pmf(m, n, psi) * sps.binom.sf(lo - 1, m, p10 / psi))
+    return total
+
+
+@pytest.mark.parametrize("n", [10, 25, 40])
+@pytest.mark.parametrize("delta", [0.02, 0.05])
+def test_false_alarm_rate_at_the_boundary_is_at_most_alpha(n: int, delta: float) -> None:
+    """Exact: the gate's REGRESSED region summed under every boundary point tried."""
+    region = stats.regression_region(n, delta, 0.05)
+    for psi in (delta, 1.5 * delta, 0.2, 0.6):
+        size = stats.region_probability(region, (psi + delta) / 2, (psi - delta) / 2)
+        assert size <= 0.05, (n, delta, psi, size)
+
+
+def test_the_exact_test_holds_its_level_where_the_estimated_one_did_not() -> None:
+    # The tail at the restricted MLE alone rejected 5.02% of the time here;
+    # the maximum over the interval of ψ, plus γ, keeps to α.
+    assert _size_by_threshold(2001, 0.02, 0.03) <= 0.05
+
+
+def test_regressed_is_nested_across_margins_for_every_small_table() -> None:
+    # Every table up to n = 30 here; tools/verify_gate.py checks n ≤ 150.
+    margins = (0.0, 0.005, 0.01, 0.02)
+    for n in range(1, 31):
+        regions = [stats.regression_region(n, margin, 0.05) for margin in margins]
+        for smaller, larger in itertools.pairwise(regions):
+            assert not (larger & ~smaller).any(), n
+        # For each discordant count m, the REGRESSED tables are those with b ≥ r(m).
+        for m in range(n + 1):
+            row = np.array([regions[-1][b, m - b] for b in range(m + 1)])
+            assert not row.any() or row[int(np.argmax(row)) :].all(), (n, m)
+
+
+@pytest.mark.parametrize(("b", "c", "n"), [(4, 0, 20), (6, 1, 20), (4, 0, 30), (8, 2, 30), (4, 0, 40)])
+def test_tables_mcnemar_keeps_are_not_regressed_at_a_larger_margin(b: int, c: int, n: int) -> None:
+    """The audit's tables: REGRESSED at δ = 0.02 before, not at δ = 0."""
+    assert stats.regression_pvalue(b, c, n, 0.0) >= 0.05
+    assert stats.regression_pvalue(b, c, n, 0.02) >= 0.05
