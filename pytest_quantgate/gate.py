@@ -92,11 +92,14 @@ class GateSettings:
             REGRESSED and IMPROVED).
         tolerance: Default margin δ, as a fraction of accuracy.
         power: Power used for the minimum detectable drop and cases needed.
+        plan: Compute those two for INCONCLUSIVE rows (exact power: up to a
+            few seconds a row); False leaves them None.
     """
 
     alpha: float = 0.05
     tolerance: float = 0.02
     power: float = 0.8
+    plan: bool = True
 
     def __post_init__(self) -> None:
         if not 0.0 < self.alpha < 1.0:
@@ -131,13 +134,15 @@ class SliceResult:
         alpha: Level used for this row.
         design_effect: Variance inflation from clusters (1.0 without).
         verdict: The verdict.
-        mdd: Minimum detectable drop (against zero, McNemar at the gate's
-            power and this n and discordance, Connor 1987); INCONCLUSIVE only.
-        n_needed: Cases the slice needs for a verdict at the gate's power,
-            taking the observed drop (floored at 0) and discordance as the
-            truth (stats.n_needed_at_margin), and at least n + 1; None if no
-            n decides it, e.g. a zero margin with no observed drop.
-            INCONCLUSIVE only.
+        mdd: The smallest true drop the gate flags REGRESSED at this slice's
+            margin with at least the gate's power, at this n and discordance
+            (stats.detectable_drop: exact power at level α/K, K the Holm
+            family); inf when no drop is; INCONCLUSIVE only.
+        n_needed: Cases the slice needs for a verdict with at least the
+            gate's power, taking the observed drop (floored at 0) and
+            discordance as the truth (stats.cases_needed, exact power), more
+            than n; None if no n decides it, e.g. a zero margin with no
+            observed drop. INCONCLUSIVE only.
         is_total: True for the ALL row.
         n_needed_for: What ``n_needed`` cases would settle: ``"PASS"`` when
             the assumed drop is below the tolerance, ``"REGRESSED"`` (the
@@ -251,6 +256,7 @@ def _row(
     settings: GateSettings,
     *,
     is_total: bool,
+    family_size: int = 1,
 ) -> SliceResult:
     """Applies the verdict rules to one slice, given its (adjusted) p-values."""
     from . import stats
@@ -295,18 +301,32 @@ def _row(
         verdict = Verdict.PASS
     else:
         verdict = Verdict.INCONCLUSIVE
+    if verdict is Verdict.INCONCLUSIVE and settings.plan:
+        # Power by exact computation against the tests the gate runs, at the
+        # slice's own margin. REGRESSED is Holm-corrected: it is certain at a
+        # raw p below α/K, so its power is computed at that level (a lower
+        # bound on the chance); PASS needs no correction (Berger 1982).
+        # Clustered cases count as n / design effect independent ones.
+        n_eff = max(1, round(tested.n / tested.deff))
         psi = (tested.b + tested.c) / tested.n
-        mdd = stats.min_detectable_drop(tested.n, psi, alpha, settings.power)
+        strict_alpha = alpha / max(family_size, 1)
+        mdd = stats.detectable_drop(n_eff, psi, tested.tolerance, strict_alpha, settings.power)
         # Plan with the observed drop as the truth, but never bank on an
         # observed gain: below the margin that is the n to show non-inferiority
         # with no true drop, above it the n to confirm the regression.
         assumed = max((tested.b - tested.c) / tested.n, 0.0)
-        n_needed = stats.n_needed_at_margin(tested.tolerance, psi, alpha, settings.power, drop=assumed)
-        if n_needed is not None:
-            n_needed_for = Verdict.PASS.value if assumed < tested.tolerance else Verdict.REGRESSED.value
-            # The large-sample figure can fall to n or below for tiny or
-            # borderline slices; a slice still undecided needs more than it has.
-            n_needed = max(n_needed, tested.n + 1)
+        confirms = assumed > tested.tolerance
+        needed = stats.cases_needed(
+            assumed,
+            psi,
+            tested.tolerance,
+            strict_alpha if confirms else alpha,
+            settings.power,
+            at_least=n_eff + 1,
+        )
+        if needed is not None:
+            n_needed = math.ceil(needed * tested.deff)
+            n_needed_for = Verdict.REGRESSED.value if confirms else Verdict.PASS.value
     return SliceResult(
         slice=name,
         n=tested.n,
@@ -384,6 +404,7 @@ def evaluate(
             adj_improvement.get(key[i], math.nan),
             settings,
             is_total=total is not None and i == last,
+            family_size=len(family),
         )
         for i, t in enumerate(tested)
     ]

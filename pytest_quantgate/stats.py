@@ -26,9 +26,6 @@ from scipy import stats as sps
 
 Method = Literal["auto", "exact", "normal"]
 
-#: The gate's REGRESSED p-value at margin δ is the largest of the tests at
-#: 0 and at every multiple of this step below δ (see regression_pvalue).
-NEST_STEP = 0.0025
 
 # Score ties between tables are decided with this slack: two tables whose Z
 # differ only by rounding must fall on the same side of the observed one.
@@ -42,9 +39,10 @@ _LOG_INV_EPS = 39.14
 _EDGE = 1e-12
 
 __all__ = [
-    "NEST_STEP",
     "Method",
+    "cases_needed",
     "design_effect",
+    "detectable_drop",
     "exact_upper_bound",
     "holm",
     "improvement_pvalue",
@@ -53,10 +51,13 @@ __all__ = [
     "n_needed_at_margin",
     "noninferiority_pvalue",
     "paired_se",
+    "pass_power",
     "pvalue_table",
     "region_probability",
+    "regression_power",
     "regression_pvalue",
     "regression_region",
+    "regression_rejects",
     "resolve_method",
     "restricted_p01",
     "score_lower_bound",
@@ -446,13 +447,13 @@ def regression_pvalue(
     restricted estimate (DESIGN §4a). Normal: ``1 − F(Z/√deff)`` with F the
     standard normal, or Student's t with ``df`` degrees of freedom.
 
-    Nested (the gate's p-value): the exact p-value at δ is raised to the
-    largest of McNemar's at 0 and the exact ones at every multiple of
-    :data:`NEST_STEP` below δ. McNemar's conditional test is less powerful
-    at small n than the unconditional one, and the unconditional p-value is
-    not quite monotone in δ; taking the maximum makes REGRESSED at δ imply
-    REGRESSED at 0 and at every grid margin below δ, so a stricter tolerance
-    never passes what a looser one fails. Raising a p-value keeps the level.
+    Nested (the gate's p-value): at ``δ > 0`` the larger of the exact
+    p-value and McNemar's at 0. McNemar's conditional test is less powerful
+    at small n than the unconditional one, so without it (4, 0, 20) was
+    REGRESSED at δ = 0.02 and not at 0; with it, REGRESSED at δ implies
+    REGRESSED at 0. Between positive margins the exact p-value rises with δ:
+    tools/verify_gate.py checks every table up to n = 150 at the margins
+    0, 0.5, 1, 2 and 5 points. Raising a p-value keeps the level.
     The normal p-value is monotone in δ already (Z falls as δ rises).
 
     Args:
@@ -464,7 +465,7 @@ def regression_pvalue(
         deff: Design effect of clustered cases; scales the null variance.
         df: Degrees of freedom of a t reference for the normal method
             (clusters − 1); None for the normal distribution.
-        nested: Take the maximum over the margins below δ (see above).
+        nested: Take the maximum with McNemar's test at 0 (see above).
 
     Returns:
         The p-value; 1.0 when ``n == 0`` or, at ``δ = 0``, when ``b + c == 0``.
@@ -472,10 +473,7 @@ def regression_pvalue(
     p = _tail(b, c, n, delta, method, deff, df, upper=True)
     if not nested or delta <= 0.0 or resolve_method(n, method, deff) == "normal":
         return p
-    steps = math.ceil(delta / NEST_STEP - 1e-9)
-    for margin in (0.0, *(k * NEST_STEP for k in range(1, steps))):
-        p = max(p, _tail(b, c, n, margin, method, deff, df, upper=True))
-    return p
+    return max(p, _tail(b, c, n, 0.0, method, deff, df, upper=True))
 
 
 def noninferiority_pvalue(
@@ -614,20 +612,16 @@ def regression_region(n: int, delta: float, alpha: float) -> NDArray[np.bool_]:
     """The tables of n cases that the gate's nested test calls REGRESSED at margin δ.
 
     Entry ``[b, c]`` is ``regression_pvalue(b, c, n, δ) < α``: McNemar's test
-    at 0 and the exact test at every grid margin up to δ all reject. Each
-    margin is only computed for the tables every earlier one rejected.
+    at 0 and the exact test at δ both reject. The exact one is only computed
+    for the tables McNemar's rejects.
     """
     _check_alpha(alpha)
     if delta < 0.0:
         raise ValueError("regression_region takes a margin >= 0")
     reject = _mcnemar_table(n) < alpha
-    steps = math.ceil(delta / NEST_STEP - 1e-9)
-    margins = [k * NEST_STEP for k in range(1, steps)] + ([delta] if delta > 0.0 else [])
-    for margin in margins:
-        b, c = np.nonzero(reject)
-        if b.size == 0:
-            break
-        reject[b, c] = _pvalues_of(n, margin, b, c, upper=True) < alpha
+    b, c = np.nonzero(reject)
+    if delta > 0.0 and b.size:
+        reject[b, c] = _pvalues_of(n, delta, b, c, upper=True) < alpha
     return reject
 
 
@@ -969,6 +963,241 @@ def n_needed_at_margin(
     z_power = float(sps.norm.ppf(power))
     value = (z_alpha * sigma0 + z_power * sigma1) ** 2 / (margin - drop) ** 2
     return max(1, math.ceil(value - 1e-9))
+
+
+# --------------------------------------------------------------------------
+# exact power of the tests the gate runs
+
+#: Up to this many cases, cases_needed searches by exact power.
+EXACT_PLAN_MAX_N = 2000
+
+#: Power sums skip discordant counts farther than this many standard
+#: deviations from the mean (under 1e-3 of the mass). Leaving mass out can
+#: only lower a computed power, so a power claimed is never overstated.
+_POWER_SDS = 3.5
+
+
+class _Boundaries:
+    """Where a test's decision switches, per discordant count m, found on demand and kept.
+
+    With ``upward`` the decision holds for ``b ≥ r(m)`` and the boundary is
+    r(m) (m + 1 when it never holds); otherwise it holds for ``b ≤ s(m)`` and
+    the boundary is s(m) (−1 when never). Boundaries move little from one m
+    to the next, so each search starts from the nearest known one.
+    """
+
+    def __init__(self, decide: Callable[[int, int], bool], *, upward: bool):
+        self.decide = decide
+        self.upward = upward
+        self.known: dict[int, int] = {}
+
+    def at(self, m: int) -> int:
+        """The boundary of discordant count m."""
+        if m in self.known:
+            return self.known[m]
+        if self.upward:
+            # The smallest b in [0, m + 1] where the decision holds (at m + 1 by convention).
+            def holds(b: int) -> bool:
+                return b == m + 1 or self.decide(b, m - b)
+
+            def is_boundary(g: int) -> bool:
+                return holds(g) and (g == 0 or not holds(g - 1))
+
+            lo, hi = 0, m + 1
+        else:
+            # The largest b in [-1, m] where the decision holds (at -1 by convention).
+            def holds(b: int) -> bool:
+                return b == -1 or self.decide(b, m - b)
+
+            def is_boundary(g: int) -> bool:
+                return holds(g) and (g == m or not holds(g + 1))
+
+            lo, hi = -1, m
+        near = min(self.known, key=lambda k: abs(k - m), default=None)
+        if near is not None:
+            # Gallop from the nearest known boundary: it moves by a step or two.
+            g = min(max(self.known[near], lo), hi)
+            inner, outer = (g, g - 1) if self.upward else (g, g + 1)
+            if holds(inner):
+                # Walk outward while the decision still holds one step further.
+                step = 1
+                while lo <= outer <= hi and holds(outer):
+                    inner = outer
+                    outer = inner - step if self.upward else inner + step
+                    step *= 2
+                bound = max(outer, lo - 1) if self.upward else min(outer, hi + 1)
+                lo, hi = (bound + 1, inner) if self.upward else (inner, bound - 1)
+            else:
+                step = 1
+                probe = g + step if self.upward else g - step
+                while lo <= probe <= hi and not holds(probe):
+                    g = probe
+                    step *= 2
+                    probe = g + step if self.upward else g - step
+                probe = min(max(probe, lo), hi)
+                lo, hi = (g + 1, probe) if self.upward else (probe, g - 1)
+        while lo < hi:
+            if self.upward:
+                mid = (lo + hi) // 2
+                lo, hi = (lo, mid) if holds(mid) else (mid + 1, hi)
+            else:
+                mid = (lo + hi + 1) // 2
+                lo, hi = (mid, hi) if holds(mid) else (lo, mid - 1)
+        self.known[m] = lo
+        return lo
+
+
+def _count_range(n: int, psi: float) -> range:
+    sd = math.sqrt(max(n * psi * (1.0 - psi), 0.0))
+    lo = max(math.floor(n * psi - _POWER_SDS * sd) - 1, 0)
+    hi = min(math.ceil(n * psi + _POWER_SDS * sd) + 1, n)
+    return range(lo, hi + 1)
+
+
+def _power(n: int, drop: float, psi: float, boundaries: _Boundaries) -> float:
+    psi = max(psi, abs(drop))
+    p10 = (psi + drop) / 2.0
+    share = min(max(p10 / psi, 0.0), 1.0) if psi > 0.0 else 0.0
+    m = np.array(_count_range(n, psi), dtype=np.int64)
+    k = np.array([boundaries.at(int(x)) for x in m], dtype=np.int64)
+    weight = sps.binom.pmf(m, n, psi)
+    inside = sps.binom.sf(k - 1, m, share) if boundaries.upward else sps.binom.cdf(k, m, share)
+    return float(np.dot(weight, inside))
+
+
+@lru_cache(maxsize=256)
+def _regression_boundaries(n: int, margin: float, alpha: float) -> _Boundaries:
+    return _Boundaries(lambda b, c: regression_rejects(b, c, n, margin, alpha), upward=True)
+
+
+def regression_rejects(b: int, c: int, n: int, delta: float, alpha: float) -> bool:
+    """``regression_pvalue(b, c, n, δ) < α`` (exact method), McNemar's test first (it is cheap)."""
+    if _tail(b, c, n, 0.0, "exact", 1.0, None, upper=True) >= alpha:
+        return False
+    return delta <= 0.0 or _tail(b, c, n, delta, "exact", 1.0, None, upper=True) < alpha
+
+
+@lru_cache(maxsize=256)
+def _pass_boundaries(n: int, margin: float, alpha: float) -> _Boundaries:
+    return _Boundaries(lambda b, c: noninferiority_pvalue(b, c, n, margin) < alpha, upward=False)
+
+
+def regression_power(n: int, drop: float, psi: float, margin: float, alpha: float) -> float:
+    """Exact chance that the gate's REGRESSED test at ``margin`` rejects.
+
+    Under true regression and improvement rates ``((ψ + drop)/2, (ψ − drop)/2)``
+    (``ψ`` is floored at ``|drop|``), summed over every table of n cases with
+    non-negligible mass: for each discordant count m the test rejects for
+    ``b ≥ r(m)`` (the shape tools/verify_gate.py checks table by table).
+    """
+    return _power(n, drop, psi, _regression_boundaries(n, float(margin), float(alpha)))
+
+
+def pass_power(n: int, drop: float, psi: float, margin: float, alpha: float) -> float:
+    """Exact chance that the non-inferiority test at ``margin`` rejects (the gate's PASS).
+
+    As regression_power, with the tables ``b ≤ s(m)`` where
+    ``noninferiority_pvalue(b, m − b, n, margin) < α``. The gate passes a
+    slice when its upper bound is below the margin, which inverts this test
+    (apart from the rare tables where the exact p-value dips; exact_upper_bound).
+    """
+    if margin <= 0.0:
+        return 0.0  # a zero margin is never shown: the bound cannot be below 0
+    return _power(n, drop, psi, _pass_boundaries(n, float(margin), float(alpha)))
+
+
+def detectable_drop(n: int, psi: float, margin: float, alpha: float, power: float = 0.8) -> float:
+    """Smallest true drop the gate's REGRESSED test at ``margin`` flags with this power.
+
+    Exact power (regression_power) at discordance ``max(ψ, drop)``, bisected
+    on the drop to 0.1 point and rounded up to that grid, so that the chance
+    of REGRESSED at the returned drop is at least ``power``.
+
+    Returns:
+        The drop as a fraction; ``math.inf`` when not even a total collapse
+        (every case regressing) would be flagged that often.
+    """
+    _check_alpha(alpha)
+    _check_power(power)
+    step = 0.001
+    if regression_power(n, 1.0, 1.0, margin, alpha) < power:
+        return math.inf
+    # Bracket from the large-sample answer outward (in steps of 0.1 point):
+    # lo is short of the power (the margin itself always is), hi reaches it.
+    lo = math.floor(margin / step)
+    hi = round(1.0 / step)
+    guess = min_detectable_drop(n, psi, alpha, power) + margin
+    if math.isfinite(guess):
+        g = min(max(math.ceil(guess / step), lo + 1), hi)
+        while g < hi and regression_power(n, g * step, psi, margin, alpha) < power:
+            lo, g = g, min(hi, lo + 2 * (g - lo) + 1)
+        hi = g
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if regression_power(n, mid * step, psi, margin, alpha) >= power:
+            hi = mid
+        else:
+            lo = mid
+    return hi * step
+
+
+def cases_needed(
+    drop: float, psi: float, margin: float, alpha: float, power: float = 0.8, *, at_least: int = 1
+) -> int | None:
+    """Cases a slice needs for its verdict with this power, by exact power.
+
+    With a true drop below the margin, the n at which the gate shows PASS
+    with at least this chance (pass_power); above it, the n at which it
+    flags REGRESSED with at least this chance (regression_power). The
+    search starts from the large-sample answer (n_needed_at_margin) and
+    moves until the exact power reaches the target; the power of a discrete
+    test is not monotone in n, so the n returned has the power, but a few
+    smaller ones may have it too.
+
+    Above :data:`EXACT_PLAN_MAX_N` cases the large-sample answer is returned
+    as it is: exact power there costs seconds per candidate n, and the
+    large-sample power of the score test is accurate at that size.
+
+    Returns:
+        The number of cases (at least ``at_least``); None when no n decides
+        it (the drop equals the margin) or more than a million would be needed.
+    """
+    start = n_needed_at_margin(margin, psi, alpha, power, drop=drop)
+    if start is None or (drop < margin and margin == 0.0):
+        return None
+    if start > EXACT_PLAN_MAX_N:
+        return max(start, at_least) if start <= 1_000_000 else None
+    chance = pass_power if drop < margin else regression_power
+
+    def enough(n: int) -> bool:
+        return chance(n, drop, psi, margin, alpha) >= power
+
+    # Bracket [lo, hi] with lo short of the power and hi reaching it, from
+    # the large-sample answer outward, then bisect to 1 % (the row says "~n").
+    limit = 1_000_000
+    hi = max(start, at_least)
+    lo = at_least - 1
+    if enough(hi):
+        step = hi
+        while hi > at_least:
+            step = max(at_least, int(hi * 0.9))
+            if not enough(step):
+                lo = step
+                break
+            hi = step
+    else:
+        lo = hi
+        while not enough(hi):
+            lo, hi = hi, int(hi * 1.2) + 1
+            if hi > limit:
+                return None
+    while hi - lo > max(1, hi // 100):
+        mid = (lo + hi) // 2
+        if enough(mid):
+            hi = mid
+        else:
+            lo = mid
+    return hi
 
 
 # --------------------------------------------------------------------------

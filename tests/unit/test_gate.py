@@ -21,6 +21,8 @@ from pytest_quantgate.gate import (
 )
 
 SETTINGS = GateSettings()
+#: Verdicts only: the power numbers of INCONCLUSIVE rows cost up to seconds each.
+VERDICTS = GateSettings(plan=False)
 
 
 def outcomes(
@@ -83,8 +85,14 @@ def test_seed_identical_model_is_inconclusive_at_30_cases() -> None:
     assert row.verdict is Verdict.INCONCLUSIVE
     assert row.upper > row.tolerance
     assert row.mdd is not None and row.tolerance < row.mdd < 1.0
-    assert row.mdd == pytest.approx(stats.min_detectable_drop(30, 0.0, 0.05))
-    assert row.n_needed == 133  # z²·(1 − δ)/δ at ψ = 0
+    # The gate flags a true drop of mdd at least 80% of the time...
+    assert stats.regression_power(30, row.mdd, 0.0, 0.02, 0.05) >= 0.8
+    assert stats.regression_power(30, row.mdd - 0.001, 0.0, 0.02, 0.05) < 0.8
+    # ...and with no flips a PASS needs (1 − δ)^n + γ < α: 150 cases, not the
+    # large-sample 133 (at 133 the bound is 2.3 points).
+    assert row.n_needed in (150, 151) and row.n_needed_for == "PASS"
+    assert stats.pass_power(row.n_needed, 0.0, 0.0, 0.02, 0.05) >= 0.8
+    assert stats.pass_power(149, 0.0, 0.0, 0.02, 0.05) == 0.0
 
 
 # --------------------------------------------------------------------------
@@ -143,7 +151,7 @@ GRID = [(both, b, c, 10) for both in (20, 60, 150, 400) for b in (0, 1, 3, 8, 20
 @pytest.mark.parametrize("tolerance", [0.0, 0.01, 0.02, 0.05])
 def test_rules_and_bound_agree_on_a_grid(tolerance: float) -> None:
     slices = [outcomes(f"s{i}", *cells, tolerance=tolerance) for i, cells in enumerate(GRID)]
-    for row in evaluate(slices, None, SETTINGS):
+    for row in evaluate(slices, None, VERDICTS):
         if row.verdict is Verdict.REGRESSED:
             assert row.p_adjusted < row.alpha
             # A significant regression beyond the margin never coexists with
@@ -193,13 +201,13 @@ def test_holm_family_includes_the_total_row() -> None:
 
 def test_a_slice_holding_every_case_is_the_total_hypothesis() -> None:
     only_slice = outcomes("s", 200, 9, 1, 20)
-    rows = evaluate([only_slice], outcomes("all", 200, 9, 1, 20), SETTINGS)
+    rows = evaluate([only_slice], outcomes("all", 200, 9, 1, 20), VERDICTS)
     # One hypothesis, counted once: no correction, and both rows agree.
     assert rows[0].p_adjusted == pytest.approx(rows[0].p_value)
     assert rows[1].p_adjusted == rows[0].p_adjusted and rows[1].verdict is rows[0].verdict
     # At another margin it is another hypothesis.
     strict = SliceOutcomes("s", only_slice.reference, only_slice.candidate, tolerance=0.0)
-    rows = evaluate([strict], outcomes("all", 200, 9, 1, 20), SETTINGS)
+    rows = evaluate([strict], outcomes("all", 200, 9, 1, 20), VERDICTS)
     assert rows[0].p_adjusted > rows[0].p_value
     assert stats.holm([r.p_value for r in rows]) == pytest.approx([r.p_adjusted for r in rows])
 
@@ -395,7 +403,7 @@ def simulate(rng: np.random.Generator, n: int, cells: Sequence[float], slices: i
 def test_false_alarm_rate_is_at_most_alpha(cells: tuple[float, ...], tolerance: float) -> None:
     rng = np.random.default_rng(20240611)
     runs, alpha = 2000, 0.05
-    settings = GateSettings(alpha=alpha, tolerance=tolerance)
+    settings = GateSettings(alpha=alpha, tolerance=tolerance, plan=False)
     verdicts = [only(s, settings).verdict for s in simulate(rng, 200, cells, runs)]
     mc_se = math.sqrt(alpha * (1 - alpha) / runs)
     assert verdicts.count(Verdict.REGRESSED) / runs <= alpha + 3 * mc_se
@@ -409,6 +417,58 @@ def test_a_ten_point_drop_is_caught() -> None:
     rng = np.random.default_rng(20240612)
     runs = 400
     regressed = sum(
-        only(s).verdict is Verdict.REGRESSED for s in simulate(rng, 300, (0.72, 0.13, 0.03, 0.12), runs)
+        only(s, VERDICTS).verdict is Verdict.REGRESSED
+        for s in simulate(rng, 300, (0.72, 0.13, 0.03, 0.12), runs)
     )
     assert regressed / runs >= 0.8
+
+
+# --------------------------------------------------------------------------
+# power numbers that hold, by exact computation
+
+
+@pytest.mark.parametrize(
+    ("both", "b", "c", "neither", "tolerance"),
+    [
+        (50, 0, 0, 10, 0.02),  # no flips at all
+        (50, 2, 1, 7, 0.02),
+        (40, 3, 0, 7, 0.05),
+        (30, 2, 2, 6, 0.0),
+        (15, 0, 0, 5, 0.1),  # PASS within reach
+        (40, 4, 0, 6, 0.02),  # a drop to confirm
+    ],
+)
+def test_printed_power_numbers_hold_by_exact_enumeration(
+    both: int, b: int, c: int, neither: int, tolerance: float
+) -> None:
+    """At a true drop of mdd the gate says REGRESSED ≥ 80 % of the time; at n_needed it decides as promised.
+
+    Summed table by table over the gate's own rejection region
+    (stats.regression_region), not through the power functions' shortcut.
+    """
+    row = only(outcomes("s", both, b, c, neither, tolerance=tolerance))
+    assert row.verdict is Verdict.INCONCLUSIVE
+    n = row.n
+    psi = (b + c) / n
+    if row.mdd is not None and math.isfinite(row.mdd):
+        x = row.mdd
+        psi_x = max(psi, x)
+        region = stats.regression_region(n, tolerance, 0.05)
+        assert stats.region_probability(region, (psi_x + x) / 2, (psi_x - x) / 2) >= 0.8
+    if row.n_needed is not None and row.n_needed <= 80:
+        drop = max((b - c) / n, 0.0)
+        psi_d = max(psi, drop)
+        p10, p01 = (psi_d + drop) / 2, (psi_d - drop) / 2
+        m = row.n_needed
+        if row.n_needed_for == "PASS":
+            # PASS is "upper bound < tolerance": sum the tables where it is.
+            chance = 0.0
+            for bb in range(m + 1):
+                for cc in range(m + 1 - bb):
+                    mass = float(sps.multinomial.pmf([bb, cc, m - bb - cc], m, [p10, p01, 1 - p10 - p01]))
+                    # Tables of less mass are left out: the sum can only be lower.
+                    if mass > 1e-7 and stats.upper_bound(bb, cc, m, 0.05) < tolerance:
+                        chance += mass
+        else:
+            chance = stats.region_probability(stats.regression_region(m, tolerance, 0.05), p10, p01)
+        assert chance >= 0.8, (row.n_needed, row.n_needed_for, chance)
