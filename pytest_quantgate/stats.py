@@ -47,7 +47,6 @@ __all__ = [
     "holm",
     "improvement_pvalue",
     "min_detectable_drop",
-    "n_needed",
     "n_needed_at_margin",
     "noninferiority_pvalue",
     "paired_se",
@@ -745,11 +744,10 @@ def exact_upper_bound(b: int, c: int, n: int, alpha: float) -> float:
     The bound is where ``noninferiority_pvalue(b, c, n, δ, method="exact")``,
     as a function of δ, falls below α: the crossing is bracketed outward from
     the score bound and refined with brentq. The exact unconditional p-value
-    is not monotone in δ, so the set it does not reject need not be an
-    interval: on rare tables it dips below α by a hair just inside the bound
-    (1 of ~61,000 table × margin pairs scanned for n ≤ 150, by 4e-4 in p).
-    Apart from those, ``noninferiority_pvalue(b, c, n, t) < α`` exactly when
-    ``t > bound`` (checked on a grid in the tests). At ``δ = 0`` the test is
+    need not be monotone in δ, so the set it does not reject need not be an
+    interval: on rare tables it may dip below α by a hair just inside the
+    bound. Apart from those, ``noninferiority_pvalue(b, c, n, t) < α``
+    exactly when ``t > bound`` (checked on a grid in the tests). At ``δ = 0`` the test is
     McNemar's: when it does not reject ``Δ ≥ 0`` but the unconditional
     crossing lies below 0, 0 belongs to the confidence set and the bound is
     0.0.
@@ -861,38 +859,16 @@ def _connor_n(drop: float, psi: float, z_alpha: float, z_power: float) -> float:
     return (z_alpha * math.sqrt(psi) + z_power * math.sqrt(max(psi - drop * drop, 0.0))) ** 2 / (drop * drop)
 
 
-def n_needed(drop: float, psi: float, alpha: float, power: float = 0.8) -> int:
-    """Cases needed to detect a true drop with McNemar's test (Connor 1987).
-
-    ``n = (z₁₋α·√ψ + z_power·√(ψ − Δ*²))² / Δ*²`` at margin 0, one-sided.
-    A true drop Δ* needs at least Δ* discordant pairs per case, so ψ is
-    floored at Δ* (``ψ = max(ψ, Δ*)``): a slice with no observed discordance
-    still gets a finite answer.
-
-    Args:
-        drop: The true drop Δ* to detect, in (0, 1).
-        psi: Discordance rate ``(b + c)/n``.
-        alpha: One-sided level.
-        power: Desired power, in [0.5, 1).
-    """
-    if not 0.0 < drop < 1.0:
-        raise ValueError(f"drop must lie in (0, 1), got {drop}")
-    if not 0.0 <= psi <= 1.0:
-        raise ValueError(f"psi must lie in [0, 1], got {psi}")
-    _check_alpha(alpha)
-    _check_power(power)
-    value = _connor_n(drop, psi, float(sps.norm.isf(alpha)), float(sps.norm.ppf(power)))
-    # The slack keeps an exact integer from rounding up to the next one.
-    return max(1, math.ceil(value - 1e-9))
-
-
 def min_detectable_drop(n: int, psi: float, alpha: float, power: float = 0.8) -> float:
     """Smallest true drop McNemar's test detects with the given power (Connor 1987).
 
-    Solves ``n = (z₁₋α·√ψ + z_power·√(ψ − Δ²))² / Δ²`` for Δ with brentq, with
-    ψ floored at Δ as in n_needed. With the floor the right-hand side falls
-    monotonically from +∞ to ``z₁₋α²`` as Δ goes from 0 to 1, so a root
-    exists in (0, 1) whenever ``n > z₁₋α²``.
+    Large-sample, against a margin of 0: the gate uses it only as the start
+    of detectable_drop's exact search. Solves
+    ``n = (z₁₋α·√ψ + z_power·√(ψ − Δ²))² / Δ²`` for Δ with brentq, with ψ
+    floored at Δ (a true drop needs at least Δ discordant pairs per case).
+    With the floor the right-hand side falls monotonically from +∞ to
+    ``z₁₋α²`` as Δ goes from 0 to 1, so a root exists in (0, 1) whenever
+    ``n > z₁₋α²``.
 
     Returns:
         The drop as a fraction; ``math.inf`` when ``n <= z₁₋α²`` (about 2.7

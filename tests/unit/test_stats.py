@@ -627,14 +627,20 @@ def test_design_effect_length_mismatch() -> None:
         (0.1, 0.3, 0.025, 0.9, 312),
     ],
 )
-def test_n_needed_known_values(drop: float, psi: float, alpha: float, power: float, expected: int) -> None:
-    assert stats.n_needed(drop, psi, alpha, power) == expected
+def test_connor_n_known_values(drop: float, psi: float, alpha: float, power: float, expected: int) -> None:
+    assert connor_n(drop, psi, alpha, power) == expected
 
 
-def test_n_needed_has_the_simulated_power() -> None:
+def connor_n(drop: float, psi: float, alpha: float, power: float = 0.8) -> int:
+    """Connor's (1987) n, the inverse of stats.min_detectable_drop."""
+    value = stats._connor_n(drop, psi, float(sps.norm.isf(alpha)), float(sps.norm.ppf(power)))
+    return max(1, math.ceil(value - 1e-9))
+
+
+def test_connor_n_has_the_simulated_power() -> None:
     # Simulate McNemar's z-test at the computed n; its power is the target.
     drop, psi, alpha = 0.05, 0.2, 0.05
-    n = stats.n_needed(drop, psi, alpha, 0.8)
+    n = connor_n(drop, psi, alpha, 0.8)
     rng = np.random.default_rng(7)
     p10, p01 = (psi + drop) / 2, (psi - drop) / 2
     tables = rng.multinomial(n, [p10, p01, 1 - psi], size=20000)
@@ -644,11 +650,11 @@ def test_n_needed_has_the_simulated_power() -> None:
 
 
 @pytest.mark.parametrize(("n", "psi"), [(30, 0.0), (340, 0.12), (200, 0.05), (1000, 0.3)])
-def test_min_detectable_drop_inverts_n_needed(n: int, psi: float) -> None:
+def test_min_detectable_drop_inverts_connor_n(n: int, psi: float) -> None:
     mdd = stats.min_detectable_drop(n, psi, 0.05)
     assert 0.0 < mdd < 1.0
-    assert stats.n_needed(mdd, psi, 0.05) <= n + 1
-    assert stats.n_needed(mdd * 0.97, psi, 0.05) > n
+    assert connor_n(mdd, psi, 0.05) <= n + 1
+    assert connor_n(mdd * 0.97, psi, 0.05) > n
 
 
 def test_min_detectable_drop_tiny_slices_are_honest() -> None:
@@ -720,7 +726,6 @@ def test_n_needed_at_margin_undecidable() -> None:
         (lambda: stats.regression_pvalue(1, 1, 10, 0.02, deff=0.5), "design effect"),
         (lambda: stats.score_upper_bound(1, 1, 10, 1.5), "alpha"),
         (lambda: stats.restricted_p01(0, 0, 0, 0.02), "n >= 1"),
-        (lambda: stats.n_needed(0.0, 0.1, 0.05), "drop"),
         (lambda: stats.min_detectable_drop(10, 0.1, 0.05, power=0.3), "power"),
         (lambda: stats.n_needed_at_margin(1.0, 0.1, 0.05), "margin"),
     ],
