@@ -8,13 +8,13 @@ and builds the :class:`~.report.model.GateReport` that every writer renders.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from .cases import ALL, CaseRecord, Status, merge_tolerances
 from .config import GateConfig
 from .gate import GateSettings, SliceOutcomes, Verdict, evaluate, overall_verdict
-from .report.model import CandidateGate, GateReport
+from .report.model import CandidateGate, GateReport, GateTest, Selection
 from .specs import ModelSpec
 
 __all__ = ["Aggregator", "gate_candidate"]
@@ -27,39 +27,103 @@ class Aggregator:
         self.config = config
         self.records: list[CaseRecord] = []
         self.model_facts: dict[str, dict[str, Any]] = {}
+        self.load_failures: dict[str, str] = {}
+        self.collected: int | None = None
+        self.selected: int | None = None
+        self.skipped = 0
 
     def add(self, record: CaseRecord) -> None:
         self.records.append(record)
+        self.load_failures.update(record.unavailable)
+
+    def add_skipped(self) -> None:
+        """A selected quant case that was skipped before its check ran."""
+        self.skipped += 1
 
     def add_model_facts(self, facts: Mapping[str, dict[str, Any]]) -> None:
         """Facts of loaded models (from this process or a worker); later ones win."""
         self.model_facts.update(facts)
 
-    def report(self, *, complete: bool = True) -> GateReport | None:
-        """The report model, or None when there is nothing to gate."""
-        if self.config.reference is None or not self.records:
-            return None
+    def add_load_failures(self, failures: Mapping[str, str]) -> None:
+        """Models a process could not load -> why."""
+        self.load_failures.update(failures)
+
+    def add_selection(self, collected: int, selected: int) -> None:
+        """Quant cases a process collected and kept; every process collects the same."""
+        self.collected = max(collected, self.collected or 0)
+        self.selected = max(selected, self.selected or 0)
+
+    def report(
+        self,
+        *,
+        interrupted: bool = False,
+        narrowed_by: Iterable[str] = (),
+        stopped: str | None = None,
+        counted: bool = True,
+    ) -> GateReport:
+        """The report model; with no reference given, an empty one.
+
+        Args:
+            interrupted: The session was interrupted: no gate test is reported.
+            narrowed_by: The options that narrowed the run (for the report).
+            stopped: Why the session stopped early, if it did.
+            counted: False when an option narrowed collection itself, so
+                that the collected count is not the whole suite's.
+        """
+        selection = Selection(
+            collected=self.collected,
+            selected=self.selected,
+            ran=len(self.records),
+            skipped=self.skipped,
+            narrowed_by=tuple(narrowed_by),
+            stopped=stopped,
+            counted=counted,
+        )
+        reference = self.config.reference
+        if reference is None:
+            return GateReport(
+                config=self.config,
+                models={},
+                candidates=(),
+                records=(),
+                complete=False,
+                failed=False,
+                tests=(),
+                reference_passed=0,
+                interrupted=interrupted,
+                selection=selection,
+            )
         # Slices are reported in the order their first case arrived.
         records = self.records
+        reference_error = self.load_failures.get(reference.label)
         tolerances = merge_tolerances(*(r.tolerances for r in records))
         candidates = tuple(
-            gate_candidate(self.config, c, records, tolerances) for c in self.config.candidates
+            _not_evaluated(c, self.load_failures[c.label])
+            if c.label in self.load_failures
+            else _not_evaluated(c, f"the reference {reference.label} could not be loaded")
+            if reference_error is not None
+            else gate_candidate(self.config, c, records, tolerances)
+            for c in self.config.candidates
         )
-        failures = tuple(
-            (cand, row)
-            for cand in candidates
-            for row in cand.rows
-            if complete and row.verdict.fails(strict=self.config.strict)
-        )
+        tests: list[GateTest] = []
+        if not interrupted and (records or self.load_failures):
+            for cand in candidates:
+                tests.append(GateTest(cand, None, failed=not cand.evaluated))
+                tests.extend(
+                    GateTest(cand, row, row.verdict.fails(strict=self.config.strict)) for row in cand.rows
+                )
         return GateReport(
             config=self.config,
             models=self._models(),
             candidates=candidates,
             records=tuple(sorted(records, key=lambda r: r.nodeid)),
-            complete=complete,
+            complete=not interrupted and selection.whole and not self.load_failures,
             failed=any(r.verdict is Verdict.REGRESSED for c in candidates for r in c.rows),
-            failures=failures,
+            tests=tuple(tests),
             reference_passed=sum(r.outcomes[r.reference].outcome == "pass" for r in records),
+            interrupted=interrupted,
+            selection=selection,
+            reference_error=reference_error,
         )
 
     def _models(self) -> dict[str, dict[str, Any]]:
@@ -73,7 +137,23 @@ class Aggregator:
             }
             role = "reference" if spec is self.config.reference else "candidate"
             out[spec.label] = {**facts, "role": role}
+            if spec.label in self.load_failures:
+                out[spec.label]["load_error"] = self.load_failures[spec.label]
         return out
+
+
+def _not_evaluated(candidate: ModelSpec, why: str) -> CandidateGate:
+    return CandidateGate(
+        label=candidate.label,
+        display=candidate.display,
+        verdict=None,
+        rows=(),
+        errors=0,
+        regressed=(),
+        inconclusive=(),
+        not_evaluated=why,
+        path=candidate.path,
+    )
 
 
 def gate_candidate(
@@ -85,12 +165,15 @@ def gate_candidate(
     """Per-slice statistics and verdicts of one candidate from the records.
 
     A slice's margin is its markers' (the stricter wins), else the ini
-    table's, else the default. Cases that errored on either model are left
-    out of the statistics and counted.
+    table's, else the default. Cases that errored on either model, or that
+    the check skipped on the reference, are left out of the statistics and
+    counted.
     """
     label = candidate.label
     ran = [r for r in records if label in r.outcomes]
-    valid = [r for r in ran if r.status(label) is not Status.ERROR]
+    skipped = [r for r in ran if r.status(label) is Status.SKIPPED]
+    errored = [r for r in ran if r.status(label) is Status.ERROR]
+    valid = [r for r in ran if r.status(label) not in (Status.ERROR, Status.SKIPPED)]
     slice_names = list(dict.fromkeys(s for r in valid for s in r.slices))
     slices = [
         _outcomes(
@@ -108,9 +191,11 @@ def gate_candidate(
         display=candidate.display,
         verdict=overall_verdict(rows),
         rows=rows,
-        errors=len(ran) - len(valid),
+        errors=len(errored),
         regressed=tuple(r for r in valid if r.status(label) is Status.REGRESSED),
         inconclusive=tuple(r.slice for r in rows if r.verdict is Verdict.INCONCLUSIVE),
+        skipped=len(skipped),
+        path=candidate.path,
     )
 
 

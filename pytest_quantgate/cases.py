@@ -35,6 +35,7 @@ __all__ = [
     "Turn",
     "build_case",
     "case_key",
+    "check_tolerance",
     "classify",
     "explicit_ids",
     "merge_tolerances",
@@ -42,6 +43,7 @@ __all__ = [
     "param_identities",
     "parse_quant_case",
     "parse_slice_marker",
+    "resolve_skips",
     "run_check",
     "stable_repr",
     "worst_status",
@@ -61,6 +63,7 @@ class Status(str, enum.Enum):
     REGRESSED = "regressed"  # the reference passes, the candidate fails
     IMPROVED = "improved"  # the reference fails, the candidate passes
     BOTH_FAILED = "both-failed"  # a weakness of the reference, not of quantization
+    SKIPPED = "skipped"  # skipped (or xfailed) on the reference, or no candidate could be loaded
     PASSED = "passed"
 
     def __str__(self) -> str:
@@ -82,7 +85,13 @@ class Status(str, enum.Enum):
 
 _SEVERITY = {s: i for i, s in enumerate(Status)}
 
-Outcome = Literal["pass", "fail", "error"]
+#: How one model did on one case. ``skip`` and ``xfail``: the check called
+#: ``pytest.skip()`` / ``pytest.xfail()`` on that model's output.
+Outcome = Literal["pass", "fail", "error", "skip", "xfail"]
+#: Outcomes of a check that skipped instead of deciding.
+SKIPS: tuple[Outcome, ...] = ("skip", "xfail")
+#: What a case's own test does: pass, fail, skip or xfail.
+TestOutcome = Literal["pass", "fail", "skip", "xfail"]
 #: A prompt is plain text or a list of chat messages (``{"role", "content"}``).
 Prompt = str | tuple[tuple[tuple[str, str], ...], ...]
 
@@ -132,6 +141,30 @@ class QuantCaseMarker:
                 param_identities(named, self.explicit_ids[i] if i < len(self.explicit_ids) else None)
             except CaseIdentityError as exc:
                 raise CaseIdentityError(f"case #{i}: {exc}") from None
+
+
+def check_tolerance(value: Any, name: str) -> float:
+    """A tolerance margin: a number in [0, 1), a fraction of accuracy (``0.02`` = 2 points).
+
+    The one rule for every source of a margin (``--quant-tolerance``, the
+    ini keys, ``slice(tolerance=...)``), and the range the gate accepts: a
+    margin of a whole 100 points cannot be exceeded, so no test of it means
+    anything.
+
+    Raises:
+        ValueError: one line naming ``name``.
+    """
+    shown = value if isinstance(value, str) else repr(value)
+    if isinstance(value, bool):
+        raise ValueError(f"{name} must be a number in [0, 1), got {shown}")
+    try:
+        tol = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number in [0, 1), got {shown}") from None
+    if not 0.0 <= tol < 1.0:  # also false for NaN
+        hint = " (a fraction: 0.02 means 2 points)" if 1.0 <= tol <= 100.0 else ""
+        raise ValueError(f"{name} must be a number in [0, 1), got {shown}{hint}")
+    return tol
 
 
 _QUANT_CASE_KWARGS = ("ids", "prompt", "max_new_tokens", "stop", "chat_template", "critical", "cluster")
@@ -223,9 +256,9 @@ def parse_slice_marker(
             raise ValueError(f"slice names must be non-empty strings other than 'ALL', got {name!r}")
     tol = kwargs.get("tolerance")
     if tol is not None:
-        if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not 0.0 <= tol <= 1.0:
-            raise ValueError(f"slice tolerance must be a number in [0, 1], got {tol!r}")
-        tol = float(tol)
+        if not isinstance(tol, (int, float)):
+            raise ValueError(f"slice tolerance must be a number in [0, 1), got {tol!r}")
+        tol = check_tolerance(tol, "slice tolerance")
     return tuple(args), tol
 
 
@@ -411,6 +444,22 @@ class CaseSpec:
     cluster: str | None = None
     critical: bool = False
     tolerances: dict[str, float] = field(default_factory=dict)  # set by slice markers
+    params: dict[str, str] = field(default_factory=dict)  # the other arguments, shortened, for reports
+
+    @property
+    def prompt_text(self) -> str:
+        """The prompt as one string (chat messages as JSON), for reports."""
+        messages = prompt_messages(self.prompt)
+        return self.prompt if isinstance(self.prompt, str) else json.dumps(messages)
+
+
+#: Longest repr of an argument kept in a record (reports show arguments, not data sets).
+PARAM_WIDTH = 200
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= PARAM_WIDTH else text[: PARAM_WIDTH - 1] + "…"
 
 
 class CaseBuildError(ValueError):
@@ -472,6 +521,7 @@ def build_case(
         cluster=cluster,
         critical=marker.critical,
         tolerances=merge_tolerances(*tolerances),
+        params={n: _shown(v) for n, v in own.items() if n != marker.prompt},
     )
 
 
@@ -519,7 +569,14 @@ class ModelOutcome:
 
 
 def classify(reference: Outcome, candidate: Outcome) -> Status:
-    """Status of a case for one candidate, from both models' outcomes."""
+    """Status of a case for one candidate, from both models' outcomes.
+
+    A case the check skipped on the reference is skipped for every
+    candidate; a skip on a candidate alone counts as its failure (see
+    :func:`resolve_skips`).
+    """
+    if reference in SKIPS:
+        return Status.SKIPPED
     if "error" in (reference, candidate):
         return Status.ERROR
     if reference == "pass":
@@ -529,7 +586,38 @@ def classify(reference: Outcome, candidate: Outcome) -> Status:
 
 def own_status(reference: Outcome) -> Status:
     """Status of a case run on the reference alone (no candidate given)."""
-    return {"pass": Status.PASSED, "fail": Status.FAILED, "error": Status.ERROR}[reference]
+    return {
+        "pass": Status.PASSED,
+        "fail": Status.FAILED,
+        "error": Status.ERROR,
+        "skip": Status.SKIPPED,
+        "xfail": Status.SKIPPED,
+    }[reference]
+
+
+def resolve_skips(outcomes: Mapping[str, ModelOutcome], reference: str) -> dict[str, ModelOutcome]:
+    """A skip means the same for every model: what the reference's outcome says.
+
+    A check that skips (or xfails) on the reference skips the case for
+    every model. One that skips on a candidate's output but not on the
+    reference's decided from that output: a skip there would hide exactly
+    the regressions the gate exists to find, so it counts as the
+    candidate's failure, with a message that says so.
+    """
+    if outcomes[reference].outcome in SKIPS:
+        return dict(outcomes)
+    out = {}
+    for label, o in outcomes.items():
+        if label != reference and o.outcome in SKIPS:
+            verb = "skipped" if o.outcome == "skip" else "xfailed"
+            o = dataclasses.replace(
+                o,
+                outcome="fail",
+                message=f"the check {verb} on this output but not on the reference's: "
+                f"an output-dependent {o.outcome} is treated as a failure ({o.message or 'no reason'})",
+            )
+        out[label] = o
+    return out
 
 
 def worst_status(statuses: Sequence[Status]) -> Status:
@@ -549,9 +637,14 @@ class CaseRecord:
     reference: str  # label
     outcomes: dict[str, ModelOutcome]  # label -> outcome, reference included
     tolerances: dict[str, float] = field(default_factory=dict)  # set by slice markers
+    prompt: str = ""  # the (first) prompt, chat messages as JSON
+    params: dict[str, str] = field(default_factory=dict)  # the other arguments, as reprs
+    #: Candidates that could not be loaded -> why; they have no outcome.
+    unavailable: dict[str, str] = field(default_factory=dict)
 
     @property
     def candidates(self) -> list[str]:
+        """The candidates that ran the case (not those that failed to load)."""
         return [label for label in self.outcomes if label != self.reference]
 
     def status(self, candidate: str) -> Status:
@@ -563,15 +656,43 @@ class CaseRecord:
 
     @property
     def worst(self) -> Status:
-        """The case's status across candidates; with none, the reference's own."""
+        """The case's status across candidates; with none given, the reference's own.
+
+        When candidates were given but none could be loaded, there is
+        nothing to compare: the case is skipped (an error of the reference
+        stays an error).
+        """
         if not self.candidates:
-            return own_status(self.outcomes[self.reference].outcome)
+            own = own_status(self.outcomes[self.reference].outcome)
+            if self.unavailable and own is not Status.ERROR:
+                return Status.SKIPPED
+            return own
         return worst_status(list(self.statuses.values()))
 
     @property
     def fails_test(self) -> bool:
         """Whether the case's own test fails (see :meth:`Status.fails_test`)."""
         return self.worst.fails_test(critical=self.critical)
+
+    @property
+    def test_outcome(self) -> tuple[TestOutcome, str | None]:
+        """What the case's own test does, and the reason of a skip or xfail.
+
+        Fails as :meth:`Status.fails_test` says; skips (or xfails) when the
+        check skipped (or xfailed) on the reference, or when no candidate
+        could be loaded; passes otherwise.
+        """
+        if self.fails_test:
+            return "fail", None
+        if self.worst is not Status.SKIPPED:
+            return "pass", None
+        ref = self.outcomes[self.reference]
+        if ref.outcome == "xfail":
+            return "xfail", ref.message
+        if ref.outcome == "skip":
+            return "skip", ref.message
+        names = ", ".join(sorted(self.unavailable))
+        return "skip", f"quantgate: nothing to compare: candidate {names} could not be loaded"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -580,8 +701,11 @@ class CaseRecord:
             "slices": list(self.slices),
             "cluster": self.cluster,
             "critical": self.critical,
+            "prompt": self.prompt,
+            "params": dict(self.params),
             "reference": self.reference,
             "outcomes": {k: v.to_dict() for k, v in self.outcomes.items()},
+            "unavailable": dict(self.unavailable),
             "tolerances": dict(self.tolerances),
             "status": {label: status.value for label, status in self.statuses.items()},
         }
@@ -597,6 +721,9 @@ class CaseRecord:
             reference=data["reference"],
             outcomes={k: ModelOutcome.from_dict(v) for k, v in data["outcomes"].items()},
             tolerances={k: float(v) for k, v in (data.get("tolerances") or {}).items()},
+            prompt=data.get("prompt", ""),
+            params=dict(data.get("params") or {}),
+            unavailable=dict(data.get("unavailable") or {}),
         )
 
     def to_json(self) -> str:
@@ -612,18 +739,28 @@ def run_check(
     kwargs: Mapping[str, Any],
     *,
     fail_types: tuple[type[BaseException], ...] = (AssertionError,),
+    skip_types: tuple[type[BaseException], ...] = (),
+    xfail_types: tuple[type[BaseException], ...] = (),
     passthrough: tuple[type[BaseException], ...] = (),
 ) -> tuple[Outcome, str | None]:
     """Run a test body as the check of one model's output.
 
-    ``fail_types`` mean the model failed the case; ``passthrough`` exceptions
-    (skips, interrupts) propagate; anything else is an error of the case,
-    never a pass.
+    ``fail_types`` mean the model failed the case; ``skip_types`` and
+    ``xfail_types`` that the check skipped (or xfailed) on this output —
+    what that means is decided across models by :func:`resolve_skips`, so
+    a skip can never hide a regression; ``passthrough`` exceptions (an exit,
+    an interrupt) propagate; anything else is an error of the case, never a
+    pass. ``xfail_types`` are tried before ``fail_types`` (pytest's xfail
+    exception is a kind of failure).
     """
     try:
         check(**kwargs)
     except passthrough:
         raise
+    except xfail_types as exc:
+        return "xfail", str(exc).strip() or None
+    except skip_types as exc:
+        return "skip", str(exc).strip() or None
     except fail_types as exc:
         return "fail", _short_message(exc)
     except Exception as exc:

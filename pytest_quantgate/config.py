@@ -7,22 +7,26 @@ plugin turns that into a pytest usage error (exit status 4).
 
 from __future__ import annotations
 
+import os
 import re
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from .cases import ALL, check_tolerance
 from .specs import ModelSpec, SpecError, parse_spec
 
 __all__ = [
     "DTYPES",
     "ConfigError",
     "GateConfig",
+    "device_problem",
     "parse_alpha",
     "parse_batch_size",
     "parse_device",
     "parse_dtype",
+    "parse_report_path",
     "parse_slice_tolerances",
     "parse_tolerance",
 ]
@@ -43,52 +47,76 @@ def _number(name: str, value: str | float) -> float:
 
 
 def parse_tolerance(value: str | float, name: str = "--quant-tolerance") -> float:
-    """A tolerance margin: a fraction of accuracy in [0, 1] (``0.02`` = 2 points)."""
-    tol = _number(name, value)
-    if not 0.0 <= tol <= 1.0:
-        hint = " (a fraction: 0.02 means 2 points)" if 1.0 < tol <= 100.0 else ""
-        raise ConfigError(f"{name} must be in [0, 1], got {value}{hint}")
-    return tol
+    """A tolerance margin in [0, 1) (``0.02`` = 2 points); the rule is :func:`~.cases.check_tolerance`."""
+    try:
+        return check_tolerance(value.strip() if isinstance(value, str) else value, name)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
-def parse_alpha(value: str | float) -> float:
+def parse_alpha(value: str | float, name: str = "--quant-alpha") -> float:
     """A significance level in (0, 0.5]."""
-    alpha = _number("--quant-alpha", value)
+    alpha = _number(name, value)
     if not 0.0 < alpha <= 0.5:
-        raise ConfigError(f"--quant-alpha must be in (0, 0.5], got {value}")
+        raise ConfigError(f"{name} must be in (0, 0.5], got {value}")
     return alpha
 
 
-def parse_device(value: str) -> str:
+def parse_device(value: str, name: str = "--quant-device") -> str:
     """``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``."""
     device = str(value).strip().lower()
     if not _DEVICE.match(device):
-        raise ConfigError(f"--quant-device must be auto, cpu, cuda, cuda:N or mps, got {value!r}")
+        raise ConfigError(f"{name} must be auto, cpu, cuda, cuda:N or mps, got {value!r}")
     return device
 
 
-def parse_dtype(value: str) -> str:
+def device_problem(device: str) -> str | None:
+    """Why torch cannot use ``device`` on this machine, or None.
+
+    ``auto`` and ``cpu`` always work. torch is imported only to check
+    ``cuda``/``mps``; without torch there is nothing to check here (a
+    backend that needs torch says so when it loads).
+    """
+    if device in ("auto", "cpu"):
+        return None
+    try:
+        import torch
+    except ImportError:
+        return None
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            return f"device {device} was asked for, but torch sees no CUDA device"
+        index = int(device.split(":", 1)[1]) if ":" in device else 0
+        count = torch.cuda.device_count()
+        if index >= count:
+            return f"device {device} was asked for, but torch sees {count} CUDA device(s)"
+    if device == "mps" and not torch.backends.mps.is_available():
+        return "device mps was asked for, but MPS is not available"
+    return None
+
+
+def parse_dtype(value: str, name: str = "--quant-dtype") -> str:
     """One of :data:`DTYPES`."""
     dtype = str(value).strip().lower()
     aliases = {"fp32": "float32", "fp16": "float16", "half": "float16", "bf16": "bfloat16"}
     dtype = aliases.get(dtype, dtype)
     if dtype not in DTYPES:
-        raise ConfigError(f"--quant-dtype must be one of {', '.join(DTYPES)}, got {value!r}")
+        raise ConfigError(f"{name} must be one of {', '.join(DTYPES)}, got {value!r}")
     return dtype
 
 
-def parse_batch_size(value: str | int) -> int:
+def parse_batch_size(value: str | int, name: str = "--quant-batch-size") -> int:
     """A positive number of prompts per generation batch."""
     try:
         size = int(value)
     except (TypeError, ValueError):
-        raise ConfigError(f"--quant-batch-size must be an integer, got {value!r}") from None
+        raise ConfigError(f"{name} must be an integer, got {value!r}") from None
     if size < 1:
-        raise ConfigError(f"--quant-batch-size must be at least 1, got {value}")
+        raise ConfigError(f"{name} must be at least 1, got {value}")
     return size
 
 
-def parse_slice_tolerances(lines: Sequence[str]) -> dict[str, float]:
+def parse_slice_tolerances(lines: Sequence[str], name: str = "quant_slice_tolerance") -> dict[str, float]:
     """Ini lines ``SLICE = TOLERANCE`` (or ``SLICE:TOLERANCE``) -> mapping."""
     out: dict[str, float] = {}
     for line in lines:
@@ -97,9 +125,31 @@ def parse_slice_tolerances(lines: Sequence[str]) -> dict[str, float]:
             continue
         m = re.match(r"^([^=:\s]+)\s*[=:]\s*(\S+)$", text)
         if not m:
-            raise ConfigError(f"quant_slice_tolerance: expected 'SLICE = TOLERANCE', got {text!r}")
-        out[m.group(1)] = parse_tolerance(m.group(2), name=f"tolerance of slice {m.group(1)!r}")
+            raise ConfigError(f"{name}: expected 'SLICE = TOLERANCE', got {text!r}")
+        if m.group(1) == ALL:
+            raise ConfigError(f"{name}: the ALL row takes --quant-tolerance / quant_tolerance, not {text!r}")
+        out[m.group(1)] = parse_tolerance(m.group(2), name=f"{name}: tolerance of slice {m.group(1)!r}")
     return out
+
+
+def parse_report_path(value: str, base_dir: Path, name: str = "--quant-report") -> Path:
+    """Where the JSON report goes: a file that can be written, checked before any model loads.
+
+    Raises:
+        ConfigError: the path is a directory, lies under a file, or its
+            nearest existing directory cannot be written to.
+    """
+    path = (base_dir / Path(value).expanduser()).resolve()
+    if path.is_dir():
+        raise ConfigError(f"{name} must name a file, but {path} is a directory")
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ConfigError(f"{name}: cannot write {path}: {parent} is not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise ConfigError(f"{name}: cannot write {path}: permission denied")
+    return path
 
 
 @dataclass(frozen=True)
@@ -127,6 +177,22 @@ class GateConfig:
         if marker_tolerance is not None:
             return marker_tolerance
         return self.slice_tolerances.get(slice_name, self.tolerance)
+
+    def only(self, labels: Iterable[str]) -> GateConfig:
+        """This configuration with only the candidates named (all of them when none is).
+
+        Raises:
+            ConfigError: a label that names no candidate.
+        """
+        wanted = set(labels)
+        if not wanted:
+            return self
+        known = [c.label for c in self.candidates]
+        unknown = sorted(wanted - set(known))
+        if unknown:
+            names = ", ".join(known) or "none"
+            raise ConfigError(f"::quantgate::{unknown[0]}::... names no candidate (candidates: {names})")
+        return replace(self, candidates=tuple(c for c in self.candidates if c.label in wanted))
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -157,23 +223,25 @@ class GateConfig:
         (where pytest was invoked); those in the ini file to ``ini_dir``.
         """
 
-        def pick(name: str) -> tuple[Any, Path]:
+        def pick(name: str) -> tuple[Any, Path, str]:
+            """The value, the directory its paths are relative to, and its source's name."""
             value = option(name)
             if value not in (None, [], ""):
-                return value, cli_dir
-            return ini(name), ini_dir
+                return value, cli_dir, "--" + name.replace("_", "-")
+            return ini(name), ini_dir, name
 
         try:
-            ref_text, ref_dir = pick("quant_reference")
+            ref_text, ref_dir, _ = pick("quant_reference")
             reference = parse_spec(ref_text, base_dir=ref_dir) if ref_text else None
-            cand_texts, cand_dir = pick("quant_candidate")
+            cand_texts, cand_dir, cand_src = pick("quant_candidate")
             if isinstance(cand_texts, str):
                 cand_texts = cand_texts.split()
             candidates = tuple(parse_spec(t, base_dir=cand_dir) for t in cand_texts or ())
         except SpecError as exc:
             raise ConfigError(str(exc)) from None
         if candidates and reference is None:
-            raise ConfigError("--quant-candidate given without --quant-reference")
+            # Every case would skip and the run pass: a gate that checks nothing.
+            raise ConfigError(f"{cand_src} given without --quant-reference (or quant_reference)")
         labels = [c.label for c in candidates]
         if reference is not None:
             dupes = sorted({x for x in labels if labels.count(x) > 1})
@@ -184,19 +252,30 @@ class GateConfig:
                 raise ConfigError(
                     f"candidate label {reference.label!r} is the reference's: name it with LABEL=SPEC"
                 )
-        report, report_dir = pick("quant_report")
+
+        def parsed(name: str, parse: Callable[[Any, str], Any], default: Any) -> Any:
+            value, _, source = pick(name)
+            return parse(default if value in (None, "") else value, source)
+
+        report, report_dir, report_src = pick("quant_report")
         strict_opt = option("quant_strict")
         strict = bool(strict_opt) if strict_opt else _ini_bool(ini("quant_strict"))
+        device = parsed("quant_device", parse_device, "auto")
+        models = (reference, *candidates) if reference is not None else ()
+        if any(m.kind.backend == "hf" for m in models):
+            problem = device_problem(device)
+            if problem:
+                raise ConfigError(f"{pick('quant_device')[2]}: {problem}")
         return cls(
             reference=reference,
             candidates=candidates,
-            device=parse_device(pick("quant_device")[0] or "auto"),
-            dtype=parse_dtype(pick("quant_dtype")[0] or "auto"),
-            tolerance=parse_tolerance(pick("quant_tolerance")[0] or 0.02),
-            alpha=parse_alpha(pick("quant_alpha")[0] or 0.05),
+            device=device,
+            dtype=parsed("quant_dtype", parse_dtype, "auto"),
+            tolerance=parsed("quant_tolerance", parse_tolerance, 0.02),
+            alpha=parsed("quant_alpha", parse_alpha, 0.05),
             strict=strict,
-            report_path=(report_dir / Path(report)).resolve() if report else None,
-            batch_size=parse_batch_size(pick("quant_batch_size")[0] or 16),
+            report_path=parse_report_path(report, report_dir, report_src) if report else None,
+            batch_size=parsed("quant_batch_size", parse_batch_size, 16),
             slice_tolerances=parse_slice_tolerances(ini("quant_slice_tolerance") or []),
         )
 

@@ -17,17 +17,27 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from .backends.base import Backend, BackendError, load_backend
-from .cases import CaseRecord, CaseSpec, ModelOutcome, Outcome
+from .cases import CaseRecord, CaseSpec, ModelOutcome, Outcome, resolve_skips
 from .config import GateConfig
 from .runner import CaseRun, run_cases
 
-__all__ = ["DEFAULT_GROUP", "Executor", "ModelPool"]
+__all__ = ["DEFAULT_GROUP", "Executor", "ModelPool", "ReferenceUnavailable"]
 
 Emit = Callable[[str], None]
 
 
+class ReferenceUnavailable(BackendError):
+    """The reference model could not be loaded: there is nothing to gate against."""
+
+
 class ModelPool:
-    """Loads each model once, lazily, and remembers load failures."""
+    """Loads each model once, lazily, and remembers load failures.
+
+    Attributes:
+        facts: label -> ``describe()`` of each loaded model.
+        failures: label -> the whole message of each model that failed to
+            load (it is tried once).
+    """
 
     def __init__(
         self, config: GateConfig, emit: Emit | None = None, loader: Callable[..., Backend] = load_backend
@@ -38,6 +48,7 @@ class ModelPool:
         self._models: dict[str, Backend] = {}
         self._errors: dict[str, BackendError] = {}
         self.facts: dict[str, dict[str, Any]] = {}
+        self.failures: dict[str, str] = {}
 
     @property
     def specs(self) -> dict[str, Any]:
@@ -55,13 +66,11 @@ class ModelPool:
         try:
             model = self._loader(spec, device=self.config.device, dtype=self.config.dtype)
         except BackendError as exc:
-            self._errors[label] = exc
-            self._emit(f"quantgate: could not load {spec.label}: {exc}")
+            self._fail(label, exc)
             raise
         except Exception as exc:  # an unexpected failure is still this model's failure
             err = BackendError(f"cannot load {spec.label}: {type(exc).__name__}: {exc}")
-            self._errors[label] = err
-            self._emit(f"quantgate: could not load {spec.label}: {err}")
+            self._fail(label, err)
             raise err from exc
         self._models[label] = model
         self.facts[label] = model.describe()
@@ -71,6 +80,11 @@ class ModelPool:
             f"in {f.get('load_seconds', 0):.1f}s"
         )
         return model
+
+    def _fail(self, label: str, exc: BackendError) -> None:
+        self._errors[label] = exc
+        self.failures[label] = str(exc).strip() or type(exc).__name__
+        self._emit(f"quantgate: could not load {label}: {self.failures[label]}")
 
     def close(self) -> None:
         for model in self._models.values():
@@ -125,7 +139,6 @@ class Executor:
         self._group_of: dict[str, str] = {}
         self._generated: set[str] = set()
         self._runs: dict[str, dict[str, CaseRun]] = {}
-        self._load_errors: dict[str, str] = {}
 
     @property
     def labels(self) -> list[str]:
@@ -144,18 +157,36 @@ class Executor:
         """Whether the group of the case ``key`` has been generated."""
         return self._group_of[key] in self._generated
 
+    @property
+    def unavailable(self) -> dict[str, str]:
+        """Models that could not be loaded -> why."""
+        return dict(self.pool.failures)
+
     def generate(self, group: str) -> None:
-        """Run every case of ``group`` on every model, one model after another."""
+        """Run every case of ``group`` on every model, one model after another.
+
+        The reference first: when it cannot be loaded, nothing can be gated
+        and :class:`ReferenceUnavailable` stops here, before any candidate
+        loads. A candidate that cannot be loaded is left out (once; see
+        :attr:`unavailable`) and the others run.
+
+        Raises:
+            ReferenceUnavailable: the reference could not be loaded.
+        """
         cases = list(self._groups.get(group, {}).values())
         self._generated.add(group)
+        reference = self.labels[0]
+        if reference in self.pool.failures:
+            raise ReferenceUnavailable(self.pool.failures[reference])
         for label in self.labels:
-            if label in self._load_errors:
+            if label in self.pool.failures:
                 continue
             with self._library_warnings(label):
                 try:
                     backend = self.pool.get(label)
                 except BackendError as exc:
-                    self._load_errors[label] = str(exc)
+                    if label == reference:
+                        raise ReferenceUnavailable(self.pool.failures[label]) from exc
                     continue
                 progress = _Progress(self.emit, label, len(cases))
                 runs = run_cases(backend, cases, batch_size=self.config.batch_size, on_progress=progress)
@@ -177,20 +208,40 @@ class Executor:
             more = f" (+{len(seen) - 1} more)" if len(seen) > 1 else ""
             self.emit(f"quantgate: {label}: library warning {seen[0]}{more}")
 
-    def run_of(self, label: str, key: str) -> CaseRun:
-        """The transcript of a planned case on a model (generating its group first)."""
+    def run_of(self, label: str, key: str) -> CaseRun | None:
+        """The transcript of a planned case on a model (generating its group first).
+
+        None for a candidate that could not be loaded.
+
+        Raises:
+            ReferenceUnavailable: the reference could not be loaded.
+        """
         group = self._group_of[key]
         if group not in self._generated:
             self.generate(group)
-        if label in self._load_errors:
-            return CaseRun(key, error=f"model {label} failed to load: {self._load_errors[label]}")
+        if label in self.pool.failures:
+            if label == self.labels[0]:
+                raise ReferenceUnavailable(self.pool.failures[label])
+            return None
         return self._runs[label][key]
 
     def record(self, case: CaseSpec, check: Check) -> CaseRecord:
-        """Check a planned case's output on every model; the record the controller gates."""
+        """Check a planned case's output on every model; the record the controller gates.
+
+        A candidate that could not be loaded has no outcome: the record
+        lists it as unavailable. Skips are resolved across models
+        (:func:`~.cases.resolve_skips`).
+
+        Raises:
+            ReferenceUnavailable: the reference could not be loaded.
+        """
         outcomes: dict[str, ModelOutcome] = {}
+        unavailable: dict[str, str] = {}
         for label in self.labels:
             run = self.run_of(label, case.key)
+            if run is None:
+                unavailable[label] = self.pool.failures[label]
+                continue
             transcript = tuple(t.to_dict() for t in run.turns)
             if run.error is not None:
                 outcomes[label] = ModelOutcome("error", run.output, run.error, transcript)
@@ -204,8 +255,11 @@ class Executor:
             cluster=case.cluster,
             critical=case.critical,
             reference=self.labels[0],
-            outcomes=outcomes,
+            outcomes=resolve_skips(outcomes, self.labels[0]),
             tolerances=case.tolerances,
+            prompt=case.prompt_text,
+            params=case.params,
+            unavailable=unavailable,
         )
 
     def close(self) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import json
+import shutil
 from typing import Any
 
 import pytest
@@ -32,19 +33,26 @@ from .cases import (
     run_check,
 )
 from .config import ConfigError, GateConfig
-from .executor import Check, Executor
-from .gate import SliceResult
+from .executor import Check, Executor, ReferenceUnavailable
 from .report import json_report, terminal
-from .report.model import CandidateGate, GateReport
+from .report.model import GateReport, GateTest, parse_gate_test_id
+from .rerun import Rerun, split_gate_args
 from .specs import SCHEMES, ModelSpec
 
 case_plugin_key = pytest.StashKey["CasePlugin"]()
 _case_key = pytest.StashKey[CaseSpec]()
 _case_error_key = pytest.StashKey[str]()
 _markers_key = pytest.StashKey[dict[str, QuantCaseMarker]]()
-#: The workeroutput key of a worker's loaded-model facts.
+#: The workeroutput key of what a worker learnt: model facts, load failures, selection.
 _FACTS_KEY = "quantgate_models"
 _NO_REFERENCE = "quantgate: no reference model given (--quant-reference)"
+#: What the test body's check does with each pytest outcome exception.
+_CHECK_EXCEPTIONS = {
+    "fail_types": (AssertionError, pytest.fail.Exception),
+    "skip_types": (pytest.skip.Exception,),
+    "xfail_types": (pytest.xfail.Exception,),
+    "passthrough": (pytest.exit.Exception,),
+}
 _SCHEME_LIST = ", ".join(s.usage or s.name for s in SCHEMES.values())
 
 _MARKERS = (
@@ -86,7 +94,7 @@ _OPTIONS = (
         "--quant-tolerance",
         "quant_tolerance",
         "string",
-        "margin of accuracy drop a slice may show, a fraction in [0, 1] (default: 0.02)",
+        "margin of accuracy drop a slice may show, a fraction in [0, 1) (default: 0.02)",
     ),
     ("--quant-alpha", "quant_alpha", "string", "significance level of the gate (default: 0.05)"),
     ("--quant-report", "quant_report", "string", "write the gate as JSON to this path (default: none)"),
@@ -131,6 +139,29 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[_markers_key] = {}
     if config.option.help or config.option.version:
         return
+    gate_config, rerun = _gate_config(config)
+    cases = CasePlugin(config, gate_config, rerun)
+    config.stash[case_plugin_key] = cases
+    config.pluginmanager.register(cases, "quantgate-cases")
+    if not hasattr(config, "workerinput"):  # reports are made by the controller only
+        gate = GatePlugin(config, gate_config, cases)
+        config.pluginmanager.register(gate, "quantgate-gate")
+        if config.pluginmanager.hasplugin("xdist"):
+            config.pluginmanager.register(XdistHooks(gate.aggregator), "quantgate-xdist")
+
+
+def _gate_config(config: pytest.Config) -> tuple[GateConfig, Rerun]:
+    """The validated configuration, and the gate tests asked for again on the command line.
+
+    A gate test's id among the arguments is replaced by the path it leads
+    to (:mod:`.rerun`), and only its candidate is kept.
+    """
+    config.args, rerun = split_gate_args(
+        config.args,
+        invocation_dir=config.invocation_params.dir,
+        rootpath=config.rootpath,
+        testpaths=config.getini("testpaths"),
+    )
     try:
         gate_config = GateConfig.from_sources(
             option=config.getoption,
@@ -138,16 +169,9 @@ def pytest_configure(config: pytest.Config) -> None:
             cli_dir=config.invocation_params.dir,
             ini_dir=config.inipath.parent if config.inipath else config.rootpath,
         )
+        return gate_config.only(rerun.rows), rerun
     except ConfigError as exc:
         raise pytest.UsageError(f"quantgate: {exc}") from None
-    cases = CasePlugin(config, gate_config)
-    config.stash[case_plugin_key] = cases
-    config.pluginmanager.register(cases, "quantgate-cases")
-    if not hasattr(config, "workerinput"):  # reports are made by the controller only
-        gate = GatePlugin(config, gate_config, local_facts=cases.executor.pool.facts)
-        config.pluginmanager.register(gate, "quantgate-gate")
-        if config.pluginmanager.hasplugin("xdist"):
-            config.pluginmanager.register(XdistHooks(gate.aggregator), "quantgate-xdist")
 
 
 def pytest_report_header(config: pytest.Config) -> list[str] | None:
@@ -165,13 +189,18 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if marker is None:
         return
     where = metafunc.definition.nodeid
+    problem = None
     try:
         parsed = parse_quant_case(marker.args, marker.kwargs)
         for m in metafunc.definition.iter_markers("slice"):
             parse_slice_marker(m.args, m.kwargs)
         parsed.check_identities()
     except ValueError as exc:
-        pytest.fail(f"{where}: {exc}", pytrace=False)
+        problem = str(exc)
+    if problem is not None:
+        # Outside the except block: a failure raised inside it would be
+        # printed after the ValueError's own traceback ("During handling ...").
+        pytest.fail(f"{where}: {problem}", pytrace=False)
     if "output" not in metafunc.fixturenames:
         pytest.fail(
             f"{where}: a quant_case test must take the argument `output` (the model output it checks)",
@@ -238,21 +267,38 @@ def pytest_report_teststatus(report: pytest.TestReport, config: pytest.Config) -
 class CasePlugin:
     """Plans the collected cases, generates them, checks them: any process that runs tests."""
 
-    def __init__(self, config: pytest.Config, gate_config: GateConfig):
+    def __init__(self, config: pytest.Config, gate_config: GateConfig, rerun: Rerun | None = None):
         self.config = config
         self.gate_config = gate_config
+        self.rerun = rerun or Rerun()
         self.terminal = _Terminal(config)
         self.executor = Executor(gate_config, emit=self.terminal.emit, loader=self._load)
+        self.deselected = 0  # quant cases deselected (-k, -m, --lf, --deselect, a gate row re-run)
+        self.selected = 0
+        self.collected = False  # whether this process collected (an xdist controller does not)
 
     def _load(self, spec: ModelSpec, *, device: str, dtype: str) -> Backend:
         made = self.config.hook.pytest_quantgate_make_backend(spec=spec, device=device, dtype=dtype)
         return made if made is not None else load_backend(spec, device=device, dtype=dtype)
+
+    def pytest_collection_modifyitems(self, config: pytest.Config, items: list[pytest.Item]) -> None:
+        if not self.rerun:
+            return
+        kept = [i for i in items if _is_quant_case(i) and self.rerun.keeps(_slices_of(i))]
+        if len(kept) < len(items):
+            config.hook.pytest_deselected(items=[i for i in items if i not in kept])
+            items[:] = kept
+
+    def pytest_deselected(self, items: list[pytest.Item]) -> None:
+        self.deselected += sum(map(_is_quant_case, items))
 
     def pytest_collection_finish(self, session: pytest.Session) -> None:
         # session.items is final here: -k, -m and --lf have deselected what
         # this process will not run, so nothing deselected is generated.
         for item in session.items:
             self._plan(item)
+        self.selected = sum(map(_is_quant_case, session.items))
+        self.collected = True
 
     def _plan(self, item: pytest.Item) -> None:
         if not isinstance(item, pytest.Function) or not hasattr(item, "callspec"):
@@ -287,20 +333,67 @@ class CasePlugin:
         if case is None:
             return None
         generates = not self.executor.is_generated(case.key)
-        record = self.executor.record(case, _body_check(pyfuncitem))
+        try:
+            record = self.executor.record(case, _body_check(pyfuncitem))
+        except ReferenceUnavailable:
+            # Nothing can be gated: stop the run (the summary shows the whole error).
+            pytest.exit(f"quantgate: the reference {self.executor.labels[0]} could not be loaded")
         if generates:
             self.terminal.resume_progress_line(pyfuncitem.nodeid)
         pyfuncitem.user_properties.append((RECORD_KEY, record.to_json()))
-        if record.fails_test:
-            pytest.fail("\n".join(terminal.case_lines(record)), pytrace=False)
+        _end_test(record)
         return True
+
+    @property
+    def facts(self) -> dict[str, Any]:
+        """What this process learnt, for the process that reports."""
+        facts: dict[str, Any] = {
+            "models": self.executor.pool.facts,
+            "load_failures": self.executor.unavailable,
+        }
+        if self.collected:
+            facts.update(collected=self.selected + self.deselected, selected=self.selected)
+        return facts
 
     def pytest_sessionfinish(self) -> None:
         if hasattr(self.config, "workerinput"):
-            self.config.workeroutput[_FACTS_KEY] = json.dumps(self.executor.pool.facts)  # type: ignore[attr-defined]
+            self.config.workeroutput[_FACTS_KEY] = json.dumps(self.facts)  # type: ignore[attr-defined]
 
     def pytest_unconfigure(self) -> None:
         self.executor.close()
+
+
+def _end_test(record: CaseRecord) -> None:
+    """Fail, skip or xfail the running test as its record says (:attr:`~.cases.CaseRecord.test_outcome`)."""
+    outcome, reason = record.test_outcome
+    if outcome == "fail":
+        pytest.fail("\n".join(terminal.case_lines(record)), pytrace=False)
+    if outcome == "skip":
+        _skip_at_item(reason or "")
+    if outcome == "xfail":
+        pytest.xfail(reason or "")
+
+
+def _skip_at_item(reason: str) -> None:
+    """Skip the running test, reported at the test's own line, not at this module's.
+
+    The second private pytest API used here (``_use_item_location``, which
+    pytest's skip markers use): without it, the summary would place every
+    skip in plugin.py. Should it go, the skip still happens, placed here.
+    """
+    try:
+        exc = pytest.skip.Exception(reason, pytrace=False, _use_item_location=True)
+    except TypeError:
+        exc = pytest.skip.Exception(reason, pytrace=False)
+    raise exc
+
+
+def _is_quant_case(item: pytest.Item) -> bool:
+    return item.get_closest_marker("quant_case") is not None
+
+
+def _slices_of(item: pytest.Item) -> list[str]:
+    return [str(name) for m in item.iter_markers("slice") for name in m.args]
 
 
 def _body_check(item: pytest.Function) -> Check:
@@ -308,12 +401,7 @@ def _body_check(item: pytest.Function) -> Check:
     kwargs = {name: item.funcargs[name] for name in _test_argnames(item)}
 
     def check(output: str) -> tuple[Outcome, str | None]:
-        return run_check(
-            item.obj,
-            {**kwargs, "output": output},
-            fail_types=(AssertionError, pytest.fail.Exception),
-            passthrough=(pytest.skip.Exception, pytest.xfail.Exception, pytest.exit.Exception),
-        )
+        return run_check(item.obj, {**kwargs, "output": output}, **_CHECK_EXCEPTIONS)
 
     return check
 
@@ -336,48 +424,71 @@ def _test_argnames(item: pytest.Function) -> list[str]:
 class GatePlugin:
     """Gathers the records of every test report and gates them: the controller."""
 
-    def __init__(self, config: pytest.Config, gate_config: GateConfig, local_facts: dict[str, Any]):
+    def __init__(self, config: pytest.Config, gate_config: GateConfig, cases: CasePlugin):
         self.config = config
         self.gate_config = gate_config
         self.aggregator = Aggregator(gate_config)
-        self._local_facts = local_facts
+        self._cases = cases  # this process's own, when it runs tests too
         self.report: GateReport | None = None
+        self.write_error: str | None = None
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        record = _record_of(report) if report.when == "call" else None
-        if record is not None:
-            self.aggregator.add(record)
+        if report.when == "call":
+            record = _record_of(report)
+            if record is not None:
+                self.aggregator.add(record)
+        elif report.when == "setup" and report.skipped and "quant_case" in report.keywords:
+            self.aggregator.add_skipped()
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
-        self.aggregator.add_model_facts(self._local_facts)
-        self.report = self.aggregator.report(complete=exitstatus != pytest.ExitCode.INTERRUPTED)
-        if self.report is None:
-            return
-        for candidate, row in self.report.failures:
-            self._log_gate_failure(_gate_report(candidate, row))
+        _add_facts(self.aggregator, self._cases.facts)  # this process's own, if it ran tests
+        narrowed_by, uncounted = _narrowing(self.config)
+        self.report = self.aggregator.report(
+            interrupted=exitstatus == pytest.ExitCode.INTERRUPTED,
+            narrowed_by=[*narrowed_by, *self._cases.rerun.given],
+            stopped=str(session.shouldstop or session.shouldfail or "") or None,
+            counted=not uncounted and not self._cases.rerun,
+        )
+        for test in self.report.tests:
+            self._log_gate_test(test)
         if self.report.failures and session.exitstatus == pytest.ExitCode.OK:
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
-        if self.gate_config.report_path is not None:
-            json_report.write(self.report, self.gate_config.report_path)
+        path = self.gate_config.report_path
+        if path is not None:
+            # Always, even interrupted or with nothing run: a stale report
+            # must never stand in for this run's.
+            try:
+                json_report.write(self.report, path)
+            except OSError as exc:  # checked up front, but the disk can still fill up
+                self.write_error = f"quantgate: could not write the JSON report to {path}: {exc}"
+                if session.exitstatus == pytest.ExitCode.OK:
+                    session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
-    def _log_gate_failure(self, report: pytest.TestReport) -> None:
-        """Hand a gate failure to every reporter (JUnit, ...) and the summary.
+    def _log_gate_test(self, test: GateTest) -> None:
+        """Hand a gate test to every reporter (JUnit, the --lf cache, ...) and the summary.
 
-        The terminal reporter is left out of the hook call: its progress line
-        is finished by then, and a stray ``F`` after ``[100%]`` reads badly.
-        The report still counts in the summary line and FAILURES section.
+        A call report (failed or passed: a passing row clears its earlier
+        failure from the --lf cache), then a teardown report, which is where
+        JUnit writes a test's properties. The terminal reporter is left out
+        of the hook call: its progress line is finished by then, and a stray
+        ``F`` after ``[100%]`` reads badly. A failure still counts in the
+        summary line and FAILURES section.
         """
         pm = self.config.pluginmanager
         tr = pm.get_plugin("terminalreporter")
-        pm.subset_hook_caller("pytest_runtest_logreport", remove_plugins=[tr] if tr else [])(report=report)
-        if tr is not None:
-            _count_as_failed(tr, report)
+        log = pm.subset_hook_caller("pytest_runtest_logreport", remove_plugins=[tr] if tr else [])
+        call, teardown = _gate_reports(self.report, test)  # type: ignore[arg-type]
+        log(report=call)
+        log(report=teardown)
+        if tr is not None and test.failed:
+            _count_as_failed(tr, call)
 
     def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
         if self.report is None:
             return
-        for line in terminal.summary(self.report):
+        lines = terminal.summary(self.report, width=_width(terminalreporter), write_error=self.write_error)
+        for line in lines:
             if isinstance(line, terminal.Sep):
                 terminalreporter.write_sep("=", line.title, **line.markup)
                 continue
@@ -386,24 +497,84 @@ class GatePlugin:
             terminalreporter.line("")
 
 
-def _gate_report(gate: CandidateGate, row: SliceResult) -> pytest.TestReport:
-    """A failed test report named ``quantgate::<candidate>::<slice>``."""
-    nodeid = f"quantgate::{gate.label}::{row.slice}"
-    return pytest.TestReport(
-        nodeid=nodeid,
-        location=("quantgate", None, nodeid),
-        keywords={"quantgate": 1},
-        outcome="failed",
-        longrepr="\n".join(terminal.row_failure_lines(gate, row)),
+def _add_facts(aggregator: Aggregator, facts: dict[str, Any]) -> None:
+    aggregator.add_model_facts(facts.get("models") or {})
+    aggregator.add_load_failures(facts.get("load_failures") or {})
+    if "collected" in facts:
+        aggregator.add_selection(int(facts["collected"]), int(facts["selected"]))
+
+
+def _narrowing(config: pytest.Config) -> tuple[list[str], bool]:
+    """The options that narrow the quant cases a run selects (or can stop it early).
+
+    Returns:
+        The options as written, and whether one of them narrowed what was
+        collected in the first place (``--lf`` with earlier test failures,
+        ``--sw``, node ids): the deselections of ``-k``, ``-m`` and
+        ``--deselect`` are counted, those are not.
+    """
+    opt = config.option
+    out: list[str] = []
+    uncounted = False
+    if getattr(opt, "keyword", ""):
+        out.append(f"-k {opt.keyword}")
+    if getattr(opt, "markexpr", ""):
+        out.append(f"-m {opt.markexpr}")
+    if getattr(opt, "deselect", None):
+        out.append("--deselect")
+    if getattr(opt, "lf", False) and _earlier_test_failures(config):
+        out.append("--lf")
+        uncounted = True
+    if getattr(opt, "stepwise", False):
+        out.append("--sw")
+        uncounted = True
+    maxfail = getattr(opt, "maxfail", 0) or 0
+    if maxfail:
+        out.append("-x" if maxfail == 1 else f"--maxfail={maxfail}")
+    node_ids = [a for a in config.args if "::" in a]
+    out.extend(node_ids)
+    return out, uncounted or bool(node_ids)
+
+
+def _earlier_test_failures(config: pytest.Config) -> bool:
+    """Whether the --lf cache holds failures of tests (not only of gate rows), which --lf re-runs alone."""
+    cache = getattr(config, "cache", None)
+    lastfailed = cache.get("cache/lastfailed", {}) if cache is not None else {}
+    return any(parse_gate_test_id(str(k)) is None for k in lastfailed)
+
+
+def _width(tr: pytest.TerminalReporter) -> int:
+    tw = getattr(tr, "_tw", None)  # pytest's writer knows the width it wraps at
+    return int(getattr(tw, "fullwidth", 0) or shutil.get_terminal_size().columns)
+
+
+def _gate_reports(report: GateReport, test: GateTest) -> tuple[pytest.TestReport, pytest.TestReport]:
+    """The call and teardown reports of a gate test ``::quantgate::<candidate>::<row>``."""
+    if test.row is not None:
+        props = [("quantgate_slice", json.dumps(test.row.to_dict(), sort_keys=True))]
+    else:
+        gate = test.candidate
+        load = {"label": gate.label, "evaluated": gate.evaluated, "not_evaluated": gate.not_evaluated}
+        props = [("quantgate_load", json.dumps(load, sort_keys=True))]
+    common: dict[str, Any] = {
+        "nodeid": test.nodeid,
+        "location": ("quantgate", None, test.nodeid),
+        "keywords": {"quantgate": 1},
+        "user_properties": props,
+    }
+    call = pytest.TestReport(
+        outcome="failed" if test.failed else "passed",
+        longrepr="\n".join(terminal.gate_test_lines(report, test)) if test.failed else None,
         when="call",
-        user_properties=[("quantgate_slice", json.dumps(row.to_dict(), sort_keys=True))],
+        **common,
     )
+    return call, pytest.TestReport(outcome="passed", longrepr=None, when="teardown", **common)
 
 
 def _count_as_failed(tr: pytest.TerminalReporter, report: pytest.TestReport) -> None:
     """Count a report as failed in the terminal's summary line and FAILURES section.
 
-    The one private pytest API this plugin uses: ``TerminalReporter._add_stats``
+    A private pytest API (one of two; see also _skip_at_item): ``TerminalReporter._add_stats``
     also marks the summary colour as stale, so the final line turns red. If a
     pytest release renames it, the fallback still counts the failure (and the
     exit status is unaffected); only the colour of the last line may stay green.
@@ -424,7 +595,7 @@ class XdistHooks:
     def pytest_testnodedown(self, node: Any, error: Any) -> None:
         facts = getattr(node, "workeroutput", {}).get(_FACTS_KEY)
         if facts:
-            self.aggregator.add_model_facts(json.loads(facts))
+            _add_facts(self.aggregator, json.loads(facts))
 
 
 class _Terminal:

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from .backends.base import Backend, GenerationRequest
+from .backends.base import Backend, GenerationRequest, refusals
 from .cases import CaseSpec, GenerationSettings, Prompt, Turn
 
 __all__ = ["CaseRun", "Driver", "SinglePrompt", "run_cases", "truncate_at_stop"]
@@ -99,9 +99,13 @@ def run_cases(
 ) -> dict[str, CaseRun]:
     """Run every case to completion on ``backend``; keyed by case key.
 
-    A batch that raises is retried one request at a time so that one bad
-    case (a prompt the tokenizer rejects, say) becomes that case's error
-    instead of the whole batch's.
+    Each round's requests are first put to the backend's
+    ``check_requests`` (:func:`~.backends.base.refusals`): one it refuses,
+    a prompt beyond the model's context say, becomes its case's error and is
+    never generated. A batch that raises is retried one request at a time so
+    that one bad case (a prompt the tokenizer rejects, say) becomes that
+    case's error instead of the whole batch's. Only exceptions are caught:
+    a ``KeyboardInterrupt`` stops the run at once.
     """
     make = make_driver or (lambda case: SinglePrompt(case.prompt))
     specs = {c.key: c for c in cases}
@@ -130,6 +134,16 @@ def run_cases(
 
     while pending:
         round_items = dict(pending)
+        keys = list(round_items)
+        try:
+            refused = refusals(backend, [GenerationRequest(*round_items[k]) for k in keys])
+        except Exception as exc:
+            refused = [f"cannot check the request: {_describe(exc)}"] * len(keys)
+        for key, problem in zip(keys, refused, strict=True):
+            if problem is not None:
+                runs[key].error = problem
+                del round_items[key]
+                finish(key)
         for keys in _batches(round_items, batch_size):
             requests = [GenerationRequest(round_items[k][0], round_items[k][1]) for k in keys]
             try:

@@ -27,8 +27,10 @@ Schemes (:data:`SCHEMES`; plugins add theirs with :func:`register_scheme`):
                    the plugin itself without a model)
 =================  ==========================================================
 
-``LABEL`` names the model in reports; by default it is derived from the
-scheme and the target's name (``bnb-nf4-tiny-ref``).
+``LABEL`` names the model in reports; by default it is the scheme as written
+(``rtn2g128:../tiny-ref`` is ``rtn2g128``) or, without a scheme, the target's
+name (the checkpoint directory ``tiny-ref``). Two models with the same label
+are a usage error: name one with ``LABEL=``.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ __all__ = [
     "ModelSpec",
     "Scheme",
     "SpecError",
+    "auto_label",
     "find_scheme",
     "parse_spec",
     "register_scheme",
@@ -160,9 +163,10 @@ class ModelSpec:
 
     @property
     def display(self) -> str:
-        """Short form for headings: ``label (scheme:dir)``."""
+        """Short form for headings: ``label (scheme:dir)``, just ``scheme:dir`` for an automatic label."""
         where = self.path if self.kind.target == "url" else Path(self.path).name
-        return f"{self.label} ({self.scheme}:{where})" if self.scheme else f"{self.label} ({where})"
+        source = f"{self.scheme}:{where}" if self.scheme else where
+        return source if self.label == auto_label(self.scheme, where) else f"{self.label} ({source})"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -209,8 +213,7 @@ def parse_spec(text: str, *, base_dir: Path | str | None = None, check_path: boo
     if not target:
         raise SpecError(f"empty model spec: no {'URL' if scheme.target == 'url' else 'path'} in {raw!r}")
     if scheme.target == "url":
-        where = target
-        name = re.sub(r"^[a-z]+://", "", target).strip("/").replace("/", "-")
+        where = name = target
     else:
         path = Path(target).expanduser()
         if not path.is_absolute() and base_dir is not None:
@@ -220,8 +223,18 @@ def parse_spec(text: str, *, base_dir: Path | str | None = None, check_path: boo
             _check_target(path, scheme, raw)
         where, name = str(path), path.name
     if label is None:
-        label = f"{scheme_name}-{name}" if scheme_name else name
+        label = auto_label(scheme_name, name)
     return ModelSpec(label=label, path=where, scheme=scheme_name, options=options, text=raw)
+
+
+def auto_label(scheme: str | None, name: str) -> str:
+    """The label of a spec written without one: its scheme, else its target's name.
+
+    Short, so that headings and gate-row names stay short; two specs that
+    get the same label are told apart with ``LABEL=`` (the configuration
+    refuses duplicates).
+    """
+    return scheme or name
 
 
 def _check_target(path: Path, scheme: Scheme, raw: str) -> None:

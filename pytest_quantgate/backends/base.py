@@ -19,7 +19,14 @@ from ..cases import GenerationSettings, Prompt
 if TYPE_CHECKING:
     from ..specs import ModelSpec
 
-__all__ = ["Backend", "BackendError", "GenerationRequest", "load_backend", "register_backend"]
+__all__ = [
+    "Backend",
+    "BackendError",
+    "GenerationRequest",
+    "load_backend",
+    "refusals",
+    "register_backend",
+]
 
 
 class BackendError(RuntimeError):
@@ -55,6 +62,25 @@ class Backend(Protocol):
     def close(self) -> None:
         """Release memory held by the model."""
         ...
+
+
+def refusals(backend: Backend, requests: Sequence[GenerationRequest]) -> list[str | None]:
+    """Per request, why the model cannot take it (a prompt beyond its context), or None.
+
+    Asked before generating, so that a request the model cannot take becomes
+    an error of its case rather than a silent overrun or a memory blow-up.
+    A backend opts in with a ``check_requests(requests)`` method returning
+    that list; one without it takes every request.
+    """
+    check = getattr(backend, "check_requests", None)
+    if check is None:
+        return [None] * len(requests)
+    problems = list(check(requests))
+    if len(problems) != len(requests):
+        raise BackendError(
+            f"{backend.label}: check_requests returned {len(problems)} answers for {len(requests)}"
+        )
+    return problems
 
 
 #: A loader: ``factory(spec, device, dtype)`` returns a loaded :class:`Backend`.

@@ -7,12 +7,14 @@
       "default": "",                # reply to any other prompt (default: "")
       "fail_on": ["bad prompt"],    # generating these raises: a per-case error
       "load_error": "message",      # loading fails with this message
-      "log": "generated.jsonl"      # append one line per generated prompt
+      "log": "generated.jsonl",     # append one line per generated prompt
+      "context": 2048               # prompt + max_new_tokens beyond this many characters: refused
     }
 
 A chat prompt is looked up by the JSON text of its message list. A reply is
 cut at ``max_new_tokens`` characters (a character stands for a token), as a
-real model stops at its budget. ``log`` is relative to the script; each line
+real model stops at its budget; likewise ``context`` is a context length in
+characters, checked as a real model's is in tokens. ``log`` is relative to the script; each line
 is ``{"model": label, "prompt": prompt}``, written with a single append so
 that xdist workers can share one log.
 
@@ -38,7 +40,7 @@ if TYPE_CHECKING:
 
 __all__ = ["FakeBackend"]
 
-_KEYS = {"replies", "default", "fail_on", "load_error", "log"}
+_KEYS = {"replies", "default", "fail_on", "load_error", "log", "context"}
 
 
 def _script_problem(script: Any) -> str | None:
@@ -57,6 +59,9 @@ def _script_problem(script: Any) -> str | None:
     for key in ("default", "load_error", "log"):
         if script.get(key) is not None and not isinstance(script[key], str):
             return f'"{key}" must be a string'
+    context = script.get("context")
+    if context is not None and (isinstance(context, bool) or not isinstance(context, int) or context < 1):
+        return '"context" must be a positive integer (characters)'
     return None
 
 
@@ -71,6 +76,7 @@ class FakeBackend:
         self.fail_on = set(script.get("fail_on") or ())
         log = script.get("log")
         self.log = (Path(spec.path).parent / log) if log else None
+        self.context: int | None = script.get("context")
         self.load_seconds = load_seconds
 
     @classmethod
@@ -92,6 +98,20 @@ class FakeBackend:
         """The script key of a prompt: the text, or the JSON of the chat messages."""
         messages = prompt_messages(prompt)
         return prompt if isinstance(prompt, str) else json.dumps(messages, sort_keys=True)
+
+    def check_requests(self, requests: Sequence[GenerationRequest]) -> list[str | None]:
+        """Refuse a prompt whose characters plus ``max_new_tokens`` exceed ``context``."""
+        out: list[str | None] = []
+        for r in requests:
+            length = len(self.prompt_text(r.prompt))
+            need = length + r.settings.max_new_tokens
+            out.append(
+                None
+                if self.context is None or need <= self.context
+                else f"the prompt ({length} characters) + max_new_tokens ({r.settings.max_new_tokens}) "
+                f"= {need} exceeds the context of {self.label} ({self.context} characters)"
+            )
+        return out
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[str]:
         texts = [self.prompt_text(r.prompt) for r in requests]
@@ -129,6 +149,7 @@ class FakeBackend:
             "device": "cpu",
             "dtype": "none",
             "quantization": None,
+            "context": self.context,
             "load_seconds": round(self.load_seconds, 3),
             "pid": os.getpid(),
         }

@@ -17,12 +17,13 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..cases import GenerationSettings, Prompt, prompt_messages
+from ..config import device_problem
 from .base import BackendError, GenerationRequest
 
 if TYPE_CHECKING:
     from ..specs import ModelSpec
 
-__all__ = ["HFBackend", "resolve_device"]
+__all__ = ["HFBackend", "context_length", "resolve_device"]
 
 
 def resolve_device(device: str) -> str:
@@ -33,17 +34,29 @@ def resolve_device(device: str) -> str:
         if torch.cuda.is_available():
             return "cuda"
         return "cpu"
-    if device.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise BackendError(f"device {device} was asked for, but torch sees no CUDA device")
-        index = int(device.split(":", 1)[1]) if ":" in device else 0
-        if index >= torch.cuda.device_count():
-            raise BackendError(
-                f"device {device} was asked for, but torch sees {torch.cuda.device_count()} CUDA device(s)"
-            )
-    if device == "mps" and not torch.backends.mps.is_available():
-        raise BackendError("device mps was asked for, but MPS is not available")
+    problem = device_problem(device)  # the same rule the configuration checks up front
+    if problem:
+        raise BackendError(problem)
     return device
+
+
+#: ``model_max_length`` of a tokenizer that sets none (transformers' VERY_LARGE_INTEGER).
+_UNSET_LENGTH = 10**9
+
+
+def context_length(model_config: Any, tokenizer: Any) -> int | None:
+    """Tokens the model can attend to: ``max_position_embeddings``, or the tokenizer's
+    ``model_max_length`` when that is smaller; None when neither says.
+    """
+    limits = [
+        int(v)
+        for v in (
+            getattr(model_config, "max_position_embeddings", None),
+            getattr(tokenizer, "model_max_length", None),
+        )
+        if isinstance(v, int) and 0 < v < _UNSET_LENGTH
+    ]
+    return min(limits) if limits else None
 
 
 def _resolve_dtype(dtype: str, device: str) -> Any:
@@ -125,6 +138,7 @@ class HFBackend:
         self.tokenizer = tokenizer
         self.device = device
         self.load_seconds = load_seconds
+        self.context = context_length(model.config, tokenizer)
 
     @classmethod
     def load(cls, spec: ModelSpec, device: str, dtype: str) -> HFBackend:
@@ -153,9 +167,11 @@ class HFBackend:
             )
             loaded: Any = AutoModelForCausalLM.from_pretrained(spec.path, **kwargs)
             model, info = loaded
-        except (OSError, ValueError, ImportError, RuntimeError) as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise BackendError(f"cannot load {spec.label} from {spec.path}: {first}") from exc
+        except Exception as exc:  # any failure here is this checkpoint's (safetensors raises its own)
+            # The whole message: its first line is often a preamble
+            # ("Couldn't instantiate the backend tokenizer from one of:").
+            text = str(exc).strip() or type(exc).__name__
+            raise BackendError(f"cannot load {spec.label} from {spec.path}: {text}") from exc
         missing = list(info.get("missing_keys") or [])
         if missing:
             shown = ", ".join(sorted(missing)[:5]) + (" ..." if len(missing) > 5 else "")
@@ -196,6 +212,34 @@ class HFBackend:
                 f"{self.label}: a chat-message prompt needs a chat template, and the tokenizer has none"
             )
         return str(prompt), False
+
+    def check_requests(self, requests: Sequence[GenerationRequest]) -> list[str | None]:
+        """Refuse a request whose prompt tokens + ``max_new_tokens`` exceed the context.
+
+        Measured on the rendered prompt (chat template included), before
+        anything is generated: past its context a model either fails
+        deep inside generation or, worse, runs on silently; and a huge
+        prompt in a batch can exhaust memory before it fails.
+        """
+        out: list[str | None] = []
+        for req in requests:
+            if self.context is None:
+                out.append(None)
+                continue
+            try:
+                text, special = self.render(req.prompt, req.settings)
+            except BackendError as exc:  # no chat template: this case's error, found before generating
+                out.append(str(exc))
+                continue
+            length = len(self.tokenizer(text, add_special_tokens=not special)["input_ids"])
+            need = length + req.settings.max_new_tokens
+            out.append(
+                None
+                if need <= self.context
+                else f"the prompt ({length} tokens) + max_new_tokens ({req.settings.max_new_tokens}) "
+                f"= {need} tokens exceeds the context of {self.label} ({self.context} tokens)"
+            )
+        return out
 
     # -- generation ----------------------------------------------------------
 
@@ -281,6 +325,7 @@ class HFBackend:
             "dtype": str(self.model.dtype).replace("torch.", ""),
             "quantization": _jsonable(qconf),
             "parameters": int(sum(p.numel() for p in self.model.parameters())),
+            "context": self.context,
             "load_seconds": round(self.load_seconds, 3),
             "torch": torch.__version__,
             "transformers": transformers.__version__,

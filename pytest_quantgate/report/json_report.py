@@ -3,19 +3,25 @@
 Top level::
 
     {"schema": "pytest-quantgate/report", "schema_version": 1,
-     "complete": bool,            # false when the session was interrupted
+     "complete": bool,            # true only for the whole suite, run to the end on every model
+     "interrupted": bool,         # Ctrl-C or pytest.exit: what ran before it
+     "selection": {"collected", "selected", "ran", "skipped", "narrowed_by", "stopped"},
+     "failed": bool,              # a row REGRESSED
      "config": {...},             # GateConfig.to_dict()
-     "models": {label: {...}},    # path, spec, role, dtype, device, quantization
-     "candidates": [{"label", "display", "verdict", "errors",
+     "models": {label: {...}},    # path, spec, role, dtype, device, quantization[, load_error]
+     "candidates": [{"label", "display", "evaluated", "not_evaluated", "verdict",
+                     "errors", "skipped",
                      "slices": [SliceResult.to_dict(), ... the ALL row last]}],
-     "cases": [CaseRecord.to_dict(), ...]}   # outcomes and outputs per model
+     "cases": [CaseRecord.to_dict(), ...]}   # prompt, arguments, outcomes and outputs per model
+
+Written with the user's umask, like any file the user makes.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
+import secrets
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -37,6 +43,8 @@ def to_dict(report: GateReport) -> dict[str, Any]:
         "schema_version": SCHEMA_VERSION,
         "generator": f"pytest-quantgate {__version__}",
         "complete": report.complete,
+        "interrupted": report.interrupted,
+        "selection": report.selection.to_dict(),
         "failed": report.failed,
         "config": report.config.to_dict(),
         "models": report.models,
@@ -46,10 +54,15 @@ def to_dict(report: GateReport) -> dict[str, Any]:
 
 
 def write(report: GateReport, path: Path) -> None:
-    """Write atomically: a reader never sees half a file, an old one stays until done."""
+    """Write atomically: a reader never sees half a file, an old one stays until done.
+
+    The file gets the permissions the user's umask gives a new file (not
+    ``mkstemp``'s 0600: a report is for sharing, with CI artifacts say).
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps(to_dict(report), indent=2, sort_keys=False, allow_nan=False)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text + "\n")

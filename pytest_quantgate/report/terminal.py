@@ -1,12 +1,16 @@
 """The terminal report: pure iterators of lines; the plugin prints them.
 
-One table per candidate, slices as rows and an ALL row, aligned columns,
-verdicts coloured; then the regressed cases with both outputs, truncated.
+One table per candidate, slices as rows and an ALL row, fitted to the
+terminal's width (columns dropped in a fixed order when it is narrow),
+verdicts coloured; under it, in short lines, what the INCONCLUSIVE rows would
+need and what the columns mean; then the regressed cases, each once, with
+its prompt, arguments and every model's output.
 """
 
 from __future__ import annotations
 
 import math
+import textwrap
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -17,14 +21,16 @@ from ..gate import SliceResult, Verdict
 if TYPE_CHECKING:
     from ..cases import CaseRecord
     from ..config import GateConfig
-    from .model import CandidateGate, GateReport
+    from .model import CandidateGate, GateReport, GateTest
 
 __all__ = [
+    "DEFAULT_WIDTH",
     "Line",
     "Sep",
     "case_lines",
+    "format_bound",
+    "gate_test_lines",
     "header_lines",
-    "row_failure_lines",
     "summary",
     "table",
     "teststatus",
@@ -41,7 +47,10 @@ VERDICT_MARKUP: dict[Verdict, Markup] = {
     Verdict.IMPROVED: {"cyan": True},
 }
 MAX_CASES_SHOWN = 10
-OUTPUT_WIDTH = 60
+#: The width used when the terminal's is unknown.
+DEFAULT_WIDTH = 80
+#: Longest message of a load error shown, in lines (the JSON report has it all).
+MAX_ERROR_LINES = 40
 
 
 @dataclass(frozen=True)
@@ -60,7 +69,7 @@ def header_lines(config: GateConfig) -> Iterator[str]:
     cands = ", ".join(c.display for c in config.candidates) or "none"
     yield f"quantgate: candidates {cands}"
     yield (
-        f"quantgate: tolerance {_pts(config.tolerance)} pts, alpha {config.alpha:g}, "
+        f"quantgate: tolerance {_tol(config.tolerance)} pts, alpha {config.alpha:g}, "
         f"device {config.device}, dtype {config.dtype}, batch {config.batch_size}"
         + (", strict" if config.strict else "")
     )
@@ -81,6 +90,7 @@ def teststatus(record: CaseRecord, *, failed: bool) -> tuple[str, str, tuple[str
     Errors count as errors (``E``) even though they are reported as failed
     tests; the other statuses with a display are their own categories, unless
     the test failed (a critical regression), which pytest shows as a failure.
+    Skipped cases are pytest's own ``s`` and ``x``.
     """
     status = record.worst
     display = STATUS_DISPLAY.get(status)
@@ -90,6 +100,9 @@ def teststatus(record: CaseRecord, *, failed: bool) -> tuple[str, str, tuple[str
     return status.value, letter, (word, markup)
 
 
+# -- numbers -------------------------------------------------------------------
+
+
 def _pts(x: float | None, signed: bool = False) -> str:
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "-"
@@ -97,6 +110,37 @@ def _pts(x: float | None, signed: bool = False) -> str:
         return "inf"
     value = round(100 * x, 1) + 0.0  # + 0.0 turns -0.0 into 0.0
     return f"{value:+.1f}" if signed else f"{value:.1f}"
+
+
+def _tol(x: float) -> str:
+    """A margin in points, exactly as far as 4 decimals go, at least one decimal (2.0, 1.25)."""
+    text = f"{100 * x:.4f}".rstrip("0")
+    return text + "0" if text.endswith(".") else text
+
+
+def format_bound(upper: float, tolerance: float) -> str:
+    """The upper bound of a drop, in points, rounded up, never on the wrong side of the margin.
+
+    Rounded up at 0.1 points, so that the bound shown is never below the
+    true one. A bound below the margin (a PASS) that this rounding would
+    show at or above the margin gets more digits, up to 4 (``1.999``); past
+    that it is shown as ``<`` the margin. A bound at or above the margin is
+    shown at or above it by the rounding up alone.
+    """
+    if math.isnan(upper):
+        return "-"
+    if math.isinf(upper):
+        return "inf"
+    pts = 100 * upper
+    tol_shown = float(_tol(tolerance))
+    below = upper < tolerance
+    for digits in range(1, 5):
+        scale = 10**digits
+        # The 1e-6 keeps float noise (4.9 stored as 4.9000000001) from rounding up a whole step.
+        shown = math.ceil(pts * scale - 1e-6) / scale + 0.0
+        if not below or shown < tol_shown:
+            return f"{shown:.{digits}f}"
+    return f"<{_tol(tolerance)}"
 
 
 def _pct(x: float | None) -> str:
@@ -109,74 +153,126 @@ def _p(x: float | None) -> str:
     return f"{x:.2g}" if x < 0.001 else f"{x:.3f}"
 
 
+# -- the table -----------------------------------------------------------------
+
 COLUMNS = ("slice", "n", "ref", "cand", "Δ pts", "SE", "drop≤", "tol", "−/+", "p", "verdict")
 _RIGHT = {"n", "ref", "cand", "Δ pts", "SE", "drop≤", "tol", "−/+", "p"}
+#: How a narrow table is made to fit, step by step: drop a column, or cut
+#: slice names to a width. Columns not named here always stay.
+FIT_STEPS: tuple[str | int, ...] = ("SE", "p", 14, "ref", "−/+", 6)
 
 
-def _cells(row: SliceResult) -> list[str]:
-    return [
-        row.slice,
-        str(row.n),
-        _pct(row.ref_accuracy),
-        _pct(row.cand_accuracy),
-        _pts(-row.drop if not math.isnan(row.drop) else row.drop, signed=True),
-        _pts(row.se),
-        _pts(row.upper, signed=True),
-        _pts(row.tolerance),
-        f"{row.regressions}/{row.improvements}",
-        _p(row.p_adjusted),
-        row.verdict.value,
-    ]
+def _cells(row: SliceResult) -> dict[str, str]:
+    return {
+        "slice": row.slice,
+        "n": str(row.n),
+        "ref": _pct(row.ref_accuracy),
+        "cand": _pct(row.cand_accuracy),
+        "Δ pts": _pts(-row.drop if not math.isnan(row.drop) else row.drop, signed=True),
+        "SE": _pts(row.se),
+        "drop≤": format_bound(row.upper, row.tolerance),
+        "tol": _tol(row.tolerance),
+        "−/+": f"{row.regressions}/{row.improvements}",
+        "p": _p(row.p_adjusted),
+        "verdict": row.verdict.value,
+    }
 
 
-def _note(row: SliceResult) -> str:
-    if row.verdict is not Verdict.INCONCLUSIVE:
-        return ""
-    bits = []
-    if row.mdd is not None and not math.isnan(row.mdd):
-        bits.append(f"detects drops ≥ {_pts(row.mdd)} pts")
-    if row.n_needed is not None:
-        bits.append(f"~{row.n_needed} cases to show ≤ {_pts(row.tolerance)}")
-    return "  (" + "; ".join(bits) + ")" if bits else ""
+def _fit(body: Sequence[dict[str, str]], width: int) -> tuple[list[str], dict[str, int]]:
+    """The columns that fit in ``width`` and their widths; slice names may be cut."""
+    columns = list(COLUMNS)
+    widths = {h: max(len(h), *(len(b[h]) for b in body)) for h in columns}
+
+    def total() -> int:
+        return sum(widths[h] for h in columns) + 2 * (len(columns) - 1)
+
+    for step in FIT_STEPS:
+        excess = total() - width
+        if excess <= 0:
+            break
+        if isinstance(step, int):
+            widths["slice"] = max(step, min(widths["slice"], widths["slice"] - excess))
+        else:
+            columns.remove(step)
+    return columns, widths
 
 
-def table(rows: Sequence[SliceResult], alpha: float) -> Iterator[Line]:
-    """The per-slice table of one candidate, aligned, verdicts coloured."""
+def _cut(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: max(width - 1, 0)] + "…"
+
+
+def table(rows: Sequence[SliceResult], alpha: float, width: int = DEFAULT_WIDTH) -> Iterator[Line]:
+    """The per-slice table of one candidate, fitted to ``width``, then its notes and legend."""
     body = [_cells(r) for r in rows]
-    widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(COLUMNS)]
+    columns, widths = _fit(body, width)
 
-    def fmt(cells: Sequence[str]) -> list[str]:
+    def fmt(cells: dict[str, str]) -> list[str]:
         return [
-            c.rjust(w) if h in _RIGHT else c.ljust(w) for c, w, h in zip(cells, widths, COLUMNS, strict=True)
+            _cut(cells[h], widths[h]).rjust(widths[h])
+            if h in _RIGHT
+            else _cut(cells[h], widths[h]).ljust(widths[h])
+            for h in columns
         ]
 
-    yield [("  ".join(fmt(COLUMNS)).rstrip(), {"bold": True})]
+    yield [("  ".join(fmt({h: h for h in COLUMNS})).rstrip(), {"bold": True})]
     for row, cells in zip(rows, body, strict=True):
         parts = fmt(cells)
         if row.is_total:
-            yield [("  ".join("─" * w for w in widths), {})]
+            yield [("  ".join("─" * widths[h] for h in columns), {})]
         yield [
             ("  ".join(parts[:-1]) + "  ", {"bold": True} if row.is_total else {}),
             (parts[-1].rstrip(), VERDICT_MARKUP[row.verdict]),
-            (_note(row), {}),
         ]
+    for row in rows:
+        note = _note(row)
+        if note:
+            yield from _wrapped(f"{row.slice}: {note}", width, {})
     level = round(100 * (1 - alpha))
-    yield [
-        (
-            f"Δ: candidate − reference accuracy; drop≤: one-sided {level}% upper bound of the drop; "
-            "tol: margin; −/+: regressions/improvements; p: one-sided, Holm-adjusted across slices",
-            {},
-        )
-    ]
+    legend = {
+        "Δ pts": "Δ: candidate − reference accuracy",
+        "SE": "SE: its standard error",
+        "drop≤": f"drop≤: {level}% upper bound of the drop, rounded up",
+        "tol": "tol: margin",
+        "−/+": "−/+: regressed/improved cases",
+        "p": "p: one-sided, Holm-adjusted",
+    }
+    yield from _wrapped("; ".join(text for h, text in legend.items() if h in columns), width, {})
 
 
-def _short(text: str, width: int = OUTPUT_WIDTH) -> str:
-    text = repr(text)
-    return text if len(text) <= width else text[: width - 1] + "…"
+def _wrapped(text: str, width: int, markup: Markup) -> Iterator[Line]:
+    for line in textwrap.wrap(text, width=max(width, 20), subsequent_indent="  ", break_on_hyphens=False):
+        yield [(line, markup)]
 
 
-def case_lines(record: CaseRecord) -> Iterator[str]:
-    """Both models' outputs and check results for one case."""
+def _note(row: SliceResult) -> str:
+    """What an INCONCLUSIVE row could detect, and what would settle it."""
+    if row.verdict is not Verdict.INCONCLUSIVE:
+        return ""
+    if row.n == 0:
+        return "no cases (every case errored or was skipped)"
+    bits = []
+    if row.mdd is None or math.isnan(row.mdd) or math.isinf(row.mdd):
+        bits.append("too few cases to detect any drop")
+    else:
+        bits.append(f"detects drops ≥ {_pts(row.mdd)} pts")
+    if row.n_needed is None:
+        bits.append(f"no number of cases would show the drop < {_tol(row.tolerance)} pts")
+    elif row.n_needed_for == Verdict.REGRESSED.value:
+        bits.append(f"~{row.n_needed} cases would confirm a drop > {_tol(row.tolerance)} pts")
+    else:
+        bits.append(f"~{row.n_needed} cases would show the drop < {_tol(row.tolerance)} pts")
+    return "; ".join(bits)
+
+
+# -- cases ---------------------------------------------------------------------
+
+
+def _short(text: str, width: int) -> str:
+    return _cut(repr(text), max(width, 12))
+
+
+def case_lines(record: CaseRecord, width: int = DEFAULT_WIDTH) -> Iterator[str]:
+    """Both models' outputs and check results for one case (the failure of its test)."""
     statuses = record.statuses
     worst = record.worst
     if worst is Status.ERROR:
@@ -186,16 +282,40 @@ def case_lines(record: CaseRecord) -> Iterator[str]:
     elif worst is Status.REGRESSED:
         critical = " (critical)" if record.critical else ""
         yield f"quantgate: case regressed{critical}: the reference passes, a candidate fails"
+    if record.prompt:
+        yield f"  prompt: {_short(record.prompt, width - 10)}"
     for label, outcome in record.outcomes.items():
         role = "reference" if label == record.reference else f"candidate {statuses[label]}"
-        yield f"  {label} [{role.strip()}]: {outcome.outcome}  output={_short(outcome.output)}"
+        yield f"  {label} [{role.strip()}]: {outcome.outcome}  output={_short(outcome.output, width - 30)}"
         if outcome.message:
             for i, line in enumerate(outcome.message.splitlines()[:6]):
                 yield f"      {'' if i else '→ '}{line}"
 
 
-def row_failure_lines(gate: CandidateGate, row: SliceResult) -> Iterator[str]:
-    """The body of the failed report ``quantgate::<candidate>::<slice>``."""
+def _case_block(rec: CaseRecord, labels: Sequence[str], width: int) -> Iterator[Line]:
+    """One regressed case: its id, prompt, arguments and every model's output, aligned."""
+    crit = " [critical]" if rec.critical else ""
+    yield [(_cut(f"  R {rec.nodeid}{crit}", width), {"yellow": True})]
+    fields = [("prompt", rec.prompt)] if rec.prompt else []
+    fields += [(name, value) for name, value in rec.params.items()]
+    fields += [(label, repr(rec.outcomes[label].output)) for label in labels if label in rec.outcomes]
+    key_width = min(max(len(k) for k, _ in fields), 16)
+    room = width - 6 - key_width - 2
+    for key, value in fields:
+        shown = repr(value) if key == "prompt" else value
+        yield [(f"      {_cut(key, key_width).ljust(key_width)}  {_cut(shown, max(room, 12))}", {})]
+
+
+def gate_test_lines(report: GateReport, test: GateTest) -> Iterator[str]:
+    """The body of the report of a gate test ``::quantgate::<candidate>::<row>``."""
+    gate = test.candidate
+    if test.row is None:
+        if gate.evaluated:
+            yield f"candidate {gate.display} loaded"
+        else:
+            yield from _load_error_lines(gate.display, gate.path, gate.not_evaluated or "")
+        return
+    row = test.row
     name = "all cases" if row.is_total else f"slice {row.slice!r}"
     yield f"{name} of candidate {gate.display}: {row.verdict.value}"
     yield (
@@ -203,64 +323,132 @@ def row_failure_lines(gate: CandidateGate, row: SliceResult) -> Iterator[str]:
         f"(Δ {_pts(-row.drop, signed=True)} pts, SE {_pts(row.se)}) on {row.n} cases"
     )
     yield (
-        f"  drop ≤ {_pts(row.upper)} pts at {round(100 * (1 - row.alpha))}% confidence; "
-        f"tolerance {_pts(row.tolerance)} pts; p = {_p(row.p_adjusted)}"
+        f"  drop ≤ {format_bound(row.upper, row.tolerance)} pts at {round(100 * (1 - row.alpha))}% "
+        f"confidence; tolerance {_tol(row.tolerance)} pts; p = {_p(row.p_adjusted)}"
         + (" (Holm)" if not row.is_total else "")
     )
     yield f"  {row.regressions} regressed, {row.improvements} improved"
+    if row.regressions:
+        # Listed once, in the quantgate summary: not again under every row they belong to.
+        yield "  (regressed cases: see the quantgate summary, with prompts and outputs)"
     if row.verdict is Verdict.INCONCLUSIVE:
-        yield f"  inconclusive under --quant-strict{_note(row)}"
-    cases = [r for r in gate.regressed if row.is_total or row.slice in r.slices]
-    for rec in cases[:MAX_CASES_SHOWN]:
-        yield f"  R {rec.nodeid}"
-    if len(cases) > MAX_CASES_SHOWN:
-        yield f"  ... and {len(cases) - MAX_CASES_SHOWN} more"
+        yield f"  inconclusive, which fails under --quant-strict: {_note(row)}"
 
 
-def _outputs_line(rec: CaseRecord, label: str) -> str:
-    ref = rec.outcomes[rec.reference]
-    cand = rec.outcomes[label]
-    return f"      reference: {_short(ref.output)}   candidate: {_short(cand.output)}"
+def _load_error_lines(display: str, path: str, message: str) -> Iterator[str]:
+    yield f"{display} could not be loaded from {path}:"
+    lines = message.splitlines() or [""]
+    for line in lines[:MAX_ERROR_LINES]:
+        yield f"  {line}"
+    if len(lines) > MAX_ERROR_LINES:
+        yield f"  ... {len(lines) - MAX_ERROR_LINES} more lines in the JSON report"
 
 
-def summary(report: GateReport) -> Iterator[Line | Sep]:
-    """The whole terminal section: per candidate a table and its regressions."""
+# -- the whole section -----------------------------------------------------------
+
+
+def _partial(report: GateReport) -> str | None:
+    """Why the tables below are not the gate of the whole suite, or None."""
+    sel = report.selection
+    ran = f"{sel.ran} quant case(s) ran"
+    if report.interrupted:
+        return f"interrupted: {ran} before the run stopped; these rows are not the gate's verdict"
+    if report.complete:
+        return None
+    why = ", ".join(sel.narrowed_by)
+    of = f" of {sel.collected} collected" if sel.collected is not None and sel.counted else ""
+    if sel.stopped:
+        return f"partial run: {ran}{of}; stopped early ({sel.stopped})"
+    narrowed = not sel.counted or (sel.collected or 0) > (sel.selected or 0)
+    if narrowed:
+        return f"partial run: {ran}{of}" + (f", selected by {why}" if why else "")
+    if sel.selected is not None and sel.ran + sel.skipped < sel.selected:
+        return f"partial run: {ran} of {sel.selected} selected"
+    unloaded = [label for label, facts in report.models.items() if "load_error" in facts]
+    if unloaded:
+        return f"partial run: {', '.join(unloaded)} could not be loaded"
+    return f"partial run: {ran}"
+
+
+def summary(
+    report: GateReport, width: int = DEFAULT_WIDTH, write_error: str | None = None
+) -> Iterator[Line | Sep]:
+    """The whole terminal section: per candidate a table and its regressions.
+
+    Args:
+        report: The report model.
+        width: The terminal's width, which every line fits (long ids and
+            paths aside).
+        write_error: Why the JSON report could not be written, if it could not.
+    """
+    yield from _body(report, width)
+    path = report.config.report_path
+    if write_error is not None:
+        yield [(write_error, {"red": True, "bold": True})]
+    elif path is not None:
+        state = "complete" if report.complete else "incomplete"
+        yield [(f"quantgate: JSON report ({state}) written to {path}", {})]
+
+
+def _body(report: GateReport, width: int) -> Iterator[Line | Sep]:
     ref = report.config.reference
-    assert ref is not None
-    if not report.candidates:
+    if ref is None or not report.has_results:
+        return
+    partial = _partial(report)
+    partial_line: Line = [(partial, {"yellow": True, "bold": True})] if partial else []
+    if report.reference_error is not None:
+        yield Sep(f"quantgate: reference {ref.label} could not be loaded", {"red": True})
+        for line in _load_error_lines(ref.display, ref.path, report.reference_error):
+            yield [(line, {"red": True})]
+        yield [("nothing was gated: the run stops", {"red": True})]
+    elif not report.candidates:
         yield Sep(f"quantgate: reference {ref.label} only", {})
+        if partial_line:
+            yield partial_line
         passed, total = report.reference_passed, len(report.records)
         yield [(f"{passed}/{total} cases pass; give --quant-candidate to gate a model", {})]
-    for gate in report.candidates:
-        verdict = gate.verdict
-        yield Sep(
-            f"quantgate: {gate.display} vs reference {ref.label}: {verdict.value}",
-            {"red": True}
-            if verdict is Verdict.REGRESSED
-            else {"green": verdict is not Verdict.INCONCLUSIVE, "yellow": verdict is Verdict.INCONCLUSIVE},
+    for gate in report.candidates if report.reference_error is None else ():
+        yield from _candidate(report, gate, partial_line, width)
+
+
+def _candidate(report: GateReport, gate: CandidateGate, partial: Line, width: int) -> Iterator[Line | Sep]:
+    ref = report.config.reference
+    assert ref is not None
+    if not gate.evaluated:
+        yield Sep(f"quantgate: {gate.display}: NOT EVALUATED", {"red": True})
+        for line in _load_error_lines(gate.display, gate.path, gate.not_evaluated or ""):
+            yield [(line, {"red": True})]
+        return
+    verdict = gate.verdict
+    assert verdict is not None
+    yield Sep(
+        f"quantgate: {gate.display} vs reference {ref.label}: {verdict.value}",
+        {"red": True}
+        if verdict is Verdict.REGRESSED
+        else {"green": verdict is not Verdict.INCONCLUSIVE, "yellow": verdict is Verdict.INCONCLUSIVE},
+    )
+    if partial:
+        yield partial
+    yield from table(gate.rows, report.config.alpha, width)
+    if gate.errors:
+        yield [(f"{gate.errors} case(s) with errors are left out of the statistics", {"red": True})]
+    if gate.skipped:
+        yield [(f"{gate.skipped} case(s) skipped by their check on the reference are left out", {})]
+    if gate.inconclusive and not report.config.strict:
+        names = ", ".join(gate.inconclusive)
+        yield from _wrapped(
+            f"warning: INCONCLUSIVE ({names}): too few cases to rule out a drop beyond the "
+            "tolerance; passing for now, --quant-strict fails them",
+            width,
+            {"yellow": True},
         )
-        yield from table(gate.rows, report.config.alpha)
-        if gate.errors:
-            yield [(f"{gate.errors} case(s) with errors are left out of the statistics", {"red": True})]
-        if gate.inconclusive and not report.config.strict:
-            names = ", ".join(gate.inconclusive)
-            yield [
-                (
-                    f"warning: INCONCLUSIVE ({names}): too few cases to rule out a drop beyond the "
-                    "tolerance; passing for now, --quant-strict fails them",
-                    {"yellow": True},
-                )
-            ]
-        if gate.regressed:
-            yield [(f"regressed cases ({len(gate.regressed)}):", {"bold": True})]
-            for rec in gate.regressed[:MAX_CASES_SHOWN]:
-                crit = " [critical]" if rec.critical else ""
-                yield [(f"  R {rec.nodeid}{crit}", {"yellow": True})]
-                yield [(_outputs_line(rec, gate.label), {})]
-            if len(gate.regressed) > MAX_CASES_SHOWN:
-                more = len(gate.regressed) - MAX_CASES_SHOWN
-                path = report.config.report_path
-                where = f" (all in {path})" if path else " (--quant-report=PATH writes them all)"
-                yield [(f"  ... and {more} more{where}", {})]
-    if report.config.report_path is not None:
-        yield [(f"quantgate: JSON report written to {report.config.report_path}", {})]
+    if gate.regressed:
+        yield [(f"regressed cases ({len(gate.regressed)}):", {"bold": True})]
+        labels = [ref.label, gate.label]
+        for rec in gate.regressed[:MAX_CASES_SHOWN]:
+            yield from _case_block(rec, labels, width)
+        if len(gate.regressed) > MAX_CASES_SHOWN:
+            more = len(gate.regressed) - MAX_CASES_SHOWN
+            path = report.config.report_path
+            where = f" (all in {path})" if path else " (--quant-report=PATH writes them all)"
+            yield [(f"  ... and {more} more{where}", {})]

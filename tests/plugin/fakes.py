@@ -20,19 +20,36 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 __all__ = [
+    "LOG",
     "WRONG",
+    "XDIST_MODES",
     "Case",
     "Slice",
     "answers",
     "cases",
+    "gate_args",
+    "generated",
     "generations",
+    "model",
+    "prompts",
+    "read_report",
     "spec",
+    "statuses",
     "suite_source",
+    "summary_counts",
     "table_rows",
     "write_script",
 ]
+
+#: The log every script of a pytester run appends its generated prompts to.
+LOG = "generated.jsonl"
+#: The three ways the plugin's integration tests run.
+XDIST_MODES = {"no-xdist": ["-p", "no:xdist"], "n0": ["-n", "0"], "n2": ["-n", "2"]}
 
 #: The reply a script gives where it is meant to get a case wrong.
 WRONG = "wrong"
@@ -67,6 +84,7 @@ def write_script(
     fail_on: Iterable[str] = (),
     load_error: str | None = None,
     log: str | None = None,
+    context: int | None = None,
 ) -> Path:
     """Write a ``fake:`` script (see :mod:`pytest_quantgate.backends.fake`); returns ``path``.
 
@@ -77,6 +95,8 @@ def write_script(
         script["load_error"] = load_error
     if log is not None:
         script["log"] = log
+    if context is not None:
+        script["context"] = context
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(script, indent=1), encoding="utf-8")
     return path
@@ -152,3 +172,39 @@ def table_rows(stdout: str, candidate: str) -> dict[str, str]:
         elif line.startswith(("Δ:", "=")):
             break
     return rows
+
+
+def model(pytester: pytest.Pytester, label: str, replies: Mapping[str, str], **kwargs: Any) -> str:
+    """Write ``<label>.json``, logging to the shared log; its spec ``label=fake:...``."""
+    return spec(label, write_script(pytester.path / f"{label}.json", replies, log=LOG, **kwargs))
+
+
+def gate_args(reference: str, *candidates: str) -> list[str]:
+    return [f"--quant-reference={reference}", *(f"--quant-candidate={c}" for c in candidates)]
+
+
+def generated(pytester: pytest.Pytester) -> dict[str, Counter[str]]:
+    """Model label -> prompt -> times generated, from the shared log."""
+    return generations(pytester.path / LOG)
+
+
+def prompts(*slices: Sequence[Case]) -> Counter[str]:
+    """Each case's prompt once."""
+    return Counter(c.prompt for items in slices for c in items)
+
+
+def summary_counts(result: pytest.RunResult) -> dict[str, int]:
+    """The final summary line as ``{"passed": 3, "regressed": 2, ...}``."""
+    line = result.stdout.lines[-1].split(" in ")[0]
+    plural = {"error": "errors", "warning": "warnings"}
+    return {plural.get(word, word): int(n) for n, word in re.findall(r"(\d+) ([a-z-]+)", line)}
+
+
+def statuses(report: Mapping[str, Any], candidate: str) -> dict[str, str]:
+    """Case id -> the candidate's status, from the JSON report."""
+    return {c["nodeid"].split("[")[1].rstrip("]"): c["status"][candidate] for c in report["cases"]}
+
+
+def read_report(path: Path) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    return data

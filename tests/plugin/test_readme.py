@@ -1,4 +1,4 @@
-"""The README's snippets run as shown."""
+"""The README's snippets run as shown: every ```python block, each with the command after it."""
 
 from __future__ import annotations
 
@@ -14,21 +14,65 @@ from pytest_quantgate import specs
 README = Path(__file__).resolve().parents[2] / "README.md"
 
 
-def _block_after(marker: str, lang: str) -> str:
-    """The first ```lang block whose text starts with ``marker``."""
-    for block in re.findall(rf"```{lang}\n(.*?)```", README.read_text(), flags=re.S):
-        if block.startswith(marker):
-            return str(block)
-    raise AssertionError(f"no ```{lang} block starting with {marker!r} in the README")
+def _blocks() -> list[tuple[str, str, str]]:
+    """Every fenced block of the README as ``(lang, text, the first bash block after it)``."""
+    found = re.findall(r"```(\w*)\n(.*?)```", README.read_text(), flags=re.S)
+    out = []
+    for i, (lang, text) in enumerate(found):
+        command = next((t for lang2, t in found[i + 1 :] if lang2 == "bash"), "")
+        out.append((lang, text, command))
+    return out
+
+
+def _python_blocks() -> list[tuple[str, str]]:
+    return [(text, command) for lang, text, command in _blocks() if lang == "python"]
+
+
+def _kind(text: str) -> str:
+    """What a python block is: a conftest (first line ``# conftest.py``) or a test suite."""
+    return "conftest" if text.startswith("# conftest.py") else "suite"
+
+
+def _args(command: str) -> list[str]:
+    """The pytest arguments of the first command of a bash block, continuation lines joined."""
+    line = command.replace("\\\n", " ").strip().splitlines()[0]
+    words = shlex.split(line)
+    assert words[0] == "pytest", line
+    return words[1:]
+
+
+def test_every_python_snippet_is_run_here() -> None:
+    """A new ```python block needs a runner below: none may go unchecked."""
+    kinds = [_kind(text) for text, _ in _python_blocks()]
+    assert kinds == ["suite", "conftest"]
+
+
+def test_suite_snippet_runs_on_the_tiny_model(pytester: pytest.Pytester, tiny_ref: Path) -> None:
+    pytest.importorskip("transformers")
+    ((suite, command),) = [(t, c) for t, c in _python_blocks() if _kind(t) == "suite"]
+    args = _args(command)
+    # The command as written, from the repository's root: models/ is where it says.
+    (pytester.path / "models").mkdir()
+    (pytester.path / "models" / "tiny-ref").symlink_to(tiny_ref, target_is_directory=True)
+    pytester.makepyfile(**{args[0].removesuffix(".py"): suite})
+    if "bnb-nf4" in command:
+        pytest.importorskip("bitsandbytes")
+    result = pytester.runpytest(*args)
+    out = result.stdout.str()
+    assert result.ret == 0, out
+    assert "error" not in out.splitlines()[-1]
+    report = json.loads((pytester.path / "out" / "gate.json").read_text())
+    assert report["complete"] is True
+    # The prompts are ones the shipped model answers: the reference passes every case.
+    assert len(report["cases"]) == 4
+    assert {c["outcomes"][c["reference"]]["outcome"] for c in report["cases"]} == {"pass"}
+    assert [c["label"] for c in report["candidates"]] == ["rtn2g128", "nf4"]
 
 
 def test_bring_your_own_backend_snippet(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
     # The snippet registers a scheme in this process: keep it out of the other tests.
     monkeypatch.setattr(specs, "SCHEMES", dict(specs.SCHEMES))
-    conftest = _block_after("# conftest.py", "python")
-    command = next(
-        line for line in _block_after("pytest --quant-reference=canned:", "bash").splitlines() if line
-    )
+    ((conftest, command),) = [(t, c) for t, c in _python_blocks() if _kind(t) == "conftest"]
     pytester.makeconftest(conftest)
     pytester.makepyfile(
         """
@@ -40,13 +84,11 @@ def test_bring_your_own_backend_snippet(pytester: pytest.Pytester, monkeypatch: 
         """
     )
     report = pytester.path / "gate.json"
-    result = pytester.runpytest(*shlex.split(command)[1:], f"--quant-report={report}")
+    result = pytester.runpytest(*_args(command), f"--quant-report={report}")
     assert result.ret == 0, result.stdout.str()
     data = json.loads(report.read_text())
-    assert set(data["models"]) == {"canned-localhost-a", "canned-localhost-b"}
-    outputs = {
-        c["nodeid"].split("[")[1]: c["outcomes"]["canned-localhost-b"]["output"] for c in data["cases"]
-    }
+    assert set(data["models"]) == {"a", "b"}
+    outputs = {c["nodeid"].split("[")[1]: c["outcomes"]["b"]["output"] for c in data["cases"]}
     assert outputs == {"17+25=]": "42", "3*4=]": ""}
     # The first case passes on both, the second fails on both: no case regressed.
     assert data["candidates"][0]["slices"][-1]["regressions"] == 0

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -85,10 +86,16 @@ def test_identical_candidate_passes(suite: pytest.Pytester, tiny_ref: Path) -> N
 
 
 def test_damaged_candidate_regresses(suite: pytest.Pytester, tiny_ref: Path) -> None:
+    # A third candidate whose weights were cut short: not evaluated, and the others still are.
+    truncated = suite.path / "truncated"
+    shutil.copytree(tiny_ref, truncated)
+    weights = truncated / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100_000])
     report = suite.path / "out" / "gate.json"
     result = suite.runpytest(
         f"--quant-reference=ref={tiny_ref}",
         f"--quant-candidate=damaged={DAMAGED}:{tiny_ref}",
+        f"--quant-candidate=broken={truncated}",
         f"--quant-report={report}",
     )
     out = result.stdout.str()
@@ -96,17 +103,25 @@ def test_damaged_candidate_regresses(suite: pytest.Pytester, tiny_ref: Path) -> 
     rows = table_rows(out, "damaged")
     regressed = sorted(s for s, v in rows.items() if v == "REGRESSED" and s != "ALL")
     assert regressed, out
-    # Each regressed slice is its own failed report, named for CI.
+    # Each regressed slice is its own failed report, named for CI; so is the broken load.
     for name in regressed:
-        result.stdout.fnmatch_lines([f"*FAILED quantgate::damaged::{name}*"])
+        result.stdout.fnmatch_lines([f"*FAILED ::quantgate::damaged::{name}*"])
+    result.stdout.fnmatch_lines(
+        [
+            "*= quantgate: broken (truncated): NOT EVALUATED =*",
+            f"broken (truncated) could not be loaded from {truncated}:",
+            f"  cannot load broken from {truncated}: Error while deserializing header*",
+        ]
+    )
     # Per-case statuses are their own categories in the summary line.
     assert re.search(r"\d+ regressed", out.splitlines()[-1]), out.splitlines()[-1]
 
     data = json.loads(report.read_text())
-    assert data["complete"] is True and data["failed"] is True
-    assert set(data["models"]) == {"ref", "damaged"}
+    assert data["complete"] is False and data["failed"] is True
+    assert set(data["models"]) == {"ref", "damaged", "broken"}
+    assert data["candidates"][1]["evaluated"] is False
     assert data["models"]["damaged"]["quantization"]["bits"] == 2
-    (cand,) = data["candidates"]
+    cand = data["candidates"][0]
     assert cand["verdict"] == "REGRESSED"
     json_rows = {r["slice"]: r for r in cand["slices"]}
     assert {s: r["verdict"] for s, r in json_rows.items()} == rows
@@ -118,9 +133,16 @@ def test_damaged_candidate_regresses(suite: pytest.Pytester, tiny_ref: Path) -> 
         assert row["improvements"] == sum(c["status"]["damaged"] == "improved" for c in cases)
         ref_pass = sum(c["outcomes"]["ref"]["outcome"] == "pass" for c in cases)
         assert row["ref_accuracy"] == pytest.approx(ref_pass / len(cases))
-    # The regressed cases are listed with both outputs.
+    # The regressed cases are listed with their prompt, arguments and both outputs.
     result.stdout.fnmatch_lines(
-        ["regressed cases (*):", "  R test_suite.py::test_*", "      reference: *candidate: *"]
+        [
+            "regressed cases (*):",
+            "  R test_suite.py::test_*",
+            "      prompt    '*'",
+            "      expected  '*'",
+            "      ref       '*'",
+            "      damaged   '*'",
+        ]
     )
 
 

@@ -170,9 +170,24 @@ def test_describe(tmp_path: Path) -> None:
         "device": "cpu",
         "dtype": "none",
         "quantization": None,
+        "context": None,
         "pid": os.getpid(),
     }
     json.dumps(facts)  # JSON-safe, for the report
+
+
+def test_context_refuses_long_prompts(tmp_path: Path) -> None:
+    backend = load(tmp_path, {"replies": {"abcd": "x"}, "context": 10})
+    ok, too_long = backend.check_requests(requests("abcd", "abcdefgh", max_new_tokens=4))
+    assert ok is None
+    assert too_long == (
+        "the prompt (8 characters) + max_new_tokens (4) = 12 exceeds the context of m (10 characters)"
+    )
+    assert backend.describe()["context"] == 10
+    # Without the key, any length goes.
+    assert load(tmp_path, {}).check_requests(requests("a" * 10_000)) == [None]
+    with pytest.raises(BackendError, match='"context" must be a positive integer'):
+        load(tmp_path, {"context": 0})
 
 
 def test_loaded_through_the_registry(tmp_path: Path) -> None:

@@ -20,6 +20,7 @@ from pytest_quantgate.cases import (
     normalize_prompt,
     parse_quant_case,
     parse_slice_marker,
+    resolve_skips,
     run_check,
     worst_status,
 )
@@ -81,6 +82,37 @@ def test_batch_size_is_respected_and_progress_reaches_total() -> None:
     assert seen[-1] == (7, 7)
 
 
+@dataclass
+class ShortContextBackend(ScriptedBackend):
+    """Takes prompts of at most ``limit`` characters, ``max_new_tokens`` included."""
+
+    limit: int = 10
+
+    def check_requests(self, requests: Sequence[GenerationRequest]) -> list[str | None]:
+        return [
+            None if len(str(r.prompt)) + r.settings.max_new_tokens <= self.limit else f"{r.prompt} too long"
+            for r in requests
+        ]
+
+
+def test_a_refused_request_is_its_case_error_and_never_generated() -> None:
+    backend = ShortContextBackend({"short": "ok"})
+    cases = [_case("short", max_new_tokens=4), _case("x" * 50, max_new_tokens=4)]
+    runs = run_cases(backend, cases)
+    assert runs[cases[0].key].output == "ok" and runs[cases[0].key].error is None
+    assert runs[cases[1].key].error == f"{'x' * 50} too long" and not runs[cases[1].key].turns
+    assert backend.batches == [["short"]]
+
+
+def test_an_interrupt_is_never_a_case_error() -> None:
+    class Interrupted(ScriptedBackend):
+        def generate(self, requests: Sequence[GenerationRequest]) -> list[str]:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_cases(Interrupted({}), [_case("a"), _case("b")])
+
+
 def test_one_bad_prompt_errors_only_its_case() -> None:
     backend = ScriptedBackend({"good": "ok"}, fail_on={"bad"})
     cases = [_case("good"), _case("bad")]
@@ -126,6 +158,10 @@ def test_truncate_at_stop(text: str, stop: tuple[str, ...], expected: str) -> No
         ("fail", "fail", "both-failed"),
         ("error", "pass", "error"),
         ("pass", "error", "error"),
+        # A check that skipped on the reference skips the case, whatever the candidate did.
+        ("skip", "pass", "skipped"),
+        ("xfail", "fail", "skipped"),
+        ("skip", "error", "skipped"),
     ],
 )
 def test_classify(ref: Any, cand: Any, status: str) -> None:
@@ -166,6 +202,77 @@ def test_run_check_outcomes() -> None:
     assert outcome == "error" and "KeyError" in (message or "")
 
 
+class _Skipped(Exception):
+    pass
+
+
+class _XFailed(AssertionError):  # as pytest's: an xfail is a kind of failure
+    pass
+
+
+def test_run_check_reports_skips_and_xfails() -> None:
+    def check(output: str) -> None:
+        if output == "skip":
+            raise _Skipped("not for this output")
+        if output == "xfail":
+            raise _XFailed("known bad")
+        assert output == "42"
+
+    kinds = {"skip_types": (_Skipped,), "xfail_types": (_XFailed,)}
+    assert run_check(check, {"output": "skip"}, **kinds) == ("skip", "not for this output")
+    assert run_check(check, {"output": "xfail"}, **kinds) == ("xfail", "known bad")
+    assert run_check(check, {"output": "41"}, **kinds)[0] == "fail"
+
+
+def test_a_skip_means_the_same_for_every_model() -> None:
+    ref_ok = {"ref": ModelOutcome("pass", "42"), "c": ModelOutcome("skip", "?", "not an answer")}
+    resolved = resolve_skips(ref_ok, "ref")
+    # Skipped on a candidate only: a failure of that candidate, saying why.
+    assert resolved["c"].outcome == "fail" and resolved["c"].output == "?"
+    assert "output-dependent skip is treated as a failure (not an answer)" in (resolved["c"].message or "")
+    xfail = resolve_skips({"ref": ModelOutcome("fail"), "c": ModelOutcome("xfail", "", "r")}, "ref")
+    assert xfail["c"].outcome == "fail" and "xfail" in (xfail["c"].message or "")
+    # Skipped on the reference: left as it is, and the case is skipped for everyone.
+    ref_skip = {"ref": ModelOutcome("skip", "", "why"), "c": ModelOutcome("pass")}
+    assert resolve_skips(ref_skip, "ref") == ref_skip
+
+
+def _record(ref: Any, cands: dict[str, Any], unavailable: dict[str, str] | None = None) -> CaseRecord:
+    return CaseRecord(
+        key="k",
+        nodeid="t.py::test[1]",
+        slices=("s",),
+        cluster=None,
+        critical=False,
+        reference="ref",
+        outcomes={"ref": ModelOutcome(*ref), **{k: ModelOutcome(*v) for k, v in cands.items()}},
+        unavailable=unavailable or {},
+    )
+
+
+@pytest.mark.parametrize(
+    ("record", "outcome"),
+    [
+        (_record(("pass",), {"c": ("fail",)}), ("pass", None)),
+        (_record(("error", "", "boom"), {"c": ("pass",)}), ("fail", None)),
+        (_record(("skip", "", "why"), {"c": ("fail",)}), ("skip", "why")),
+        (_record(("xfail", "", "known"), {"c": ("pass",)}), ("xfail", "known")),
+        (_record(("fail",), {}), ("fail", None)),  # the reference alone: its own outcome
+        # Candidates given, none loaded: nothing to compare, whatever the reference did.
+        (_record(("fail",), {}, {"c": "oom"}), ("skip", "quantgate: nothing to compare: candidate c ...")),
+        (_record(("error", "", "x"), {}, {"c": "oom"}), ("fail", None)),
+        # One of two loaded: the case is judged on that one.
+        (_record(("pass",), {"c": ("pass",)}, {"d": "oom"}), ("pass", None)),
+    ],
+)
+def test_what_the_case_test_does(record: CaseRecord, outcome: tuple[str, str | None]) -> None:
+    got = record.test_outcome
+    if outcome[1] and outcome[1].endswith("..."):
+        assert got[0] == outcome[0] and (got[1] or "").startswith(outcome[1][:-3])
+    else:
+        assert got == outcome
+
+
 def test_record_round_trips_through_json() -> None:
     rec = CaseRecord(
         key="k",
@@ -176,6 +283,9 @@ def test_record_round_trips_through_json() -> None:
         reference="ref",
         outcomes={"ref": ModelOutcome("pass", "42"), "nf4": ModelOutcome("fail", "41", "AssertionError")},
         tolerances={"arith": 0.0},
+        prompt="6*7=",
+        params={"expected": "'42'"},
+        unavailable={"bad": "cannot load bad from /m:\nsecond line"},
     )
     back = CaseRecord.from_json(rec.to_json())
     assert back == rec

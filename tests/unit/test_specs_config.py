@@ -31,12 +31,13 @@ def model_dir(tmp_path: Path) -> Path:
     ("text", "label", "scheme", "options"),
     [
         ("{d}", "tiny-ref", None, {}),
-        ("bnb-nf4:{d}", "bnb-nf4-tiny-ref", "bnb-nf4", {}),
-        ("bnb-int8:{d}", "bnb-int8-tiny-ref", "bnb-int8", {}),
-        ("torchao-int4:{d}", "torchao-int4-tiny-ref", "torchao-int4", {}),
+        ("bnb-nf4:{d}", "bnb-nf4", "bnb-nf4", {}),
+        ("bnb-int8:{d}", "bnb-int8", "bnb-int8", {}),
+        ("torchao-int4:{d}", "torchao-int4", "torchao-int4", {}),
         ("nf4=bnb-nf4:{d}", "nf4", "bnb-nf4", {}),
         ("ref=  {d}", "ref", None, {}),
-        ("rtn2:{d}", "rtn2-tiny-ref", "rtn2", {"bits": 2, "group_size": 32}),
+        ("rtn2:{d}", "rtn2", "rtn2", {"bits": 2, "group_size": 32}),
+        ("rtn2g128:{d}", "rtn2g128", "rtn2g128", {"bits": 2, "group_size": 128}),
         ("damaged=rtn3g64:{d}", "damaged", "rtn3g64", {"bits": 3, "group_size": 64}),
     ],
 )
@@ -44,6 +45,21 @@ def test_parse_spec(model_dir: Path, text: str, label: str, scheme: str | None, 
     spec = parse_spec(text.format(d=model_dir))
     assert (spec.label, spec.scheme, spec.options) == (label, scheme, options)
     assert spec.path == str(model_dir.resolve())
+
+
+@pytest.mark.parametrize(
+    ("text", "display"),
+    [
+        ("{d}", "tiny-ref"),
+        ("rtn2g128:{d}", "rtn2g128:tiny-ref"),
+        ("nf4=bnb-nf4:{d}", "nf4 (bnb-nf4:tiny-ref)"),
+        ("ref={d}", "ref (tiny-ref)"),
+    ],
+)
+def test_automatic_labels_are_short_and_not_repeated_in_headings(
+    model_dir: Path, text: str, display: str
+) -> None:
+    assert parse_spec(text.format(d=model_dir)).display == display
 
 
 def test_relative_path_resolves_against_base(model_dir: Path) -> None:
@@ -103,7 +119,7 @@ def test_schemes_choose_backends_and_targets(tmp_path: Path) -> None:
     script = tmp_path / "ref.json"
     script.write_text("{}")
     spec = parse_spec(f"fake:{script}")
-    assert spec.kind.backend == "fake" and spec.label == "fake-ref.json"
+    assert spec.kind.backend == "fake" and spec.label == "fake"
     assert parse_spec(f"rtn3:{script.parent}", check_path=False).kind.name == "rtn"
     assert find_scheme("rtn4g64") == (SCHEMES["rtn"], {"bits": 4, "group_size": 64})
     assert find_scheme(None)[0].backend == "hf"
@@ -122,22 +138,58 @@ def test_a_registered_scheme_takes_urls_and_options(monkeypatch: pytest.MonkeyPa
         {"bits": 4, "sym": True},
     )
     assert spec.kind.backend == "myapi" and spec.display == "srv (myapi:http://localhost:8000/v1)"
-    assert parse_spec("myapi:https://h/x").label == "myapi-h-x"
+    assert parse_spec("myapi:https://h/x").label == "myapi"
     with pytest.raises(SpecError, match="'group=3' is not one of bits, sym"):
         parse_spec("myapi:http://h?group=3")
 
 
-@pytest.mark.parametrize(("value", "expected"), [("0", 0.0), ("0.02", 0.02), (1, 1.0), ("1e-2", 0.01)])
+@pytest.mark.parametrize(
+    ("value", "expected"), [("0", 0.0), ("0.02", 0.02), (0.999, 0.999), ("1e-2", 0.01), (" 0.5 ", 0.5)]
+)
 def test_parse_tolerance(value: str, expected: float) -> None:
     assert parse_tolerance(value) == expected
 
 
 @pytest.mark.parametrize(
-    ("value", "message"), [("-0.1", r"\[0, 1\]"), ("2", "a fraction"), ("x", "a number")]
+    ("value", "message"),
+    [
+        ("-0.1", r"must be a number in \[0, 1\), got -0.1$"),
+        # 1 is outside the range the gate takes: rejected here, not after all generation.
+        ("1", r"got 1 \(a fraction"),
+        (1, r"got 1 \(a fraction"),
+        ("2", "a fraction"),
+        ("x", "a number"),
+        ("nan", "a number"),
+    ],
 )
 def test_parse_tolerance_errors(value: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         parse_tolerance(value)
+
+
+@pytest.mark.parametrize("value", [0.0, 0.02, 0.5, 0.999, 1.0, 2.0, -0.01])
+def test_one_tolerance_rule_for_flags_ini_markers_and_the_gate(value: float) -> None:
+    """The option, the ini table and the slice marker accept exactly what the gate accepts."""
+    from pytest_quantgate.cases import parse_slice_marker
+    from pytest_quantgate.gate import GateSettings
+
+    try:
+        GateSettings(tolerance=value)
+        gate_ok = True
+    except ValueError:
+        gate_ok = False
+    checks = (
+        lambda: parse_tolerance(str(value)),
+        lambda: parse_slice_tolerances([f"arith = {value}"]),
+        lambda: parse_slice_marker(("arith",), {"tolerance": value}),
+    )
+    for check in checks:
+        try:
+            check()
+            ok = True
+        except ValueError:
+            ok = False
+        assert ok == gate_ok, (check, value)
 
 
 def test_parse_small_options() -> None:
@@ -190,13 +242,66 @@ def test_config_cli_wins_over_ini(model_dir: Path) -> None:
             {"quant_reference": "tiny-ref", "quant_candidate": ["a=tiny-ref", "a=rtn2:tiny-ref"]},
             "two candidates",
         ),
-        ({"quant_reference": "tiny-ref", "quant_tolerance": "5"}, r"\[0, 1\]"),
+        ({"quant_reference": "tiny-ref", "quant_tolerance": "5"}, r"^--quant-tolerance must .*\[0, 1\)"),
         ({"quant_reference": "nowhere"}, "model directory not found"),
+        (
+            {"quant_reference": "tiny-ref", "quant_candidate": ["rtn2:tiny-ref", "rtn2:tiny-ref"]},
+            "two candidates are labelled 'rtn2': name them with LABEL=SPEC",
+        ),
+        ({"quant_reference": "tiny-ref", "quant_report": "."}, "--quant-report must name a file, but .* is"),
+        (
+            {"quant_reference": "tiny-ref", "quant_report": "tiny-ref/config.json/gate.json"},
+            "--quant-report: cannot write .*: .*config.json is not a directory",
+        ),
     ],
 )
 def test_config_errors(model_dir: Path, cli: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         _config(model_dir, cli)
+
+
+@pytest.mark.parametrize(
+    ("ini", "message"),
+    [
+        # The message names where the value came from: the ini key, not a flag that was never given.
+        ({"quant_tolerance": "1"}, r"^quant_tolerance must be a number in \[0, 1\), got 1"),
+        ({"quant_alpha": "0.9"}, r"^quant_alpha must be in"),
+        ({"quant_batch_size": "x"}, r"^quant_batch_size must be an integer"),
+        ({"quant_device": "tpu"}, r"^quant_device must be"),
+        ({"quant_dtype": "int4"}, r"^quant_dtype must be"),
+        ({"quant_report": "."}, r"^quant_report must name a file"),
+        ({"quant_slice_tolerance": ["arith = 1.5"]}, r"^quant_slice_tolerance: tolerance of slice 'arith'"),
+        ({"quant_slice_tolerance": ["ALL = 0.1"]}, r"^quant_slice_tolerance: the ALL row takes"),
+    ],
+)
+def test_config_errors_name_the_ini_key(model_dir: Path, ini: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        _config(model_dir, {"quant_reference": "tiny-ref"}, ini)
+
+
+def test_candidates_from_the_ini_without_a_reference_are_an_error(model_dir: Path) -> None:
+    with pytest.raises(ConfigError, match=r"^quant_candidate given without --quant-reference"):
+        _config(model_dir, {}, {"quant_candidate": ["rtn2:tiny-ref"]})
+
+
+def test_report_path_resolves_and_may_be_created(model_dir: Path) -> None:
+    cfg = _config(model_dir, {"quant_reference": "tiny-ref", "quant_report": "out/sub/gate.json"})
+    assert cfg.report_path == (model_dir.parent / "out" / "sub" / "gate.json").resolve()
+
+
+def test_device_without_torch_support_is_a_usage_error(model_dir: Path) -> None:
+    torch = pytest.importorskip("torch")
+    # One more CUDA device than this machine has: an error on every machine.
+    device = f"cuda:{torch.cuda.device_count()}"
+    with pytest.raises(ConfigError, match=f"^--quant-device: device {device} was asked for, but torch sees"):
+        _config(model_dir, {"quant_reference": "tiny-ref", "quant_device": device})
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="torch sees no CUDA device"):
+            _config(model_dir, {"quant_reference": "tiny-ref", "quant_device": "cuda"})
+    # A model that does not go through torch does not need the device.
+    script = model_dir.parent / "ref.json"
+    script.write_text("{}")
+    assert _config(model_dir, {"quant_reference": "fake:ref.json", "quant_device": device}).device == device
 
 
 def test_disabled_without_reference(model_dir: Path) -> None:

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import re
+import shutil
 from pathlib import Path
 
 import pytest
 
 pytest.importorskip("transformers")
 
-from pytest_quantgate.backends.base import GenerationRequest
+from pytest_quantgate.backends.base import BackendError, GenerationRequest
 from pytest_quantgate.backends.hf import HFBackend
 from pytest_quantgate.cases import GenerationSettings
 from pytest_quantgate.runner import truncate_at_stop
@@ -54,3 +56,53 @@ def test_token_logprobs_prefer_the_right_answer(backend: HFBackend, example_data
     wrong = str((int(row["expected"]) + 1) % 10)
     right_lp, wrong_lp = backend.token_logprobs([(row["prompt"], row["expected"]), (row["prompt"], wrong)])
     assert len(right_lp) == 1 and right_lp[0] > wrong_lp[0]
+
+
+def test_context_is_the_smaller_of_the_model_and_tokenizer_limits(backend: HFBackend) -> None:
+    # The tiny model has 128 positions; its tokenizer says 128 too.
+    assert backend.context == 128 and backend.describe()["context"] == 128
+
+
+def test_a_prompt_beyond_the_context_is_refused_before_generating(backend: HFBackend) -> None:
+    settings = GenerationSettings(max_new_tokens=8)
+    fits, too_long = backend.check_requests(
+        [GenerationRequest("a=1 b=2 ; a?", settings), GenerationRequest("1 " * 200, settings)]
+    )
+    assert fits is None
+    assert too_long is not None
+    assert re.fullmatch(
+        r"the prompt \(\d+ tokens\) \+ max_new_tokens \(8\) = \d+ tokens"
+        r" exceeds the context of ref \(128 tokens\)",
+        too_long,
+    )
+
+
+def _broken_copy(tiny_ref: Path, tmp_path: Path, what: str) -> Path:
+    copy = tmp_path / what
+    shutil.copytree(tiny_ref, copy)
+    if what == "truncated":
+        weights = copy / "model.safetensors"
+        weights.write_bytes(weights.read_bytes()[:100_000])
+    else:
+        (copy / "tokenizer.json").unlink()
+    return copy
+
+
+@pytest.mark.parametrize(
+    ("what", "cause"),
+    [
+        ("truncated", "Error while deserializing header"),
+        # The first line alone ("... from one of:") says nothing: the whole message is kept.
+        ("no-tokenizer", "Couldn't instantiate the backend tokenizer from one of: \n(1) a `tokenizers`"),
+    ],
+)
+def test_a_broken_checkpoint_is_one_error_with_the_whole_cause(
+    tiny_ref: Path, tmp_path: Path, what: str, cause: str
+) -> None:
+    path = _broken_copy(tiny_ref, tmp_path, what)
+    with pytest.raises(BackendError) as info:
+        HFBackend.load(parse_spec(f"cand={path}"), "cpu", "auto")
+    assert str(info.value).startswith(f"cannot load cand from {path}: ")
+    assert cause in str(info.value)
+    if what == "no-tokenizer":
+        assert "(3) an equivalent slow tokenizer class" in str(info.value)
