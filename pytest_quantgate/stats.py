@@ -442,8 +442,8 @@ def regression_pvalue(
     """One-sided p-value of ``H0: Δ ≤ δ`` against ``H1: Δ > δ`` (candidate worse).
 
     Exact: at ``δ = 0`` McNemar's exact conditional test, ``P(X ≥ b | b + c,
-    ½)``; otherwise the exact unconditional tail ``P(Z ≥ Z_obs)`` at the
-    restricted estimate (DESIGN §4a). Normal: ``1 − F(Z/√deff)`` with F the
+    ½)``; otherwise the exact unconditional p-value of the score statistic,
+    level α at every n (Berger–Boos; see _unconditional_tail). Normal: ``1 − F(Z/√deff)`` with F the
     standard normal, or Student's t with ``df`` degrees of freedom.
 
     Nested (the gate's p-value): at ``δ > 0`` the larger of the exact
