@@ -51,7 +51,6 @@ __all__ = [
     "noninferiority_pvalue",
     "paired_se",
     "pass_power",
-    "pvalue_table",
     "region_probability",
     "regression_power",
     "regression_pvalue",
@@ -543,28 +542,13 @@ def improvement_pvalue(
 # every table at once: the rejection region and its probability
 
 
-@lru_cache(maxsize=64)
-def pvalue_table(n: int, delta: float, *, upper: bool = True) -> NDArray[np.float64]:
-    """The exact unconditional p-value of every table of n cases.
-
-    The same numbers as the plain (not nested) ``regression_pvalue`` (or,
-    with ``upper=False``, ``noninferiority_pvalue``) for ``δ ≠ 0``: entry
-    ``[b, c]``, NaN where ``b + c > n``. Meant for n up to a few hundred,
-    where exact size and power are summed over every table. Memoised; the
-    array is read-only.
-    """
-    bs, cs = np.meshgrid(np.arange(n + 1), np.arange(n + 1), indexing="ij")
-    valid = bs + cs <= n
-    out = np.full((n + 1, n + 1), np.nan)
-    out[valid] = _pvalues_of(n, delta, bs[valid], cs[valid], upper)
-    out.setflags(write=False)
-    return out
-
-
 def _pvalues_of(
     n: int, delta: float, b: NDArray[np.int64], c: NDArray[np.int64], upper: bool
 ) -> NDArray[np.float64]:
-    """_unconditional_tail of many tables of n cases, sharing the score grid."""
+    """_unconditional_tail of many tables of n cases at once, sharing the score grid.
+
+    For exact sums over every table (regression_region); n up to a few hundred.
+    """
     _check_delta(delta)
     if n > _GRID_MAX_N:
         raise ValueError(f"tables of n <= {_GRID_MAX_N} cases only, got {n}")
