@@ -14,7 +14,7 @@ import enum
 import hashlib
 import json
 import traceback
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import PurePath
 from typing import Any, Literal
@@ -37,6 +37,7 @@ __all__ = [
     "case_key",
     "check_tolerance",
     "classify",
+    "divergence",
     "explicit_ids",
     "merge_tolerances",
     "own_status",
@@ -199,7 +200,9 @@ def parse_quant_case(args: Sequence[Any], kwargs: Mapping[str, Any]) -> QuantCas
         values = list(argvalues)
     except TypeError:
         raise ValueError(f"quant_case argvalues must be iterable, got {argvalues!r}") from None
-    prompt = kwargs.get("prompt", "prompt")
+    prompt = kwargs.get("prompt")
+    if prompt is None:
+        prompt = _default_prompt(argnames, values)
     if isinstance(prompt, str):
         if prompt not in argnames:
             raise ValueError(
@@ -239,6 +242,39 @@ def parse_quant_case(args: Sequence[Any], kwargs: Mapping[str, Any]) -> QuantCas
         settings=GenerationSettings(max_new_tokens, tuple(stop), chat),
         critical=critical,
         cluster=cluster,
+    )
+
+
+def _default_prompt(argnames: tuple[str, ...], values: Sequence[Any]) -> str:
+    """The prompt argument when ``prompt=`` is not given.
+
+    ``prompt`` when an argument has that name; otherwise the one argument
+    that holds a :class:`~.trajectory.Trajectory`.
+
+    Raises:
+        ValueError: no such argument, or several hold trajectories.
+    """
+    if "prompt" in argnames:
+        return "prompt"
+    from .trajectory import Trajectory
+
+    holders = []
+    for i, name in enumerate(argnames):
+        for value in values:
+            row = tuple(value.values) if _is_param_set(value) else (value,) if len(argnames) == 1 else value
+            if isinstance(row, tuple) and i < len(row) and isinstance(row[i], Trajectory):
+                holders.append(name)
+                break
+    if len(holders) == 1:
+        return holders[0]
+    if holders:
+        raise ValueError(
+            f"quant_case: several arguments hold a Trajectory ({', '.join(holders)}); "
+            "name the one to run with prompt=..."
+        )
+    raise ValueError(
+        f"quant_case: the prompt argument 'prompt' is not among the argnames {', '.join(argnames)} "
+        "and none holds a Trajectory (name it with prompt=...)"
     )
 
 
@@ -445,6 +481,7 @@ class CaseSpec:
     critical: bool = False
     tolerances: dict[str, float] = field(default_factory=dict)  # set by slice markers
     params: dict[str, str] = field(default_factory=dict)  # the other arguments, shortened, for reports
+    trajectory: Any = None  # the case's Trajectory; ``prompt`` is then its first prompt
 
     @property
     def prompt_text(self) -> str:
@@ -474,6 +511,7 @@ def build_case(
     params: Mapping[str, Any],
     index: int | None,
     slice_markers: Iterable[tuple[Sequence[Any], Mapping[str, Any]]],
+    cluster_mark: Any = None,
 ) -> CaseSpec:
     """The case of one collected item.
 
@@ -484,19 +522,31 @@ def build_case(
         params: every parameter of the item (``callspec.params``).
         index: the item's position in ``marker.argvalues``.
         slice_markers: ``(args, kwargs)`` of the ``slice`` markers, closest first.
+        cluster_mark: the item's ``quant_cluster`` marker value, the cluster
+            when the marker has no ``cluster=`` (set by :func:`~.loaders.load_cases`).
 
     Raises:
         CaseBuildError: the prompt or cluster cannot be built, or a parameter
             has no stable identity.
     """
+    from .trajectory import Trajectory, TrajectoryDriver
+
     own = {n: params[n] for n in marker.argnames}
+    trajectory = None
     try:
         raw_prompt = params[marker.prompt] if isinstance(marker.prompt, str) else marker.prompt(**own)
-        prompt = normalize_prompt(raw_prompt)
+        if isinstance(raw_prompt, Trajectory):
+            trajectory = raw_prompt
+            first = TrajectoryDriver(trajectory).start()
+            prompt = "" if first is None else first
+        else:
+            prompt = normalize_prompt(raw_prompt)
         cluster = None
         if marker.cluster is not None:
             value = params[marker.cluster] if isinstance(marker.cluster, str) else marker.cluster(**own)
             cluster = None if value is None else str(value)
+        elif cluster_mark is not None:
+            cluster = str(cluster_mark)
         explicit = (
             marker.explicit_ids[index] if index is not None and index < len(marker.explicit_ids) else None
         )
@@ -522,6 +572,7 @@ def build_case(
         critical=marker.critical,
         tolerances=merge_tolerances(*tolerances),
         params={n: _shown(v) for n, v in own.items() if n != marker.prompt},
+        trajectory=trajectory,
     )
 
 
@@ -531,14 +582,31 @@ def _describe(exc: BaseException) -> str:
 
 @dataclass(frozen=True)
 class Turn:
-    """One round of a case: the prompt sent and the reply received."""
+    """One step of a case: the prompt sent and the reply received.
+
+    Attributes:
+        prompt: What the case asked (text, or chat messages).
+        reply: The model's reply, cut at the first stop string.
+        rendered: The exact text the model was fed (chat template applied),
+            when the backend says; recorded where it differs from ``prompt``.
+    """
 
     prompt: Prompt
     reply: str
+    rendered: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         messages = prompt_messages(self.prompt)
-        return {"prompt": self.prompt if messages is None else messages, "reply": self.reply}
+        out: dict[str, Any] = {"prompt": self.prompt if messages is None else messages, "reply": self.reply}
+        if self.rendered is not None and self.rendered != self.prompt:
+            out["rendered"] = self.rendered
+        return out
+
+    def __iter__(self) -> Iterator[Any]:
+        """``prompt, reply = turn``."""
+        return iter(
+            (self.prompt if isinstance(self.prompt, str) else prompt_messages(self.prompt), self.reply)
+        )
 
 
 @dataclass(frozen=True)
@@ -549,14 +617,18 @@ class ModelOutcome:
     output: str = ""
     message: str | None = None
     transcript: tuple[dict[str, Any], ...] = ()
+    final_state: Any = None  # a trajectory's state after its last step
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "outcome": self.outcome,
             "output": self.output,
             "message": self.message,
             "transcript": list(self.transcript),
         }
+        if self.final_state is not None:
+            out["final_state"] = self.final_state
+        return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ModelOutcome:
@@ -565,7 +637,37 @@ class ModelOutcome:
             output=data.get("output", ""),
             message=data.get("message"),
             transcript=tuple(data.get("transcript") or ()),
+            final_state=data.get("final_state"),
         )
+
+
+def divergence(
+    reference: Sequence[Mapping[str, Any]], candidate: Sequence[Mapping[str, Any]]
+) -> dict[str, Any] | None:
+    """Where two transcripts of one case part: the first step whose replies differ.
+
+    Returns None when they are the same. Otherwise ``step`` (1-based), both
+    replies there (None for a model whose run had already ended), and
+    ``same_input``: whether both were fed byte-identical text at that step —
+    always true for a deterministic trajectory, since every earlier reply
+    was the same.
+    """
+    for i in range(max(len(reference), len(candidate))):
+        ref = reference[i] if i < len(reference) else None
+        cand = candidate[i] if i < len(candidate) else None
+        if ref is not None and cand is not None and ref.get("reply") == cand.get("reply"):
+            continue
+
+        def fed(turn: Mapping[str, Any] | None) -> Any:
+            return None if turn is None else turn.get("rendered", turn.get("prompt"))
+
+        return {
+            "step": i + 1,
+            "reference": None if ref is None else ref.get("reply"),
+            "candidate": None if cand is None else cand.get("reply"),
+            "same_input": ref is not None and cand is not None and fed(ref) == fed(cand),
+        }
+    return None
 
 
 def classify(reference: Outcome, candidate: Outcome) -> Status:
@@ -641,6 +743,13 @@ class CaseRecord:
     params: dict[str, str] = field(default_factory=dict)  # the other arguments, as reprs
     #: Candidates that could not be loaded -> why; they have no outcome.
     unavailable: dict[str, str] = field(default_factory=dict)
+    trajectory: bool = False  # a multi-step case
+
+    def divergence(self, candidate: str) -> dict[str, Any] | None:
+        """Where a trajectory's run on ``candidate`` parted from the reference's (:func:`divergence`)."""
+        if not self.trajectory or candidate not in self.outcomes:
+            return None
+        return divergence(self.outcomes[self.reference].transcript, self.outcomes[candidate].transcript)
 
     @property
     def candidates(self) -> list[str]:
@@ -708,6 +817,11 @@ class CaseRecord:
             "unavailable": dict(self.unavailable),
             "tolerances": dict(self.tolerances),
             "status": {label: status.value for label, status in self.statuses.items()},
+            **(
+                {"trajectory": True, "divergence": {c: self.divergence(c) for c in self.candidates}}
+                if self.trajectory
+                else {}
+            ),
         }
 
     @classmethod
@@ -724,6 +838,7 @@ class CaseRecord:
             prompt=data.get("prompt", ""),
             params=dict(data.get("params") or {}),
             unavailable=dict(data.get("unavailable") or {}),
+            trajectory=bool(data.get("trajectory")),
         )
 
     def to_json(self) -> str:

@@ -116,8 +116,8 @@ class _Progress:
 #: The group of cases generated together when nothing divides them.
 DEFAULT_GROUP = "session"
 
-#: A check of one model's output: ``check(output) -> (outcome, message)``.
-Check = Callable[[str], tuple[Outcome, "str | None"]]
+#: A check of one model's run of a case: ``check(run) -> (outcome, message)``.
+Check = Callable[[CaseRun], tuple[Outcome, "str | None"]]
 
 
 class Executor:
@@ -243,11 +243,15 @@ class Executor:
                 unavailable[label] = self.pool.failures[label]
                 continue
             transcript = tuple(t.to_dict() for t in run.turns)
+            result: Outcome
+            message: str | None
             if run.error is not None:
-                outcomes[label] = ModelOutcome("error", run.output, run.error, transcript)
-                continue
-            result, message = check(run.output)
-            outcomes[label] = ModelOutcome(result, run.output, message, transcript)
+                result, message = "error", run.error
+            elif run.failure is not None:  # a step the trajectory rejected: the body is not asked
+                result, message = "fail", run.failure
+            else:
+                result, message = check(run)
+            outcomes[label] = ModelOutcome(result, run.output, message, transcript, run.state)
         return CaseRecord(
             key=case.key,
             nodeid=case.nodeid,
@@ -260,6 +264,7 @@ class Executor:
             prompt=case.prompt_text,
             params=case.params,
             unavailable=unavailable,
+            trajectory=case.trajectory is not None,
         )
 
     def close(self) -> None:

@@ -27,6 +27,7 @@ from .cases import (
     CaseSpec,
     Outcome,
     QuantCaseMarker,
+    Turn,
     build_case,
     parse_quant_case,
     parse_slice_marker,
@@ -37,6 +38,7 @@ from .executor import Check, Executor, ReferenceUnavailable
 from .report import json_report, terminal
 from .report.model import GateReport, GateTest, parse_gate_test_id
 from .rerun import Rerun, split_gate_args
+from .runner import CaseRun
 from .specs import SCHEMES, ModelSpec
 
 case_plugin_key = pytest.StashKey["CasePlugin"]()
@@ -60,6 +62,8 @@ _MARKERS = (
     "chat_template=None, critical=False, cluster=None): parametrize a test over domain cases run "
     "on the reference and candidate models; the body checks `output`.",
     "slice(*names, tolerance=None): tag quant cases with slices the gate reports on.",
+    "quant_cluster(name): the cluster of a quant case when quant_case has no cluster= "
+    "(load_cases sets it from a data file's cluster column).",
 )
 
 _OPTIONS = (
@@ -201,9 +205,10 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         # Outside the except block: a failure raised inside it would be
         # printed after the ValueError's own traceback ("During handling ...").
         pytest.fail(f"{where}: {problem}", pytrace=False)
-    if "output" not in metafunc.fixturenames:
+    if not any(name in metafunc.fixturenames for name in _RUN_ARGS):
         pytest.fail(
-            f"{where}: a quant_case test must take the argument `output` (the model output it checks)",
+            f"{where}: a quant_case test must take the argument `output` (the model output it checks), "
+            "or, for a Trajectory, `final_state` or `transcript`",
             pytrace=False,
         )
     metafunc.config.stash[_markers_key][where] = parsed
@@ -214,12 +219,34 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 # -- fixtures ----------------------------------------------------------------
 
 
+#: The arguments that carry one model's run of a case into the test body.
+_RUN_ARGS = ("output", "final_state", "transcript")
+
+
+def _run_placeholder(request: pytest.FixtureRequest, name: str) -> None:
+    if _case_key not in request.node.stash and _case_error_key not in request.node.stash:
+        pytest.fail(f"the `{name}` fixture is only given to @quant_case tests", pytrace=False)
+
+
 @pytest.fixture
 def output(request: pytest.FixtureRequest) -> str:
-    """The model output a quant_case test checks (set per model by the plugin)."""
-    if _case_key not in request.node.stash:
-        pytest.fail("the `output` fixture is only given to @quant_case tests", pytrace=False)
+    """The model output a quant_case test checks: the (last) reply, set per model by the plugin."""
+    _run_placeholder(request, "output")
     return ""
+
+
+@pytest.fixture
+def final_state(request: pytest.FixtureRequest) -> Any:
+    """A Trajectory case's state after its last step, set per model by the plugin."""
+    _run_placeholder(request, "final_state")
+    return None
+
+
+@pytest.fixture
+def transcript(request: pytest.FixtureRequest) -> list[Turn]:
+    """A case's turns (prompt, reply; ``turn.rendered`` is what the model was fed), per model."""
+    _run_placeholder(request, "transcript")
+    return []
 
 
 @pytest.fixture(scope="session")
@@ -318,6 +345,7 @@ class CasePlugin:
                 params=item.callspec.params,
                 index=item.callspec.indices.get(marker.argnames[0]),
                 slice_markers=[(m.args, m.kwargs) for m in item.iter_markers("slice")],
+                cluster_mark=_cluster_mark(item),
             )
         except CaseBuildError as exc:
             item.stash[_case_error_key] = str(exc)
@@ -396,12 +424,25 @@ def _slices_of(item: pytest.Item) -> list[str]:
     return [str(name) for m in item.iter_markers("slice") for name in m.args]
 
 
-def _body_check(item: pytest.Function) -> Check:
-    """The test body as a check of one model's output."""
-    kwargs = {name: item.funcargs[name] for name in _test_argnames(item)}
+def _cluster_mark(item: pytest.Item) -> Any:
+    marker = item.get_closest_marker("quant_cluster")
+    if marker is None:
+        return None
+    if len(marker.args) != 1 or marker.kwargs:
+        raise CaseBuildError(f"{item.nodeid}: quant_cluster takes one argument, the cluster's name")
+    return marker.args[0]
 
-    def check(output: str) -> tuple[Outcome, str | None]:
-        return run_check(item.obj, {**kwargs, "output": output}, **_CHECK_EXCEPTIONS)
+
+def _body_check(item: pytest.Function) -> Check:
+    """The test body as a check of one model's run of the case."""
+    names = _test_argnames(item)
+    kwargs = {name: item.funcargs[name] for name in names}
+
+    def check(run: CaseRun) -> tuple[Outcome, str | None]:
+        given = {"output": run.output, "final_state": run.state, "transcript": list(run.turns)}
+        return run_check(
+            item.obj, {**kwargs, **{k: v for k, v in given.items() if k in names}}, **_CHECK_EXCEPTIONS
+        )
 
     return check
 

@@ -13,19 +13,25 @@ from __future__ import annotations
 import traceback
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
-from .backends.base import Backend, GenerationRequest, refusals
+from .backends.base import Backend, GenerationRequest, refusals, rendered_text
 from .cases import CaseSpec, GenerationSettings, Prompt, Turn
+from .trajectory import StepFailed, TrajectoryDriver
 
-__all__ = ["CaseRun", "Driver", "SinglePrompt", "run_cases", "truncate_at_stop"]
+__all__ = ["CaseRun", "Driver", "SinglePrompt", "driver_of", "run_cases", "truncate_at_stop"]
 
 
 class Driver(Protocol):
-    """Produces a case's prompts, round after round."""
+    """Produces a case's prompts, round after round.
 
-    def start(self) -> Prompt:
-        """The first prompt."""
+    A driver that raises :class:`~.trajectory.StepFailed` from ``step`` says
+    the model failed the case there; any other exception is an error of the
+    case. A driver may keep a ``state`` attribute: the case's final state.
+    """
+
+    def start(self) -> Prompt | None:
+        """The first prompt (None: nothing to generate)."""
         ...
 
     def step(self, reply: str) -> Prompt | None:
@@ -39,20 +45,37 @@ class SinglePrompt:
 
     prompt: Prompt
 
-    def start(self) -> Prompt:
+    def start(self) -> Prompt | None:
         return self.prompt
 
     def step(self, reply: str) -> Prompt | None:
         return None
 
 
+def driver_of(case: CaseSpec) -> Driver:
+    """A fresh driver of a case: its trajectory's, or a single prompt's."""
+    if case.trajectory is not None:
+        return TrajectoryDriver(case.trajectory)
+    return SinglePrompt(case.prompt)
+
+
 @dataclass
 class CaseRun:
-    """The transcript of one case on one model."""
+    """The transcript of one case on one model.
+
+    Attributes:
+        turns: Prompt and reply of every step, in order.
+        error: Why the case could not be run (an error of the case).
+        failure: Why the model failed the case before its end (a step
+            its trajectory rejected); the test body is not asked then.
+        state: A trajectory's state after its last step (None otherwise).
+    """
 
     key: str
     turns: list[Turn] = field(default_factory=list)
     error: str | None = None
+    failure: str | None = None
+    state: Any = None
 
     @property
     def output(self) -> str:
@@ -107,7 +130,7 @@ def run_cases(
     case's error instead of the whole batch's. Only exceptions are caught:
     a ``KeyboardInterrupt`` stops the run at once.
     """
-    make = make_driver or (lambda case: SinglePrompt(case.prompt))
+    make = make_driver or driver_of
     specs = {c.key: c for c in cases}
     runs = {c.key: CaseRun(c.key) for c in cases}
     drivers: dict[str, Driver] = {}
@@ -118,6 +141,7 @@ def run_cases(
     def finish(key: str) -> None:
         nonlocal done
         pending.pop(key, None)
+        runs[key].state = getattr(drivers.get(key), "state", None)
         done += 1
         if on_progress is not None:
             on_progress(done, total)
@@ -125,10 +149,15 @@ def run_cases(
     for key, case in specs.items():
         try:
             drivers[key] = make(case)
-            pending[key] = (drivers[key].start(), case.settings)
+            first = drivers[key].start()
         except Exception as exc:
             runs[key].error = _describe(exc)
+            first = None
+        if first is None:
+            runs[key].state = getattr(drivers.get(key), "state", None)
             done += 1
+        else:
+            pending[key] = (first, case.settings)
     if on_progress is not None:
         on_progress(done, total)
 
@@ -161,9 +190,12 @@ def run_cases(
                     finish(key)
                     continue
                 text = truncate_at_stop(reply, req.settings.stop)
-                runs[key].turns.append(Turn(req.prompt, text))
+                runs[key].turns.append(Turn(req.prompt, text, rendered_text(backend, req)))
                 try:
                     nxt = drivers[key].step(text)
+                except StepFailed as exc:
+                    runs[key].failure = str(exc)
+                    nxt = None
                 except Exception as exc:
                     runs[key].error = _describe(exc)
                     nxt = None

@@ -26,6 +26,7 @@ __all__ = [
     "load_backend",
     "refusals",
     "register_backend",
+    "rendered_text",
 ]
 
 
@@ -81,6 +82,23 @@ def refusals(backend: Backend, requests: Sequence[GenerationRequest]) -> list[st
             f"{backend.label}: check_requests returned {len(problems)} answers for {len(requests)}"
         )
     return problems
+
+
+def rendered_text(backend: Backend, request: GenerationRequest) -> str | None:
+    """The exact text the model is fed for a request (chat template applied), or None.
+
+    Recorded with every turn, so that a report shows that the reference and
+    a candidate saw byte-identical inputs up to where their replies parted.
+    A backend opts in with a ``render_text(request)`` method; one without it,
+    or one that cannot render the request, gives None.
+    """
+    render = getattr(backend, "render_text", None)
+    if render is None:
+        return None
+    try:
+        return str(render(request))
+    except Exception:
+        return None
 
 
 #: A loader: ``factory(spec, device, dtype)`` returns a loaded :class:`Backend`.

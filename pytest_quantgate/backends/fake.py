@@ -99,6 +99,10 @@ class FakeBackend:
         messages = prompt_messages(prompt)
         return prompt if isinstance(prompt, str) else json.dumps(messages, sort_keys=True)
 
+    def render_text(self, request: GenerationRequest) -> str:
+        """The script key of the request's prompt: what the fake model "sees"."""
+        return self.prompt_text(request.prompt)
+
     def check_requests(self, requests: Sequence[GenerationRequest]) -> list[str | None]:
         """Refuse a prompt whose characters plus ``max_new_tokens`` exceed ``context``."""
         out: list[str | None] = []

@@ -213,6 +213,10 @@ class HFBackend:
             )
         return str(prompt), False
 
+    def render_text(self, request: GenerationRequest) -> str:
+        """The text the model is fed for ``request`` (see :meth:`render`)."""
+        return self.render(request.prompt, request.settings)[0]
+
     def check_requests(self, requests: Sequence[GenerationRequest]) -> list[str | None]:
         """Refuse a request whose prompt tokens + ``max_new_tokens`` exceed the context.
 

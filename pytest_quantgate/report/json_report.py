@@ -14,6 +14,12 @@ Top level::
                      "slices": [SliceResult.to_dict(), ... the ALL row last]}],
      "cases": [CaseRecord.to_dict(), ...]}   # prompt, arguments, outcomes and outputs per model
 
+Each case's ``outcomes[label]`` holds the model's ``transcript`` (a turn per
+step: ``prompt``, ``reply`` and, where it differs from the prompt, ``rendered``:
+the exact text the model was fed); a Trajectory case adds ``final_state`` per
+model, ``"trajectory": true``, and ``divergence[candidate]``: the first step
+whose replies differ (``step``, both replies, ``same_input``), or null.
+
 Written with the user's umask, like any file the user makes.
 """
 

@@ -290,6 +290,9 @@ def case_lines(record: CaseRecord, width: int = DEFAULT_WIDTH) -> Iterator[str]:
         if outcome.message:
             for i, line in enumerate(outcome.message.splitlines()[:6]):
                 yield f"      {'' if i else '→ '}{line}"
+        parted = _parted(record, label) if label != record.reference else None
+        if parted:
+            yield f"      parted from the reference at {parted}"
 
 
 def _case_block(rec: CaseRecord, labels: Sequence[str], width: int) -> Iterator[Line]:
@@ -299,11 +302,33 @@ def _case_block(rec: CaseRecord, labels: Sequence[str], width: int) -> Iterator[
     fields = [("prompt", rec.prompt)] if rec.prompt else []
     fields += [(name, value) for name, value in rec.params.items()]
     fields += [(label, repr(rec.outcomes[label].output)) for label in labels if label in rec.outcomes]
+    parted = _parted(rec, labels[-1])
+    if parted:
+        fields.append(("parted", parted))
     key_width = min(max(len(k) for k, _ in fields), 16)
     room = width - 6 - key_width - 2
     for key, value in fields:
         shown = repr(value) if key == "prompt" else value
         yield [(f"      {_cut(key, key_width).ljust(key_width)}  {_cut(shown, max(room, 12))}", {})]
+
+
+def _parted(rec: CaseRecord, candidate: str) -> str | None:
+    """Where a trajectory's replies parted: ``step 3 of 6: ref 'a' | cand 'b'``."""
+    d = rec.divergence(candidate)
+    if d is None:
+        return None
+    steps = len(rec.outcomes[rec.reference].transcript)
+
+    def said(reply: str | None) -> str:
+        return "(had stopped)" if reply is None else repr(reply)
+
+    where = f"step {d['step']} of {steps}" if steps else f"step {d['step']}"
+    text = f"{where}: {rec.reference} {said(d['reference'])} | {candidate} {said(d['candidate'])}"
+    return (
+        text
+        if d["same_input"] or d["reference"] is None or d["candidate"] is None
+        else (text + " (the inputs differed there)")
+    )
 
 
 def gate_test_lines(report: GateReport, test: GateTest) -> Iterator[str]:

@@ -77,7 +77,7 @@ def test_a_reference_that_cannot_load_stops_before_any_candidate(config: GateCon
     executor.plan(case)
     for _ in range(2):  # and it is tried once
         with pytest.raises(ReferenceUnavailable, match="truncated weights\nsecond line"):
-            executor.record(case, lambda output: ("pass", None))
+            executor.record(case, lambda run: ("pass", None))
     assert loaded == ["ref"]
 
 
@@ -111,7 +111,7 @@ def test_record_checks_every_model_and_marks_load_errors(config: GateConfig) -> 
         key="k3", nodeid="t.py::test[3]", prompt="3+1=", settings=GenerationSettings(), critical=True
     )
     executor.plan(case)
-    record = executor.record(case, lambda output: ("pass", None) if output == "4" else ("fail", "wrong"))
+    record = executor.record(case, lambda run: ("pass", None) if run.output == "4" else ("fail", "wrong"))
     assert record.outcomes["ref"].outcome == "pass"
     assert record.outcomes["bad"].outcome == "fail" and record.outcomes["bad"].output == "x"
     # The candidate that did not load is not an error of the case: it has no outcome.

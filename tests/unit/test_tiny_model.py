@@ -106,3 +106,50 @@ def test_a_broken_checkpoint_is_one_error_with_the_whole_cause(
     assert cause in str(info.value)
     if what == "no-tokenizer":
         assert "(3) an equivalent slow tokenizer class" in str(info.value)
+
+
+def test_chat_trajectories_are_rendered_with_the_template_identically_for_both_models(
+    tiny_ref: Path, tmp_path: Path
+) -> None:
+    """A tokenizer with a chat template: every step is fed through ``apply_chat_template``
+    with the generation prompt, and the record holds the exact text each model saw."""
+    from pytest_quantgate.cases import CaseSpec
+    from pytest_quantgate.runner import run_cases
+    from pytest_quantgate.trajectory import Trajectory
+
+    chat = tmp_path / "chat"
+    shutil.copytree(tiny_ref, chat)
+    config_path = chat / "tokenizer_config.json"
+    config = json.loads(config_path.read_text())
+    config["chat_template"] = (
+        "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}"
+        "{% if add_generation_prompt %}<assistant>{% endif %}"
+    )
+    config_path.write_text(json.dumps(config))
+
+    class Chat(Trajectory):
+        max_steps = 2
+
+        def initial_state(self) -> dict:
+            return {"messages": [{"role": "user", "content": "k=7 ; k?"}]}
+
+        def render(self, state: dict) -> list:
+            return state["messages"]
+
+        def apply(self, state: dict, reply: str) -> dict:
+            more = [{"role": "assistant", "content": reply}, {"role": "user", "content": "again?"}]
+            return {"messages": state["messages"] + more}
+
+    case = CaseSpec("c", "t.py::c", "", GenerationSettings(max_new_tokens=3), trajectory=Chat())
+    rendered = {}
+    for label, spec in (("ref", f"ref={chat}"), ("q", f"q=rtn4g32:{chat}")):
+        backend = HFBackend.load(parse_spec(spec), "cpu", "auto")
+        (run,) = run_cases(backend, [case]).values()
+        assert run.error is None and len(run.turns) == 2
+        rendered[label] = [t.rendered for t in run.turns]
+    first = rendered["ref"][0]
+    assert first == "<user>k=7 ; k?\n<assistant>"
+    assert rendered["ref"][1] is not None and rendered["ref"][1].startswith(first)
+    assert rendered["ref"][1].endswith("<user>again?\n<assistant>")
+    # Until the replies part, both models are fed byte-identical text.
+    assert rendered["q"][0] == first
