@@ -29,8 +29,10 @@ def _python_blocks() -> list[tuple[str, str]]:
 
 
 def _kind(text: str) -> str:
-    """What a python block is: a conftest (first line ``# conftest.py``) or a test suite."""
-    return "conftest" if text.startswith("# conftest.py") else "suite"
+    """What a python block is: a conftest, the multi-step suite (by their first line), or a suite."""
+    if text.startswith("# conftest.py"):
+        return "conftest"
+    return "multistep" if text.startswith("# test_multistep.py") else "suite"
 
 
 def _args(command: str) -> list[str]:
@@ -44,7 +46,7 @@ def _args(command: str) -> list[str]:
 def test_every_python_snippet_is_run_here() -> None:
     """A new ```python block needs a runner below: none may go unchecked."""
     kinds = [_kind(text) for text, _ in _python_blocks()]
-    assert kinds == ["suite", "conftest"]
+    assert kinds == ["suite", "multistep", "conftest"]
 
 
 def test_suite_snippet_runs_on_the_tiny_model(pytester: pytest.Pytester, tiny_ref: Path) -> None:
@@ -67,6 +69,34 @@ def test_suite_snippet_runs_on_the_tiny_model(pytester: pytest.Pytester, tiny_re
     assert len(report["cases"]) == 4
     assert {c["outcomes"][c["reference"]]["outcome"] for c in report["cases"]} == {"pass"}
     assert [c["label"] for c in report["candidates"]] == ["rtn2g128", "nf4"]
+
+
+def test_multistep_snippet_runs_on_the_tiny_model(
+    pytester: pytest.Pytester, tiny_ref: Path, example_data: Path
+) -> None:
+    pytest.importorskip("transformers")
+    pytest.importorskip("datasets")
+    pytest.importorskip("bitsandbytes")
+    ((suite, command),) = [(t, c) for t, c in _python_blocks() if _kind(t) == "multistep"]
+    args = _args(command)
+    (pytester.path / "models").mkdir()
+    (pytester.path / "models" / "tiny-ref").symlink_to(tiny_ref, target_is_directory=True)
+    (pytester.path / "example_suites" / "tiny").mkdir(parents=True)
+    (pytester.path / "example_suites" / "tiny" / "data").symlink_to(example_data, target_is_directory=True)
+    pytester.makepyfile(**{args[0].removesuffix(".py"): suite})
+    report = pytester.path / "gate.json"
+    result = pytester.runpytest(*args, f"--quant-report={report}")
+    out = result.stdout.str()
+    assert result.ret == 0, out
+    data = json.loads(report.read_text())
+    tallies = [c for c in data["cases"] if c.get("trajectory")]
+    assert len(tallies) == 3
+    # The shipped model carries the running totals: every step passes on the reference.
+    assert {c["outcomes"]["tiny-ref"]["outcome"] for c in tallies} == {"pass"}
+    assert [c["outcomes"]["tiny-ref"]["final_state"]["total"] for c in tallies] == [14, 35, 30]
+    assert [len(c["outcomes"]["tiny-ref"]["transcript"]) for c in tallies] == [3, 4, 5]
+    rows = [c for c in data["cases"] if not c.get("trajectory")]
+    assert len(rows) == 60 and {tuple(c["slices"]) for c in rows} == {("arith",)}
 
 
 def test_bring_your_own_backend_snippet(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
