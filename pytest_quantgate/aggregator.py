@@ -41,8 +41,11 @@ class Aggregator:
         self.skipped += 1
 
     def add_model_facts(self, facts: Mapping[str, dict[str, Any]]) -> None:
-        """Facts of loaded models (from this process or a worker); later ones win."""
-        self.model_facts.update(facts)
+        """Facts of loaded models (from this process or a worker); later ones win, but
+        ``loads`` add up: the report counts every load of a model, in every process."""
+        for label, f in facts.items():
+            earlier = self.model_facts.get(label, {}).get("loads", 0)
+            self.model_facts[label] = {**f, "loads": earlier + int(f.get("loads", 0))}
 
     def add_load_failures(self, failures: Mapping[str, str]) -> None:
         """Models a process could not load -> why."""

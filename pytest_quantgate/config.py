@@ -18,6 +18,8 @@ from .cases import ALL, check_tolerance
 from .specs import ModelSpec, SpecError, parse_spec
 
 __all__ = [
+    "AUTO_BATCH_CPU",
+    "AUTO_BATCH_GPU",
     "DTYPES",
     "ConfigError",
     "GateConfig",
@@ -32,6 +34,10 @@ __all__ = [
 ]
 
 DTYPES = ("auto", "float32", "float16", "bfloat16")
+#: The first batch size of ``--quant-batch-size=auto`` on a GPU (halved while out of memory).
+AUTO_BATCH_GPU = 64
+#: ``--quant-batch-size=auto`` on the CPU.
+AUTO_BATCH_CPU = 16
 _DEVICE = re.compile(r"^(auto|cpu|cuda|cuda:\d+|mps)$")
 
 
@@ -105,14 +111,20 @@ def parse_dtype(value: str, name: str = "--quant-dtype") -> str:
     return dtype
 
 
-def parse_batch_size(value: str | int, name: str = "--quant-batch-size") -> int:
-    """A positive number of prompts per generation batch."""
+def parse_batch_size(value: str | int | None, name: str = "--quant-batch-size") -> int | None:
+    """A positive number of prompts per generation batch, or ``auto`` (None).
+
+    ``auto`` starts at :data:`AUTO_BATCH_GPU` on a GPU and
+    :data:`AUTO_BATCH_CPU` on the CPU; out of memory, a batch is halved.
+    """
+    if value is None or (isinstance(value, str) and value.strip().lower() == "auto"):
+        return None
     try:
         size = int(value)
     except (TypeError, ValueError):
-        raise ConfigError(f"{name} must be an integer, got {value!r}") from None
+        raise ConfigError(f"{name} must be an integer or auto, got {value!r}") from None
     if size < 1:
-        raise ConfigError(f"{name} must be at least 1, got {value}")
+        raise ConfigError(f"{name} must be at least 1 (or auto), got {value}")
     return size
 
 
@@ -164,8 +176,15 @@ class GateConfig:
     alpha: float = 0.05
     strict: bool = False
     report_path: Path | None = None
-    batch_size: int = 16
+    batch_size: int | None = None  # None: auto (see parse_batch_size)
     slice_tolerances: dict[str, float] = field(default_factory=dict)
+    keep_loaded: bool = False  # every model resident for the whole session
+
+    def first_batch_size(self, device: str) -> int:
+        """The batch size to start with on ``device`` (the one given, or auto's)."""
+        if self.batch_size is not None:
+            return self.batch_size
+        return AUTO_BATCH_CPU if device.split(":")[0] == "cpu" else AUTO_BATCH_GPU
 
     @property
     def enabled(self) -> bool:
@@ -204,8 +223,9 @@ class GateConfig:
             "alpha": self.alpha,
             "strict": self.strict,
             "report_path": str(self.report_path) if self.report_path else None,
-            "batch_size": self.batch_size,
+            "batch_size": "auto" if self.batch_size is None else self.batch_size,
             "slice_tolerances": dict(self.slice_tolerances),
+            "keep_loaded": self.keep_loaded,
         }
 
     @classmethod
@@ -259,7 +279,9 @@ class GateConfig:
 
         report, report_dir, report_src = pick("quant_report")
         strict_opt = option("quant_strict")
-        strict = bool(strict_opt) if strict_opt else _ini_bool(ini("quant_strict"))
+        strict = bool(strict_opt) if strict_opt else _ini_bool(ini("quant_strict"), "quant_strict")
+        keep_opt = option("quant_keep_loaded")
+        keep_loaded = bool(keep_opt) if keep_opt else _ini_bool(ini("quant_keep_loaded"), "quant_keep_loaded")
         device = parsed("quant_device", parse_device, "auto")
         models = (reference, *candidates) if reference is not None else ()
         if any(m.kind.backend == "hf" for m in models):
@@ -275,12 +297,13 @@ class GateConfig:
             alpha=parsed("quant_alpha", parse_alpha, 0.05),
             strict=strict,
             report_path=parse_report_path(report, report_dir, report_src) if report else None,
-            batch_size=parsed("quant_batch_size", parse_batch_size, 16),
+            batch_size=parsed("quant_batch_size", parse_batch_size, "auto"),
             slice_tolerances=parse_slice_tolerances(ini("quant_slice_tolerance") or []),
+            keep_loaded=keep_loaded,
         )
 
 
-def _ini_bool(value: Any) -> bool:
+def _ini_bool(value: Any, name: str) -> bool:
     if isinstance(value, bool):
         return value
     text = str(value or "").strip().lower()
@@ -288,4 +311,4 @@ def _ini_bool(value: Any) -> bool:
         return False
     if text in ("1", "true", "yes", "on"):
         return True
-    raise ConfigError(f"quant_strict must be true or false, got {value!r}")
+    raise ConfigError(f"{name} must be true or false, got {value!r}")

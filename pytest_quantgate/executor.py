@@ -11,6 +11,7 @@ The controller's side — records to gate to report — is
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -19,9 +20,9 @@ from typing import Any
 from .backends.base import Backend, BackendError, load_backend
 from .cases import CaseRecord, CaseSpec, ModelOutcome, Outcome, resolve_skips
 from .config import GateConfig
-from .runner import CaseRun, run_cases
+from .runner import BatchSize, CaseRun, run_cases
 
-__all__ = ["DEFAULT_GROUP", "Executor", "ModelPool", "ReferenceUnavailable"]
+__all__ = ["DEFAULT_GROUP", "Executor", "ModelPool", "Progress", "ReferenceUnavailable"]
 
 Emit = Callable[[str], None]
 
@@ -49,6 +50,8 @@ class ModelPool:
         self._errors: dict[str, BackendError] = {}
         self.facts: dict[str, dict[str, Any]] = {}
         self.failures: dict[str, str] = {}
+        self.loads: dict[str, int] = {}
+        self.pinned: set[str] = set()
 
     @property
     def specs(self) -> dict[str, Any]:
@@ -73,7 +76,8 @@ class ModelPool:
             self._fail(label, err)
             raise err from exc
         self._models[label] = model
-        self.facts[label] = model.describe()
+        self.loads[label] = self.loads.get(label, 0) + 1
+        self.facts[label] = {**model.describe(), "loads": self.loads[label]}
         f = self.facts[label]
         self._emit(
             f"quantgate: loaded {label} on {f.get('device')} ({f.get('dtype')}) "
@@ -86,31 +90,95 @@ class ModelPool:
         self.failures[label] = str(exc).strip() or type(exc).__name__
         self._emit(f"quantgate: could not load {label}: {self.failures[label]}")
 
+    def pin(self, label: str) -> None:
+        """Keep a model loaded once it is, for the rest of the session (a fixture hands it out)."""
+        self.pinned.add(label)
+
+    def is_loaded(self, label: str) -> bool:
+        return label in self._models
+
+    def release(self, label: str) -> None:
+        """Free a loaded model unless it is pinned; the next :meth:`get` loads it again."""
+        if label in self.pinned:
+            return
+        model = self._models.pop(label, None)
+        if model is not None:
+            model.close()
+
     def close(self) -> None:
         for model in self._models.values():
             model.close()
         self._models.clear()
 
 
-class _Progress:
-    """Progress lines for long generation: at most one every few seconds."""
+class Progress:
+    """Progress of one model's generation: a line every few seconds, and one at the end.
 
-    def __init__(self, emit: Emit, label: str, total: int, every: float = 5.0):
+    Lines, never carriage returns (they must read well in a CI log)::
+
+        quantgate: ref: generating 120/340 cases (step 3), 41s, 212 tok/s, ~75s left
+        quantgate: ref: 340 cases generated in 118.2s (2.9 cases/s, 215 tok/s, up to 6 steps)
+
+    ``every`` seconds between updates (fewer on CI); ``quiet`` keeps only the
+    last line (``-q``). Tokens per second appear when the backend counts its
+    generated tokens (``generated_tokens``).
+    """
+
+    def __init__(
+        self,
+        emit: Emit,
+        label: str,
+        total: int,
+        *,
+        every: float = 5.0,
+        quiet: bool = False,
+        tokens: Callable[[], int | None] = lambda: None,
+        clock: Callable[[], float] = time.perf_counter,
+    ):
         self.emit, self.label, self.total, self.every = emit, label, total, every
-        self.started = self.last = time.perf_counter()
+        self.quiet, self.tokens, self.clock = quiet, tokens, clock
+        self.started = self.last = clock()
+        self.tokens_at_start = tokens()
+        self.steps = 1
+        self.finished = False
 
-    def __call__(self, done: int, total: int) -> None:
-        now = time.perf_counter()
-        if done < total and now - self.last < self.every:
+    def _rate(self, elapsed: float) -> str:
+        now, start = self.tokens(), self.tokens_at_start
+        if now is None or start is None or elapsed <= 0:
+            return ""
+        return f", {(now - start) / elapsed:.0f} tok/s"
+
+    def __call__(self, done: int, total: int, step: int = 1) -> None:
+        now = self.clock()
+        self.steps = max(self.steps, step)
+        if self.finished or (done < total and (self.quiet or now - self.last < self.every)):
             return
+        self.finished = done >= total
         self.last = now
         elapsed = now - self.started
         if done >= total:
-            rate = f", {total / elapsed:.1f} cases/s" if elapsed > 0 else ""
-            self.emit(f"quantgate: {self.label}: {total} cases generated in {elapsed:.1f}s{rate}")
+            rate = f"{total / elapsed:.1f} cases/s" if elapsed > 0 else ""
+            extra = ", ".join(x for x in (rate, self._rate(elapsed).lstrip(", ")) if x)
+            steps = f", up to {self.steps} steps" if self.steps > 1 else ""
+            detail = f" ({extra}{steps})" if extra or steps else ""
+            self.emit(f"quantgate: {self.label}: {total} cases generated in {elapsed:.1f}s{detail}")
         else:
-            eta = elapsed / done * (total - done) if done else float("nan")
-            self.emit(f"quantgate: {self.label}: {done}/{total} cases, {elapsed:.0f}s, ~{eta:.0f}s left")
+            at = f" (step {step})" if step > 1 else ""
+            eta = f", ~{elapsed / done * (total - done):.0f}s left" if done else ""
+            self.emit(
+                f"quantgate: {self.label}: generating {done}/{total} cases{at}, "
+                f"{elapsed:.0f}s{self._rate(elapsed)}{eta}"
+            )
+
+
+def _token_counter(backend: Backend) -> Callable[[], int | None]:
+    """Reads the backend's count of generated tokens, when it keeps one."""
+
+    def count() -> int | None:
+        value = getattr(backend, "generated_tokens", None)
+        return value if isinstance(value, int) else None
+
+    return count
 
 
 #: The group of cases generated together when nothing divides them.
@@ -139,6 +207,10 @@ class Executor:
         self._group_of: dict[str, str] = {}
         self._generated: set[str] = set()
         self._runs: dict[str, dict[str, CaseRun]] = {}
+        self._batch_sizes: dict[str, BatchSize] = {}
+        #: Seconds between progress updates, and whether only the last line is shown.
+        self.progress_every = 30.0 if os.environ.get("CI") else 5.0
+        self.quiet = False
 
     @property
     def labels(self) -> list[str]:
@@ -170,6 +242,11 @@ class Executor:
         loads. A candidate that cannot be loaded is left out (once; see
         :attr:`unavailable`) and the others run.
 
+        One model is in memory at a time: each is freed once the group has
+        run on it (all steps of every trajectory included), before the next
+        loads, unless ``keep_loaded`` is set, the model is pinned (a fixture
+        handed it out), or other groups are still to be generated.
+
         Raises:
             ReferenceUnavailable: the reference could not be loaded.
         """
@@ -188,9 +265,31 @@ class Executor:
                     if label == reference:
                         raise ReferenceUnavailable(self.pool.failures[label]) from exc
                     continue
-                progress = _Progress(self.emit, label, len(cases))
-                runs = run_cases(backend, cases, batch_size=self.config.batch_size, on_progress=progress)
+                progress = Progress(
+                    self.emit,
+                    label,
+                    len(cases),
+                    every=self.progress_every,
+                    quiet=self.quiet,
+                    tokens=_token_counter(backend),
+                )
+                sizer = self._batch_size(label)
+                before = sizer.size
+                runs = run_cases(backend, cases, batch_size=sizer, on_progress=progress)
+                if sizer.size < before:
+                    self.emit(
+                        f"quantgate: {label}: out of memory at batch {before}; continued at {sizer.size}"
+                    )
             self._runs.setdefault(label, {}).update(runs)
+            if not self.config.keep_loaded and all(g in self._generated for g in self._groups):
+                self.pool.release(label)
+
+    def _batch_size(self, label: str) -> BatchSize:
+        """The model's batch size: the configured (or auto) start, then whatever worked."""
+        if label not in self._batch_sizes:
+            device = str(self.pool.facts.get(label, {}).get("device") or "cpu")
+            self._batch_sizes[label] = BatchSize(self.config.first_batch_size(device))
+        return self._batch_sizes[label]
 
     @contextlib.contextmanager
     def _library_warnings(self, label: str) -> Iterator[None]:

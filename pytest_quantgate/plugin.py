@@ -102,7 +102,13 @@ _OPTIONS = (
     ),
     ("--quant-alpha", "quant_alpha", "string", "significance level of the gate (default: 0.05)"),
     ("--quant-report", "quant_report", "string", "write the gate as JSON to this path (default: none)"),
-    ("--quant-batch-size", "quant_batch_size", "string", "prompts per generation batch (default: 16)"),
+    (
+        "--quant-batch-size",
+        "quant_batch_size",
+        "string",
+        "prompts per generation batch, or auto: 64 on a GPU, halved while out of memory; "
+        "16 on the CPU (default: auto)",
+    ),
 )
 
 # -- options and configuration ---------------------------------------------
@@ -123,6 +129,19 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
     parser.addini(
         "quant_strict", help="fail INCONCLUSIVE slices too (default: false)", type="bool", default=False
+    )
+    group.addoption(
+        "--quant-keep-loaded",
+        action="store_true",
+        dest="quant_keep_loaded",
+        default=None,
+        help="keep every model loaded for the whole session (default: one model in memory at a time)",
+    )
+    parser.addini(
+        "quant_keep_loaded",
+        help="keep every model loaded for the whole session (default: false)",
+        type="bool",
+        default=False,
     )
     parser.addini(
         "quant_slice_tolerance",
@@ -300,6 +319,7 @@ class CasePlugin:
         self.rerun = rerun or Rerun()
         self.terminal = _Terminal(config)
         self.executor = Executor(gate_config, emit=self.terminal.emit, loader=self._load)
+        self.executor.quiet = config.get_verbosity() < 0  # -q: only each model's last progress line
         self.deselected = 0  # quant cases deselected (-k, -m, --lf, --deselect, a gate row re-run)
         self.selected = 0
         self.collected = False  # whether this process collected (an xdist controller does not)
@@ -324,8 +344,20 @@ class CasePlugin:
         # this process will not run, so nothing deselected is generated.
         for item in session.items:
             self._plan(item)
+            self._pin_fixture_models(item)
         self.selected = sum(map(_is_quant_case, session.items))
         self.collected = True
+
+    def _pin_fixture_models(self, item: pytest.Item) -> None:
+        """Models a test takes as fixtures stay loaded once loaded: freed, they would load twice."""
+        names = getattr(item, "fixturenames", ())
+        if not self.gate_config.enabled:
+            return
+        if "quant_reference" in names:
+            self.executor.pool.pin(self.executor.labels[0])
+        if "quant_candidates" in names:
+            for label in self.executor.labels[1:]:
+                self.executor.pool.pin(label)
 
     def _plan(self, item: pytest.Item) -> None:
         if not isinstance(item, pytest.Function) or not hasattr(item, "callspec"):

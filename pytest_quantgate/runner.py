@@ -19,7 +19,16 @@ from .backends.base import Backend, GenerationRequest, refusals, rendered_text
 from .cases import CaseSpec, GenerationSettings, Prompt, Turn
 from .trajectory import StepFailed, TrajectoryDriver
 
-__all__ = ["CaseRun", "Driver", "SinglePrompt", "driver_of", "run_cases", "truncate_at_stop"]
+__all__ = [
+    "BatchSize",
+    "CaseRun",
+    "Driver",
+    "SinglePrompt",
+    "driver_of",
+    "is_out_of_memory",
+    "run_cases",
+    "truncate_at_stop",
+]
 
 
 class Driver(Protocol):
@@ -97,8 +106,44 @@ def _prompt_length(prompt: Prompt) -> int:
     return len(prompt) if isinstance(prompt, str) else sum(len(v) for m in prompt for _, v in m)
 
 
-def _batches(pending: dict[str, tuple[Prompt, GenerationSettings]], batch_size: int) -> Iterable[list[str]]:
-    """Keys of pending cases in batches of one settings each, longest first.
+class BatchSize:
+    """The batch size of one model's run, halved on out-of-memory errors and kept.
+
+    Attributes:
+        size: The size of the next batch.
+        backoffs: How many times it was halved.
+    """
+
+    def __init__(self, size: int):
+        if size < 1:
+            raise ValueError(f"a batch size must be at least 1, got {size}")
+        self.size = size
+        self.backoffs = 0
+
+    def halve(self, failed: int) -> bool:
+        """After a batch of ``failed`` requests ran out of memory: a smaller size; False at 1."""
+        if failed <= 1:
+            return False
+        self.size = max(1, min(self.size, failed) // 2)
+        self.backoffs += 1
+        return True
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` is a device out-of-memory error (CUDA, MPS, or a backend's own).
+
+    Recognised by name, so that torch need not be imported:
+    ``torch.cuda.OutOfMemoryError`` and anything else called
+    ``OutOfMemoryError``, or a ``RuntimeError`` saying "out of memory"
+    (older torch, MPS).
+    """
+    if type(exc).__name__ == "OutOfMemoryError":
+        return True
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+
+
+def _groups(pending: dict[str, tuple[Prompt, GenerationSettings]]) -> Iterable[list[str]]:
+    """Keys of pending cases by settings, each group longest prompt first.
 
     Sorting by length keeps padding low; longest first means an
     out-of-memory error shows up in the first batch, not the last.
@@ -108,17 +153,16 @@ def _batches(pending: dict[str, tuple[Prompt, GenerationSettings]], batch_size: 
         groups.setdefault(settings, []).append(key)
     for keys in groups.values():
         keys.sort(key=lambda k: -_prompt_length(pending[k][0]))
-        for i in range(0, len(keys), batch_size):
-            yield keys[i : i + batch_size]
+        yield keys
 
 
 def run_cases(
     backend: Backend,
     cases: Sequence[CaseSpec],
     *,
-    batch_size: int = 16,
+    batch_size: int | BatchSize = 16,
     make_driver: Callable[[CaseSpec], Driver] | None = None,
-    on_progress: Callable[[int, int], None] | None = None,
+    on_progress: Callable[[int, int, int], None] | None = None,
 ) -> dict[str, CaseRun]:
     """Run every case to completion on ``backend``; keyed by case key.
 
@@ -127,9 +171,14 @@ def run_cases(
     a prompt beyond the model's context say, becomes its case's error and is
     never generated. A batch that raises is retried one request at a time so
     that one bad case (a prompt the tokenizer rejects, say) becomes that
-    case's error instead of the whole batch's. Only exceptions are caught:
-    a ``KeyboardInterrupt`` stops the run at once.
+    case's error instead of the whole batch's — except an out-of-memory
+    error (:func:`is_out_of_memory`): then the batch size is halved and the
+    same cases are tried again, down to 1, and the smaller size is kept for
+    the rest of the run (pass a :class:`BatchSize` to keep it across runs).
+    No case is lost or generated twice. Only exceptions are caught: a
+    ``KeyboardInterrupt`` stops the run at once.
     """
+    sizer = batch_size if isinstance(batch_size, BatchSize) else BatchSize(batch_size)
     make = make_driver or driver_of
     specs = {c.key: c for c in cases}
     runs = {c.key: CaseRun(c.key) for c in cases}
@@ -137,6 +186,7 @@ def run_cases(
     pending: dict[str, tuple[Prompt, GenerationSettings]] = {}
     done = 0
     total = len(specs)
+    round_no = 1  # the step every live case is at
 
     def finish(key: str) -> None:
         nonlocal done
@@ -144,7 +194,29 @@ def run_cases(
         runs[key].state = getattr(drivers.get(key), "state", None)
         done += 1
         if on_progress is not None:
-            on_progress(done, total)
+            on_progress(done, total, round_no)
+
+    def step(keys: list[str], requests: list[GenerationRequest], replies: list[str | BaseException]) -> None:
+        """Hand each reply of a batch to its case's driver; queue its next prompt."""
+        for key, req, reply in zip(keys, requests, replies, strict=True):
+            if isinstance(reply, BaseException):
+                runs[key].error = f"generation failed: {_describe(reply)}"
+                finish(key)
+                continue
+            text = truncate_at_stop(reply, req.settings.stop)
+            runs[key].turns.append(Turn(req.prompt, text, rendered_text(backend, req)))
+            try:
+                nxt = drivers[key].step(text)
+            except StepFailed as exc:
+                runs[key].failure = str(exc)
+                nxt = None
+            except Exception as exc:
+                runs[key].error = _describe(exc)
+                nxt = None
+            if nxt is None:
+                finish(key)
+            else:
+                pending[key] = (nxt, specs[key].settings)
 
     for key, case in specs.items():
         try:
@@ -159,7 +231,7 @@ def run_cases(
         else:
             pending[key] = (first, case.settings)
     if on_progress is not None:
-        on_progress(done, total)
+        on_progress(done, total, round_no)
 
     while pending:
         round_items = dict(pending)
@@ -173,38 +245,52 @@ def run_cases(
                 runs[key].error = problem
                 del round_items[key]
                 finish(key)
-        for keys in _batches(round_items, batch_size):
-            requests = [GenerationRequest(round_items[k][0], round_items[k][1]) for k in keys]
-            try:
-                replies: list[str | BaseException] = list(backend.generate(requests))
-            except Exception:
-                replies = []
-                for req in requests:
-                    try:
-                        replies.append(backend.generate([req])[0])
-                    except Exception as exc:
-                        replies.append(exc)
-            for key, req, reply in zip(keys, requests, replies, strict=True):
-                if isinstance(reply, BaseException):
-                    runs[key].error = f"generation failed: {_describe(reply)}"
-                    finish(key)
+        for group in _groups(round_items):
+            at = 0
+            while at < len(group):
+                keys = group[at : at + sizer.size]
+                requests = [GenerationRequest(round_items[k][0], round_items[k][1]) for k in keys]
+                replies = _generate(backend, requests, sizer)
+                if replies is None:  # out of memory: the same cases again, in smaller batches
                     continue
-                text = truncate_at_stop(reply, req.settings.stop)
-                runs[key].turns.append(Turn(req.prompt, text, rendered_text(backend, req)))
-                try:
-                    nxt = drivers[key].step(text)
-                except StepFailed as exc:
-                    runs[key].failure = str(exc)
-                    nxt = None
-                except Exception as exc:
-                    runs[key].error = _describe(exc)
-                    nxt = None
-                if nxt is None:
-                    finish(key)
-                else:
-                    pending[key] = (nxt, specs[key].settings)
+                at += len(keys)
+                step(keys, requests, replies)
+                if on_progress is not None:
+                    on_progress(done, total, round_no)
+        round_no += 1
     return runs
 
+
+def _generate(
+    backend: Backend, requests: list[GenerationRequest], sizer: BatchSize
+) -> list[str | BaseException] | None:
+    """Replies to one batch; None when it ran out of memory and the size was halved.
+
+    Any other failure of the batch is retried one request at a time, so
+    that a bad request fails alone.
+    """
+    try:
+        return list(backend.generate(requests))
+    except Exception as exc:
+        if is_out_of_memory(exc):
+            _free(backend)
+            if sizer.halve(len(requests)):
+                return None
+            return [exc]  # a single request that does not fit
+    replies: list[str | BaseException] = []
+    for req in requests:
+        try:
+            replies.append(backend.generate([req])[0])
+        except Exception as exc:
+            replies.append(exc)
+    return replies
+
+
+def _free(backend: Backend) -> None:
+    """Let the backend release cached memory after an out-of-memory error, if it can."""
+    free = getattr(backend, "free_memory", None)
+    if free is not None:
+        free()
 
 def _describe(exc: BaseException) -> str:
     return "".join(traceback.format_exception_only(type(exc), exc)).strip()

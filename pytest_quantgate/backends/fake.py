@@ -8,15 +8,18 @@
       "fail_on": ["bad prompt"],    # generating these raises: a per-case error
       "load_error": "message",      # loading fails with this message
       "log": "generated.jsonl",     # append one line per generated prompt
-      "context": 2048               # prompt + max_new_tokens beyond this many characters: refused
+      "context": 2048,              # prompt + max_new_tokens beyond this many characters: refused
+      "oom_above": 8                # a batch of more requests raises OutOfMemoryError (0: every batch)
     }
 
 A chat prompt is looked up by the JSON text of its message list. A reply is
 cut at ``max_new_tokens`` characters (a character stands for a token), as a
 real model stops at its budget; likewise ``context`` is a context length in
 characters, checked as a real model's is in tokens. ``log`` is relative to the script; each line
-is ``{"model": label, "prompt": prompt}``, written with a single append so
-that xdist workers can share one log.
+is ``{"model": label, "prompt": prompt}`` for a generated prompt, or
+``{"model": label, "event": "load" | "close" | "batch" | "oom", "size": n}``
+(``size`` for batches), written with a single append so that xdist workers
+can share one log.
 
 It exists to test suites and the plugin itself without a model: the plugin's
 own tests run on it, and a suite's checks can be tried on canned outputs.
@@ -40,7 +43,11 @@ if TYPE_CHECKING:
 
 __all__ = ["FakeBackend"]
 
-_KEYS = {"replies", "default", "fail_on", "load_error", "log", "context"}
+_KEYS = {"replies", "default", "fail_on", "load_error", "log", "context", "oom_above"}
+
+
+class OutOfMemoryError(RuntimeError):
+    """What a scripted model raises for a batch above its ``oom_above`` (named as torch's)."""
 
 
 def _script_problem(script: Any) -> str | None:
@@ -59,9 +66,10 @@ def _script_problem(script: Any) -> str | None:
     for key in ("default", "load_error", "log"):
         if script.get(key) is not None and not isinstance(script[key], str):
             return f'"{key}" must be a string'
-    context = script.get("context")
-    if context is not None and (isinstance(context, bool) or not isinstance(context, int) or context < 1):
-        return '"context" must be a positive integer (characters)'
+    for key, least, unit in (("context", 1, "characters"), ("oom_above", 0, "requests")):
+        value = script.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < least):
+            return f'"{key}" must be an integer of at least {least} ({unit})'
     return None
 
 
@@ -77,7 +85,24 @@ class FakeBackend:
         log = script.get("log")
         self.log = (Path(spec.path).parent / log) if log else None
         self.context: int | None = script.get("context")
+        self.oom_above: int | None = script.get("oom_above")
         self.load_seconds = load_seconds
+        self._event("load")
+
+    def _event(self, event: str, **extra: int) -> None:
+        self._append([{"model": self.label, "event": event, **extra}])
+
+    def _append(self, entries: list[dict[str, Any]]) -> None:
+        """Append log lines in one write (xdist workers share the log)."""
+        if self.log is None:
+            return
+        lines = "".join(json.dumps(e) + "\n" for e in entries)
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, lines.encode())
+        finally:
+            os.close(fd)
 
     @classmethod
     def load(cls, spec: ModelSpec, device: str, dtype: str) -> FakeBackend:
@@ -122,13 +147,18 @@ class FakeBackend:
         bad = [t for t in texts if t in self.fail_on]
         if bad:
             raise BackendError(f"{self.label}: scripted failure on {bad[0]!r}")
-        if self.log is not None:
-            lines = "".join(json.dumps({"model": self.label, "prompt": t}) + "\n" for t in texts)
-            fd = os.open(self.log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-            try:
-                os.write(fd, lines.encode())
-            finally:
-                os.close(fd)
+        if self.oom_above is not None and len(requests) > self.oom_above:
+            self._event("oom", size=len(requests))
+            raise OutOfMemoryError(
+                f"{self.label}: scripted out of memory at {len(requests)} requests "
+                f"(oom_above {self.oom_above})"
+            )
+        self._append(
+            [
+                {"model": self.label, "event": "batch", "size": len(texts)},
+                *({"model": self.label, "prompt": t} for t in texts),
+            ]
+        )
         return [
             self.replies.get(t, self.default)[: r.settings.max_new_tokens]
             for t, r in zip(texts, requests, strict=True)
@@ -160,3 +190,4 @@ class FakeBackend:
 
     def close(self) -> None:
         self.replies = {}
+        self._event("close")

@@ -139,6 +139,8 @@ class HFBackend:
         self.device = device
         self.load_seconds = load_seconds
         self.context = context_length(model.config, tokenizer)
+        #: Tokens generated so far (padding not counted), for tokens-per-second progress.
+        self.generated_tokens = 0
 
     @classmethod
     def load(cls, spec: ModelSpec, device: str, dtype: str) -> HFBackend:
@@ -284,6 +286,7 @@ class HFBackend:
             extra["tokenizer"] = self.tokenizer
         generated = self.model.generate(**enc, generation_config=config, **extra)
         new_tokens = generated[:, enc["input_ids"].shape[1] :]
+        self.generated_tokens += int((new_tokens != self.tokenizer.pad_token_id).sum())
         return [str(t) for t in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
 
     # -- scoring -------------------------------------------------------------
@@ -336,13 +339,18 @@ class HFBackend:
             "pid": os.getpid(),
         }
 
-    def close(self) -> None:
+    def free_memory(self) -> None:
+        """Return cached device memory after an out-of-memory error (the runner then halves the batch)."""
         import torch
 
-        self.model = None
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+
+    def close(self) -> None:
+        """Drop the model, so that the next one can take its memory."""
+        self.model = None
+        self.free_memory()
 
 
 def _jsonable(value: Any) -> Any:

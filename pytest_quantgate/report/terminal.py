@@ -70,8 +70,10 @@ def header_lines(config: GateConfig) -> Iterator[str]:
     yield f"quantgate: candidates {cands}"
     yield (
         f"quantgate: tolerance {_tol(config.tolerance)} pts, alpha {config.alpha:g}, "
-        f"device {config.device}, dtype {config.dtype}, batch {config.batch_size}"
+        f"device {config.device}, dtype {config.dtype}, "
+        f"batch {'auto' if config.batch_size is None else config.batch_size}"
         + (", strict" if config.strict else "")
+        + (", keep-loaded" if config.keep_loaded else "")
     )
 
 

@@ -32,9 +32,11 @@ __all__ = [
     "Slice",
     "answers",
     "cases",
+    "events",
     "gate_args",
     "generated",
     "generations",
+    "log_entries",
     "model",
     "prompts",
     "read_report",
@@ -85,6 +87,7 @@ def write_script(
     load_error: str | None = None,
     log: str | None = None,
     context: int | None = None,
+    oom_above: int | None = None,
 ) -> Path:
     """Write a ``fake:`` script (see :mod:`pytest_quantgate.backends.fake`); returns ``path``.
 
@@ -97,6 +100,8 @@ def write_script(
         script["log"] = log
     if context is not None:
         script["context"] = context
+    if oom_above is not None:
+        script["oom_above"] = oom_above
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(script, indent=1), encoding="utf-8")
     return path
@@ -154,10 +159,22 @@ def generations(log: Path) -> dict[str, Counter[str]]:
     out: dict[str, Counter[str]] = {}
     if not log.exists():
         return out
-    for line in log.read_text(encoding="utf-8").splitlines():
-        entry = json.loads(line)
-        out.setdefault(entry["model"], Counter())[entry["prompt"]] += 1
+    for entry in log_entries(log):
+        if "prompt" in entry:
+            out.setdefault(entry["model"], Counter())[entry["prompt"]] += 1
     return out
+
+
+def log_entries(log: Path) -> list[dict[str, Any]]:
+    """Every line of a script's log: generated prompts and load/close/batch/oom events, in order."""
+    if not log.exists():
+        return []
+    return [json.loads(line) for line in log.read_text(encoding="utf-8").splitlines()]
+
+
+def events(pytester: pytest.Pytester) -> list[tuple[str, str, int | None]]:
+    """``(model, event, size)`` of every load, close, batch and oom, in order, from the shared log."""
+    return [(e["model"], e["event"], e.get("size")) for e in log_entries(pytester.path / LOG) if "event" in e]
 
 
 def table_rows(stdout: str, candidate: str) -> dict[str, str]:

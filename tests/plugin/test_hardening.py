@@ -289,7 +289,7 @@ def test_a_report_that_cannot_be_written_is_one_clear_error(pytester: pytest.Pyt
     [
         ("quant_tolerance = 1", "ERROR: quantgate: quant_tolerance must be a number in [[]0, 1), got 1 *"),
         ("quant_alpha = x", "ERROR: quantgate: quant_alpha must be a number, got 'x'"),
-        ("quant_batch_size = 0", "ERROR: quantgate: quant_batch_size must be at least 1, got 0"),
+        ("quant_batch_size = 0", "ERROR: quantgate: quant_batch_size must be at least 1 (or auto), got 0"),
         ("quant_report = .", "ERROR: quantgate: quant_report must name a file, but * is a directory"),
         ("quant_slice_tolerance = arith = 1", "ERROR: quantgate: quant_slice_tolerance: tolerance of slice*"),
     ],

@@ -56,7 +56,7 @@ def test_fail_on_raises_and_logs_nothing(tmp_path: Path) -> None:
     backend = load(tmp_path, {"replies": {"ok": "fine"}, "fail_on": ["boom"], "log": "log.jsonl"})
     with pytest.raises(BackendError, match=r"^m: scripted failure on 'boom'$"):
         backend.generate(requests("ok", "boom"))
-    assert not (tmp_path / "log.jsonl").exists()
+    assert _logged(tmp_path / "log.jsonl") == [{"model": "m", "event": "load"}]
     # The other prompts still generate on their own.
     assert backend.generate(requests("ok")) == ["fine"]
 
@@ -107,15 +107,33 @@ def test_mistyped_script_is_a_backend_error(tmp_path: Path, script: dict[str, An
 
 def test_log_lines(tmp_path: Path) -> None:
     backend = load(tmp_path, {"replies": {"a": "1"}, "log": "logs/gen.jsonl"}, label="ref")
-    (tmp_path / "logs").mkdir()
     backend.generate(requests("a", "b"))
     backend.generate(requests("a"))
-    lines = (tmp_path / "logs" / "gen.jsonl").read_text().splitlines()
-    assert [json.loads(line) for line in lines] == [
+    backend.close()
+    assert _logged(tmp_path / "logs" / "gen.jsonl") == [
+        {"model": "ref", "event": "load"},
+        {"model": "ref", "event": "batch", "size": 2},
         {"model": "ref", "prompt": "a"},
         {"model": "ref", "prompt": "b"},
+        {"model": "ref", "event": "batch", "size": 1},
         {"model": "ref", "prompt": "a"},
+        {"model": "ref", "event": "close"},
     ]
+
+
+def test_oom_above_raises_an_out_of_memory_error_for_larger_batches(tmp_path: Path) -> None:
+    from pytest_quantgate.runner import is_out_of_memory
+
+    backend = load(tmp_path, {"replies": {"a": "1"}, "oom_above": 2, "log": "log.jsonl"})
+    assert backend.generate(requests("a", "a")) == ["1", "1"]
+    with pytest.raises(RuntimeError, match="scripted out of memory at 3 requests") as info:
+        backend.generate(requests("a", "a", "a"))
+    assert is_out_of_memory(info.value)
+    assert _logged(tmp_path / "log.jsonl")[-1] == {"model": "m", "event": "oom", "size": 3}
+
+
+def _logged(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 def test_two_models_share_one_log(tmp_path: Path) -> None:
@@ -123,7 +141,7 @@ def test_two_models_share_one_log(tmp_path: Path) -> None:
     cand = load(tmp_path, {"log": "shared.jsonl"}, label="cand")
     ref.generate(requests("x"))
     cand.generate(requests("y", "z"))
-    entries = [json.loads(line) for line in (tmp_path / "shared.jsonl").read_text().splitlines()]
+    entries = [e for e in _logged(tmp_path / "shared.jsonl") if "prompt" in e]
     assert [(e["model"], e["prompt"]) for e in entries] == [("ref", "x"), ("cand", "y"), ("cand", "z")]
 
 
@@ -142,7 +160,7 @@ def test_chat_prompt_is_keyed_by_the_json_of_its_messages(tmp_path: Path) -> Non
     # The order of keys within a message does not matter.
     reordered = normalize_prompt([{"content": m["content"], "role": m["role"]} for m in messages])
     assert backend.generate(requests(reordered)) == ["4"]
-    logged = [json.loads(line)["prompt"] for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    logged = [e["prompt"] for e in _logged(tmp_path / "log.jsonl") if "prompt" in e]
     assert logged == [key, "2+2?", key]
 
 
@@ -186,7 +204,7 @@ def test_context_refuses_long_prompts(tmp_path: Path) -> None:
     assert backend.describe()["context"] == 10
     # Without the key, any length goes.
     assert load(tmp_path, {}).check_requests(requests("a" * 10_000)) == [None]
-    with pytest.raises(BackendError, match='"context" must be a positive integer'):
+    with pytest.raises(BackendError, match='"context" must be an integer of at least 1'):
         load(tmp_path, {"context": 0})
 
 

@@ -77,7 +77,7 @@ def test_batch_size_is_respected_and_progress_reaches_total() -> None:
     backend = ScriptedBackend({})
     cases = [_case("x" * i) for i in range(1, 8)]
     seen: list[tuple[int, int]] = []
-    run_cases(backend, cases, batch_size=3, on_progress=lambda d, t: seen.append((d, t)))
+    run_cases(backend, cases, batch_size=3, on_progress=lambda d, t, step: seen.append((d, t)))
     assert [len(b) for b in backend.batches] == [3, 3, 1]
     assert seen[-1] == (7, 7)
 
