@@ -153,3 +153,17 @@ def test_chat_trajectories_are_rendered_with_the_template_identically_for_both_m
     assert rendered["ref"][1].endswith("<user>again?\n<assistant>")
     # Until the replies part, both models are fed byte-identical text.
     assert rendered["q"][0] == first
+
+
+def test_outcomes_do_not_depend_on_the_batch_size(backend: HFBackend, example_data: Path) -> None:
+    """Batch 1 and batch 32 give the same outputs (left padding, greedy): a back-off after an
+    out-of-memory error, or another --quant-batch-size, cannot change a verdict."""
+    from pytest_quantgate.cases import CaseSpec
+    from pytest_quantgate.runner import run_cases
+
+    settings = GenerationSettings(max_new_tokens=5, stop=("\n",))
+    rows = _rows(example_data, "arith", 16) + _rows(example_data, "recall", 16)
+    cases = [CaseSpec(r["id"], f"t.py::{r['id']}", r["prompt"], settings) for r in rows]
+    one = run_cases(backend, cases, batch_size=1)
+    all_at_once = run_cases(backend, cases, batch_size=32)
+    assert {k: r.output for k, r in one.items()} == {k: r.output for k, r in all_at_once.items()}
