@@ -26,6 +26,7 @@ __all__ = [
     "device_problem",
     "parse_alpha",
     "parse_batch_size",
+    "parse_cache",
     "parse_device",
     "parse_dtype",
     "parse_report_path",
@@ -128,6 +129,14 @@ def parse_batch_size(value: str | int | None, name: str = "--quant-batch-size") 
     return size
 
 
+def parse_cache(value: str, name: str = "--quant-cache") -> str:
+    """``on``, ``off`` or ``refresh`` (regenerate and overwrite)."""
+    mode = str(value).strip().lower()
+    if mode not in ("on", "off", "refresh"):
+        raise ConfigError(f"{name} must be on, off or refresh, got {value!r}")
+    return mode
+
+
 def parse_slice_tolerances(lines: Sequence[str], name: str = "quant_slice_tolerance") -> dict[str, float]:
     """Ini lines ``SLICE = TOLERANCE`` (or ``SLICE:TOLERANCE``) -> mapping."""
     out: dict[str, float] = {}
@@ -179,6 +188,8 @@ class GateConfig:
     batch_size: int | None = None  # None: auto (see parse_batch_size)
     slice_tolerances: dict[str, float] = field(default_factory=dict)
     keep_loaded: bool = False  # every model resident for the whole session
+    cache_mode: str = "off"  # on, off or refresh: the reference's results on disk
+    cache_dir: Path | None = None
 
     def first_batch_size(self, device: str) -> int:
         """The batch size to start with on ``device`` (the one given, or auto's)."""
@@ -226,6 +237,8 @@ class GateConfig:
             "batch_size": "auto" if self.batch_size is None else self.batch_size,
             "slice_tolerances": dict(self.slice_tolerances),
             "keep_loaded": self.keep_loaded,
+            "cache": self.cache_mode,
+            "cache_dir": str(self.cache_dir) if self.cache_dir else None,
         }
 
     @classmethod
@@ -278,6 +291,11 @@ class GateConfig:
             return parse(default if value in (None, "") else value, source)
 
         report, report_dir, report_src = pick("quant_report")
+        cache_mode = parsed("quant_cache", parse_cache, "on")
+        cache_text, cache_base, _ = pick("quant_cache_dir")
+        cache_dir = (
+            (cache_base / Path(cache_text).expanduser()).resolve() if cache_text else ini_dir / ".quantgate"
+        )
         strict_opt = option("quant_strict")
         strict = bool(strict_opt) if strict_opt else _ini_bool(ini("quant_strict"), "quant_strict")
         keep_opt = option("quant_keep_loaded")
@@ -300,6 +318,8 @@ class GateConfig:
             batch_size=parsed("quant_batch_size", parse_batch_size, "auto"),
             slice_tolerances=parse_slice_tolerances(ini("quant_slice_tolerance") or []),
             keep_loaded=keep_loaded,
+            cache_mode=cache_mode,
+            cache_dir=cache_dir,
         )
 
 

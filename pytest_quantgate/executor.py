@@ -15,12 +15,16 @@ import os
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from .backends.base import Backend, BackendError, load_backend
 from .cases import CaseRecord, CaseSpec, ModelOutcome, Outcome, resolve_skips
 from .config import GateConfig
 from .runner import BatchSize, CaseRun, run_cases
+
+if TYPE_CHECKING:
+    from .cache import ResultCache
 
 __all__ = ["DEFAULT_GROUP", "Executor", "ModelPool", "Progress", "ReferenceUnavailable"]
 
@@ -77,7 +81,7 @@ class ModelPool:
             raise err from exc
         self._models[label] = model
         self.loads[label] = self.loads.get(label, 0) + 1
-        self.facts[label] = {**model.describe(), "loads": self.loads[label]}
+        self.facts[label] = {**self.facts.get(label, {}), **model.describe(), "loads": self.loads[label]}
         f = self.facts[label]
         self._emit(
             f"quantgate: loaded {label} on {f.get('device')} ({f.get('dtype')}) "
@@ -208,6 +212,8 @@ class Executor:
         self._generated: set[str] = set()
         self._runs: dict[str, dict[str, CaseRun]] = {}
         self._batch_sizes: dict[str, BatchSize] = {}
+        self._cache: ResultCache | None = None
+        self._fingerprints: dict[str, str | None] = {}
         #: Seconds between progress updates, and whether only the last line is shown.
         self.progress_every = 30.0 if os.environ.get("CI") else 5.0
         self.quiet = False
@@ -259,6 +265,14 @@ class Executor:
             if label in self.pool.failures:
                 continue
             with self._library_warnings(label):
+                cached: dict[str, CaseRun] = {}
+                todo = cases
+                if label == reference:
+                    cached = self._cached(label, cases)
+                    todo = [c for c in cases if c.key not in cached]
+                if not todo:
+                    self._runs.setdefault(label, {}).update(cached)
+                    continue
                 try:
                     backend = self.pool.get(label)
                 except BackendError as exc:
@@ -268,14 +282,20 @@ class Executor:
                 progress = Progress(
                     self.emit,
                     label,
-                    len(cases),
+                    len(todo),
                     every=self.progress_every,
                     quiet=self.quiet,
                     tokens=_token_counter(backend),
                 )
                 sizer = self._batch_size(label)
                 before = sizer.size
-                runs = run_cases(backend, cases, batch_size=sizer, on_progress=progress)
+                tokens_before = _token_counter(backend)()
+                started = time.perf_counter()
+                runs = run_cases(backend, todo, batch_size=sizer, on_progress=progress)
+                self._record_cost(label, backend, time.perf_counter() - started, tokens_before, sizer)
+                if label == reference:
+                    self._store(label, todo, runs)
+                runs.update(cached)
                 if sizer.size < before:
                     self.emit(
                         f"quantgate: {label}: out of memory at batch {before}; continued at {sizer.size}"
@@ -283,6 +303,78 @@ class Executor:
             self._runs.setdefault(label, {}).update(runs)
             if not self.config.keep_loaded and all(g in self._generated for g in self._groups):
                 self.pool.release(label)
+
+    # -- the reference cache ------------------------------------------------
+
+    @property
+    def cache(self) -> ResultCache:
+        """The reference cache, opened on first use (a damaged file is rebuilt, with one line)."""
+        from .cache import DEFAULT_DIR_NAME, ResultCache
+
+        if self._cache is None:
+            directory = self.config.cache_dir or Path(DEFAULT_DIR_NAME)
+            self._cache = ResultCache.open(directory, self.config.cache_mode)
+            for line in self._cache.warnings:
+                self.emit(line)
+        return self._cache
+
+    def _run_fingerprint(self, label: str) -> str | None:
+        """What the model's results depend on: its files, how it loads, the software; None: uncacheable."""
+        if label not in self._fingerprints:
+            spec = self.pool.specs[label]
+            device = self.config.device
+            if device == "auto":
+                device = _auto_device() if spec.kind.backend == "hf" else "cpu"
+            exclude = [self.config.cache_dir] if self.config.cache_dir else []
+            from .cache import fingerprint_spec
+
+            self._fingerprints[label] = fingerprint_spec(
+                spec, dtype=self.config.dtype, device=device, exclude=exclude
+            )
+        return self._fingerprints[label]
+
+    def _cached(self, label: str, cases: list[CaseSpec]) -> dict[str, CaseRun]:
+        """The cases whose results the cache holds for this model, by key (none when it is off)."""
+        if self.config.cache_mode == "off":
+            return {}
+        fingerprint = self._run_fingerprint(label)
+        found = self.cache.get_runs(fingerprint, cases) if fingerprint is not None else {}
+        facts = self.pool.facts.setdefault(label, self._spec_facts(label))
+        facts["cached_cases"] = facts.get("cached_cases", 0) + len(found)
+        if found:
+            rest = len(cases) - len(found)
+            then = f"generating {rest}" if rest else "nothing to generate, the model is not loaded"
+            self.emit(f"quantgate: {label}: {len(found)}/{len(cases)} cases from the cache; {then}")
+        return found
+
+    def _store(self, label: str, cases: list[CaseSpec], runs: dict[str, CaseRun]) -> None:
+        if self.config.cache_mode == "off":
+            return
+        fingerprint = self._run_fingerprint(label)
+        if fingerprint is not None:
+            self.cache.put_runs(fingerprint, cases, runs)
+
+    def _spec_facts(self, label: str) -> dict[str, Any]:
+        """Facts of a model known without loading it."""
+        spec = self.pool.specs[label]
+        return {"label": label, "spec": spec.text, "path": spec.path, "scheme": spec.scheme, "loads": 0}
+
+    def _record_cost(
+        self, label: str, backend: Backend, seconds: float, tokens_before: int | None, sizer: BatchSize
+    ) -> None:
+        """What generating cost on this model, into its facts for the report."""
+        facts = self.pool.facts.setdefault(label, {})
+        facts["generate_seconds"] = round(facts.get("generate_seconds", 0.0) + seconds, 3)
+        facts["batch_size"] = sizer.size
+        tokens = _token_counter(backend)()
+        if tokens is not None and tokens_before is not None:
+            facts["generated_tokens"] = facts.get("generated_tokens", 0) + tokens - tokens_before
+            if facts["generate_seconds"] > 0:
+                facts["tokens_per_second"] = round(facts["generated_tokens"] / facts["generate_seconds"], 1)
+        peak = getattr(backend, "peak_memory", None)
+        value = peak() if callable(peak) else None
+        if isinstance(value, int):
+            facts["peak_memory_mib"] = round(value / 2**20, 1)
 
     def _batch_size(self, label: str) -> BatchSize:
         """The model's batch size: the configured (or auto) start, then whatever worked."""
@@ -368,3 +460,12 @@ class Executor:
 
     def close(self) -> None:
         self.pool.close()
+        if self._cache is not None:
+            self._cache.close()
+
+
+def _auto_device() -> str:
+    """What ``--quant-device=auto`` resolves to here (torch imported only to ask)."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"

@@ -103,6 +103,19 @@ _OPTIONS = (
     ("--quant-alpha", "quant_alpha", "string", "significance level of the gate (default: 0.05)"),
     ("--quant-report", "quant_report", "string", "write the gate as JSON to this path (default: none)"),
     (
+        "--quant-cache",
+        "quant_cache",
+        "string",
+        "on, off or refresh: reuse the reference's results from the cache when nothing that could "
+        "change them changed; refresh regenerates them (default: on)",
+    ),
+    (
+        "--quant-cache-dir",
+        "quant_cache_dir",
+        "string",
+        "where the reference cache lives (default: .quantgate under the rootdir)",
+    ),
+    (
         "--quant-batch-size",
         "quant_batch_size",
         "string",

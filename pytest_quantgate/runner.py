@@ -292,5 +292,6 @@ def _free(backend: Backend) -> None:
     if free is not None:
         free()
 
+
 def _describe(exc: BaseException) -> str:
     return "".join(traceback.format_exception_only(type(exc), exc)).strip()

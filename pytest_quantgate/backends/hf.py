@@ -183,6 +183,10 @@ class HFBackend:
             )
         if qconfig is None:
             model.to(device)
+        if device.startswith("cuda"):
+            import torch
+
+            torch.cuda.reset_peak_memory_stats(device)  # peak_memory() is this model's, not the last one's
         if spec.kind.name == "rtn":
             from .rtn import rtn_quantize_
 
@@ -338,6 +342,14 @@ class HFBackend:
             "transformers": transformers.__version__,
             "pid": os.getpid(),
         }
+
+    def peak_memory(self) -> int | None:
+        """Peak bytes allocated on this model's CUDA device since it loaded; None on other devices."""
+        import torch
+
+        if self.model is None or self.model.device.type != "cuda":
+            return None
+        return int(torch.cuda.max_memory_allocated(self.model.device))
 
     def free_memory(self) -> None:
         """Return cached device memory after an out-of-memory error (the runner then halves the batch)."""

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import contextlib
 
+import pytest
+
 with contextlib.suppress(ImportError):
     import tokenizers  # noqa: F401
     import torch  # noqa: F401
@@ -26,3 +28,19 @@ with contextlib.suppress(ImportError):
 
 with contextlib.suppress(ImportError):
     import bitsandbytes  # noqa: F401
+
+
+@pytest.fixture(autouse=True)
+def _reference_cache_off(request: pytest.FixtureRequest) -> None:
+    """Inner runs start without the reference cache, so generation is what they count.
+
+    Most of these tests count what each model generated, and several run
+    pytest twice in one directory: a warm cache would hide the second run's
+    generation. The tests of the cache pass ``--quant-cache=on`` (a later
+    flag wins over ``PYTEST_ADDOPTS``).
+    """
+    if "pytester" not in request.fixturenames:
+        return
+    request.getfixturevalue("pytester")  # it clears PYTEST_ADDOPTS when it starts
+    monkeypatch = request.getfixturevalue("monkeypatch")
+    monkeypatch.setenv("PYTEST_ADDOPTS", "--quant-cache=off")

@@ -488,7 +488,7 @@ def test_conftest_hook_provides_a_backend(pytester: pytest.Pytester) -> None:
     assert Counter(statuses(data, "custom").values()) == {"improved": 30, "passed": 30}
     assert data["candidates"][0]["verdict"] == "IMPROVED"
     # ... and its describe() is the model's facts, with the device and dtype it was given.
-    assert data["models"]["custom"] == {
+    assert {k: v for k, v in data["models"]["custom"].items() if k != "generate_seconds"} == {
         "label": "custom",
         "backend": "adder",
         "device": "cpu",
@@ -496,6 +496,7 @@ def test_conftest_hook_provides_a_backend(pytester: pytest.Pytester) -> None:
         "offset": 0,
         "role": "candidate",
         "loads": 1,
+        "batch_size": 16,
     }
     assert data["models"]["ref"]["scheme"] == "fake"
     # The reference went through the built-in backend, the custom model did not.
@@ -865,10 +866,14 @@ def test_fixed_regression_leaves_no_failure_in_the_cache(pytester: pytest.Pytest
 # -- xdist ---------------------------------------------------------------------
 
 
+#: Model facts that differ between runs: timings, the process, and loads (every xdist worker loads).
+TIMING_FACTS = ("pid", "load_seconds", "loads", "generate_seconds", "tokens_per_second")
+
+
 def _without_process_facts(models: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
     # Each xdist worker loads every model today (sharding is not there yet): loads add up.
     return {
-        label: {k: v for k, v in facts.items() if k not in ("pid", "load_seconds", "loads")}
+        label: {k: v for k, v in facts.items() if k not in TIMING_FACTS}
         for label, facts in models.items()
     }
 
