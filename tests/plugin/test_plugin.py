@@ -873,8 +873,7 @@ TIMING_FACTS = ("pid", "load_seconds", "loads", "generate_seconds", "tokens_per_
 def _without_process_facts(models: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
     # Each xdist worker loads every model today (sharding is not there yet): loads add up.
     return {
-        label: {k: v for k, v in facts.items() if k not in TIMING_FACTS}
-        for label, facts in models.items()
+        label: {k: v for k, v in facts.items() if k not in TIMING_FACTS} for label, facts in models.items()
     }
 
 

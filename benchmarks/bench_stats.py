@@ -6,7 +6,7 @@ gate's nested p-value, and the exact upper bound, at n up to 100,000, and, for
 scale, the same p-value by the normal approximation the gate used to switch
 to above n = 2,000.
 
-    python tools/bench_stats.py [--repeat 7]
+    python benchmarks/bench_stats.py [--repeat 7]
 """
 
 from __future__ import annotations
