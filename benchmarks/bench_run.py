@@ -15,11 +15,13 @@ loading and all.
 * ``cache``: the same ``pytest`` run with a warm reference cache ÷ with a
   cold one (``--quant-cache=refresh``). Goal ≤ 0.6, and the reference is
   loaded 0 times on the warm run (read from the JSON report).
+* ``xdist``: the plugin with ``-n <cores>`` (each worker generating its
+  shard, on its share of the cores) ÷ ``-n 0`` using every core. Goal < 1.
 * ``memory``: peak resident memory (``ru_maxrss`` of the pytest process) of
   the default run ÷ the ``--quant-keep-loaded`` run, on a random-init
   checkpoint made here large enough that weights dominate memory. Goal < 1.
 
-    python benchmarks/bench_run.py [overhead naive cache memory] [--cases 1000] [--repeat 5]
+    python benchmarks/bench_run.py [overhead naive cache xdist memory] [--cases 1000] [--repeat 5]
 """
 
 from __future__ import annotations
@@ -120,9 +122,9 @@ def make_big_model(path: Path) -> None:
         shutil.copy(TINY / name, path / name)
 
 
-def run(command: list[str], cwd: Path) -> tuple[float, int]:
+def run(command: list[str], cwd: Path, threads: int = 1) -> tuple[float, int]:
     """Wall seconds and peak resident memory (KiB) of one process."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     env.pop("CI", None)
     started = time.perf_counter()
     proc = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -170,7 +172,7 @@ def compare(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("figures", nargs="*", default=["overhead", "naive", "cache", "memory"])
+    parser.add_argument("figures", nargs="*", default=["overhead", "naive", "cache", "xdist", "memory"])
     parser.add_argument("--cases", type=int, default=1000)
     parser.add_argument("--repeat", type=int, default=5)
     args = parser.parse_args()
@@ -208,6 +210,11 @@ def main() -> None:
             run(warm_cmd, work)
             loads = json.loads((work / "gate.json").read_text())["models"]["ref"].get("loads")
             print(f"- reference loads on the warm run: {loads}")
+        if "xdist" in args.figures:
+            cores = len(os.sched_getaffinity(0))
+            one = ("-n 0, all cores", lambda: run([*plugin_default, "-n", "0"], work, threads=cores)[0])
+            two = (f"-n {cores}", lambda: run([*plugin_default, "-n", str(cores)], work, threads=cores)[0])
+            compare("xdist", two, one, args.repeat, "< 1")
         if "memory" in args.figures:
             big = work / "big"
             make_big_model(big)

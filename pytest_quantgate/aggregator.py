@@ -20,6 +20,10 @@ from .specs import ModelSpec
 __all__ = ["Aggregator", "gate_candidate"]
 
 
+#: Facts of a model that are counts over every process (xdist workers add theirs up).
+_SUMMED_FACTS = ("loads", "generated_cases", "cached_cases")
+
+
 class Aggregator:
     """Records from test reports, and the report built from them."""
 
@@ -31,6 +35,8 @@ class Aggregator:
         self.collected: int | None = None
         self.selected: int | None = None
         self.skipped = 0
+        #: Quant cases lost with a crashed xdist worker: node id -> what xdist said.
+        self.lost: dict[str, str] = {}
 
     def add(self, record: CaseRecord) -> None:
         self.records.append(record)
@@ -42,10 +48,18 @@ class Aggregator:
 
     def add_model_facts(self, facts: Mapping[str, dict[str, Any]]) -> None:
         """Facts of loaded models (from this process or a worker); later ones win, but
-        ``loads`` add up: the report counts every load of a model, in every process."""
+        counts add up (:data:`_SUMMED_FACTS`): loads, generated and cached cases of every process."""
         for label, f in facts.items():
-            earlier = self.model_facts.get(label, {}).get("loads", 0)
-            self.model_facts[label] = {**f, "loads": earlier + int(f.get("loads", 0))}
+            earlier = self.model_facts.get(label, {})
+            merged = {**earlier, **f}
+            for key in _SUMMED_FACTS:
+                if key in f or key in earlier:
+                    merged[key] = earlier.get(key, 0) + f.get(key, 0)
+            self.model_facts[label] = merged
+
+    def add_lost(self, nodeid: str, why: str) -> None:
+        """A quant case whose worker crashed while running it: no record will come."""
+        self.lost[nodeid] = why
 
     def add_load_failures(self, failures: Mapping[str, str]) -> None:
         """Models a process could not load -> why."""
@@ -100,11 +114,14 @@ class Aggregator:
         records = self.records
         reference_error = self.load_failures.get(reference.label)
         tolerances = merge_tolerances(*(r.tolerances for r in records))
+        lost = tuple(sorted(self.lost))
         candidates = tuple(
             _not_evaluated(c, self.load_failures[c.label])
             if c.label in self.load_failures
             else _not_evaluated(c, f"the reference {reference.label} could not be loaded")
             if reference_error is not None
+            else _not_evaluated(c, _lost_message(lost), lost=lost)
+            if lost
             else gate_candidate(self.config, c, records, tolerances)
             for c in self.config.candidates
         )
@@ -120,7 +137,7 @@ class Aggregator:
             models=self._models(),
             candidates=candidates,
             records=tuple(sorted(records, key=lambda r: r.nodeid)),
-            complete=not interrupted and selection.whole and not self.load_failures,
+            complete=not interrupted and selection.whole and not self.load_failures and not lost,
             failed=any(r.verdict is Verdict.REGRESSED for c in candidates for r in c.rows),
             tests=tuple(tests),
             reference_passed=sum(r.outcomes[r.reference].outcome == "pass" for r in records),
@@ -145,7 +162,14 @@ class Aggregator:
         return out
 
 
-def _not_evaluated(candidate: ModelSpec, why: str) -> CandidateGate:
+def _lost_message(lost: Sequence[str]) -> str:
+    return (
+        f"{len(lost)} quant case(s) lost: an xdist worker crashed while running them, and a gate "
+        "computed on the remaining cases could pass what the whole suite fails"
+    )
+
+
+def _not_evaluated(candidate: ModelSpec, why: str, lost: tuple[str, ...] = ()) -> CandidateGate:
     return CandidateGate(
         label=candidate.label,
         display=candidate.display,
@@ -156,6 +180,7 @@ def _not_evaluated(candidate: ModelSpec, why: str) -> CandidateGate:
         inconclusive=(),
         not_evaluated=why,
         path=candidate.path,
+        lost=lost,
     )
 
 

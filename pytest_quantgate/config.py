@@ -190,6 +190,8 @@ class GateConfig:
     keep_loaded: bool = False  # every model resident for the whole session
     cache_mode: str = "off"  # on, off or refresh: the reference's results on disk
     cache_dir: Path | None = None
+    #: xdist worker -> its devices (``WorkerDevices.to_dict()``), decided by the controller.
+    workers: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def first_batch_size(self, device: str) -> int:
         """The batch size to start with on ``device`` (the one given, or auto's)."""
@@ -239,6 +241,7 @@ class GateConfig:
             "keep_loaded": self.keep_loaded,
             "cache": self.cache_mode,
             "cache_dir": str(self.cache_dir) if self.cache_dir else None,
+            "workers": {k: dict(v) for k, v in self.workers.items()},
         }
 
     @classmethod

@@ -292,7 +292,9 @@ class Executor:
                 tokens_before = _token_counter(backend)()
                 started = time.perf_counter()
                 runs = run_cases(backend, todo, batch_size=sizer, on_progress=progress)
-                self._record_cost(label, backend, time.perf_counter() - started, tokens_before, sizer)
+                self._record_cost(
+                    label, backend, time.perf_counter() - started, tokens_before, sizer, len(todo)
+                )
                 if label == reference:
                     self._store(label, todo, runs)
                 runs.update(cached)
@@ -360,10 +362,17 @@ class Executor:
         return {"label": label, "spec": spec.text, "path": spec.path, "scheme": spec.scheme, "loads": 0}
 
     def _record_cost(
-        self, label: str, backend: Backend, seconds: float, tokens_before: int | None, sizer: BatchSize
+        self,
+        label: str,
+        backend: Backend,
+        seconds: float,
+        tokens_before: int | None,
+        sizer: BatchSize,
+        cases: int,
     ) -> None:
         """What generating cost on this model, into its facts for the report."""
         facts = self.pool.facts.setdefault(label, {})
+        facts["generated_cases"] = facts.get("generated_cases", 0) + cases
         facts["generate_seconds"] = round(facts.get("generate_seconds", 0.0) + seconds, 3)
         facts["batch_size"] = sizer.size
         tokens = _token_counter(backend)()

@@ -13,7 +13,11 @@ from __future__ import annotations
 import contextlib
 import inspect
 import json
+import os
 import shutil
+import sys
+import tempfile
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -34,19 +38,27 @@ from .cases import (
     run_check,
 )
 from .config import ConfigError, GateConfig
-from .executor import Check, Executor, ReferenceUnavailable
+from .devices import DeviceError, WorkerDevices, describe_plan, plan_devices
+from .executor import DEFAULT_GROUP, Check, Executor, ReferenceUnavailable
 from .report import json_report, terminal
 from .report.model import GateReport, GateTest, parse_gate_test_id
 from .rerun import Rerun, split_gate_args
 from .runner import CaseRun
+from .sharding import ShardPlan, assign_shards, make_scheduler, shard_name
 from .specs import SCHEMES, ModelSpec
+from .trajectory import Trajectory
 
 case_plugin_key = pytest.StashKey["CasePlugin"]()
 _case_key = pytest.StashKey[CaseSpec]()
 _case_error_key = pytest.StashKey[str]()
+_shard_key = pytest.StashKey[str]()
 _markers_key = pytest.StashKey[dict[str, QuantCaseMarker]]()
 #: The workeroutput key of what a worker learnt: model facts, load failures, selection.
 _FACTS_KEY = "quantgate_models"
+#: The workerinput key of a worker's devices (:class:`~.devices.WorkerDevices` as builtins).
+_DEVICES_KEY = "quantgate_devices"
+#: The workerinput key of the shard plan's path (None: no sharding, each worker generates what it runs).
+_SHARD_KEY = "quantgate_shard"
 _NO_REFERENCE = "quantgate: no reference model given (--quant-reference)"
 #: What the test body's check does with each pytest outcome exception.
 _CHECK_EXCEPTIONS = {
@@ -150,6 +162,19 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=None,
         help="keep every model loaded for the whole session (default: one model in memory at a time)",
     )
+    group.addoption(
+        "--quant-gpus-per-worker",
+        dest="quant_gpus_per_worker",
+        default=None,
+        help="with pytest -n N: GPUs per xdist worker, a model spread over its block (default: 1)",
+    )
+    group.addoption(
+        "--quant-allow-shared-gpu",
+        action="store_true",
+        dest="quant_allow_shared_gpu",
+        default=False,
+        help="with pytest -n N: allow more workers than GPUs (several workers share one)",
+    )
     parser.addini(
         "quant_keep_loaded",
         help="keep every model loaded for the whole session (default: false)",
@@ -176,6 +201,7 @@ def pytest_configure(config: pytest.Config) -> None:
     if config.option.help or config.option.version:
         return
     gate_config, rerun = _gate_config(config)
+    gate_config = _place_workers(config, gate_config)
     cases = CasePlugin(config, gate_config, rerun)
     config.stash[case_plugin_key] = cases
     config.pluginmanager.register(cases, "quantgate-cases")
@@ -183,7 +209,10 @@ def pytest_configure(config: pytest.Config) -> None:
         gate = GatePlugin(config, gate_config, cases)
         config.pluginmanager.register(gate, "quantgate-gate")
         if config.pluginmanager.hasplugin("xdist"):
-            config.pluginmanager.register(XdistHooks(gate.aggregator), "quantgate-xdist")
+            # -n N alone means --dist load: then each worker gets whole shards of
+            # quant cases and generates only those (other --dist modes keep theirs).
+            shard = gate_config.enabled and getattr(config.option, "dist", "no") == "load"
+            config.pluginmanager.register(XdistHooks(config, gate.aggregator, shard), "quantgate-xdist")
 
 
 def _gate_config(config: pytest.Config) -> tuple[GateConfig, Rerun]:
@@ -210,11 +239,92 @@ def _gate_config(config: pytest.Config) -> tuple[GateConfig, Rerun]:
         raise pytest.UsageError(f"quantgate: {exc}") from None
 
 
+def _place_workers(config: pytest.Config, gate_config: GateConfig) -> GateConfig:
+    """The device plan of xdist workers (controller), or this worker's place in it.
+
+    The controller decides, before any worker starts, which devices each
+    worker loads its models onto (:func:`~.devices.plan_devices`); a worker
+    takes its own entry from ``workerinput``: the device, torch's thread count
+    on the CPU, and ``CUDA_VISIBLE_DEVICES`` for a block of GPUs.
+    """
+    workerinput = getattr(config, "workerinput", None)
+    if workerinput is not None:
+        mine = workerinput.get(_DEVICES_KEY)
+        if not mine or not gate_config.enabled:
+            return gate_config
+        place = WorkerDevices.from_dict(mine)
+        if place.threads:
+            _set_threads(place.threads)
+        if place.block:
+            # The block is this worker's whole world: the model spreads over it.
+            os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in place.gpu_indices)
+            os.environ["QUANTGATE_DEVICE_MAP"] = "auto"
+            return replace(gate_config, device="cuda")
+        return replace(gate_config, device=place.device)
+    workers = _xdist_workers(config)
+    if not workers or not gate_config.enabled:
+        return gate_config
+    try:
+        per_worker = int(config.getoption("quant_gpus_per_worker") or 1)
+    except ValueError:
+        raise pytest.UsageError(
+            f"quantgate: --quant-gpus-per-worker must be a positive integer, "
+            f"got {config.getoption('quant_gpus_per_worker')!r}"
+        ) from None
+    try:
+        plan = plan_devices(
+            workers,
+            gpus=_visible_gpus(gate_config),
+            gpus_per_worker=per_worker,
+            allow_shared=bool(config.getoption("quant_allow_shared_gpu")),
+            cpus=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1),
+            requested=gate_config.device,
+        )
+    except DeviceError as exc:
+        raise pytest.UsageError(f"quantgate: {exc}") from None
+    return replace(gate_config, workers={k: v.to_dict() for k, v in plan.items()})
+
+
+def _xdist_workers(config: pytest.Config) -> int:
+    """How many xdist workers this run starts (0: no xdist)."""
+    if not config.pluginmanager.hasplugin("xdist") or getattr(config.option, "dist", "no") == "no":
+        return 0
+    tx = getattr(config.option, "tx", None) or []
+    numprocesses = getattr(config.option, "numprocesses", None)
+    return int(numprocesses) if numprocesses else len(tx)
+
+
+def _visible_gpus(gate_config: GateConfig) -> int:
+    """CUDA devices torch sees, asked only when a model could use one (torch imported then)."""
+    models = [gate_config.reference, *gate_config.candidates]
+    if gate_config.device in ("cpu", "mps") or not any(
+        m is not None and m.kind.backend == "hf" for m in models
+    ):
+        return 0
+    try:
+        import torch
+    except ImportError:
+        return 0
+    return int(torch.cuda.device_count()) if torch.cuda.is_available() else 0
+
+
+def _set_threads(threads: int) -> None:
+    """This worker's share of the CPU: torch's threads, now or when torch is first imported."""
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(threads)
+
+
 def pytest_report_header(config: pytest.Config) -> list[str] | None:
     cases = config.stash.get(case_plugin_key, None)
     if cases is None or not cases.gate_config.enabled:
         return None
-    return list(terminal.header_lines(cases.gate_config))
+    lines = list(terminal.header_lines(cases.gate_config))
+    if cases.gate_config.workers:
+        plan = {k: WorkerDevices.from_dict(v) for k, v in cases.gate_config.workers.items()}
+        lines += describe_plan(plan)
+    return lines
 
 
 # -- collection --------------------------------------------------------------
@@ -341,20 +451,47 @@ class CasePlugin:
         made = self.config.hook.pytest_quantgate_make_backend(spec=spec, device=device, dtype=dtype)
         return made if made is not None else load_backend(spec, device=device, dtype=dtype)
 
+    @pytest.hookimpl(tryfirst=True)
     def pytest_collection_modifyitems(self, config: pytest.Config, items: list[pytest.Item]) -> None:
-        if not self.rerun:
+        if self.rerun:
+            kept = [i for i in items if _is_quant_case(i) and self.rerun.keeps(_slices_of(i))]
+            if len(kept) < len(items):
+                config.hook.pytest_deselected(items=[i for i in items if i not in kept])
+                items[:] = kept
+
+    def _shard(self, items: list[pytest.Item]) -> None:
+        """On an xdist worker told to shard: cut the quant cases into one shard per worker.
+
+        Every worker computes the same shards (from the selected cases alone)
+        and writes them where the controller's scheduler reads them, before
+        xdist reports the collection; the scheduler then sends each shard
+        whole to one worker, which generates it once per model.
+        """
+        workerinput = getattr(self.config, "workerinput", None)
+        plan = workerinput.get(_SHARD_KEY) if workerinput else None
+        workers = int(workerinput.get("workercount", 1)) if workerinput else 1
+        if not plan or workers < 2 or not self.gate_config.enabled:
             return
-        kept = [i for i in items if _is_quant_case(i) and self.rerun.keeps(_slices_of(i))]
-        if len(kept) < len(items):
-            config.hook.pytest_deselected(items=[i for i in items if i not in kept])
-            items[:] = kept
+        markers = self.config.stash[_markers_key]
+        costs: dict[str, int] = {}
+        for item in items:
+            cost = _cost(item, markers)
+            if cost is not None:
+                costs[item.nodeid] = cost
+        names = {nodeid: shard_name(k) for nodeid, k in assign_shards(costs, workers).items()}
+        for item in items:
+            if item.nodeid in names:
+                item.stash[_shard_key] = names[item.nodeid]
+        ShardPlan(plan).write(names)
 
     def pytest_deselected(self, items: list[pytest.Item]) -> None:
         self.deselected += sum(map(_is_quant_case, items))
 
+    @pytest.hookimpl(tryfirst=True)  # before xdist sends the collection to the controller
     def pytest_collection_finish(self, session: pytest.Session) -> None:
         # session.items is final here: -k, -m and --lf have deselected what
         # this process will not run, so nothing deselected is generated.
+        self._shard(session.items)
         for item in session.items:
             self._plan(item)
             self._pin_fixture_models(item)
@@ -396,7 +533,7 @@ class CasePlugin:
             item.stash[_case_error_key] = str(exc)
             return
         item.stash[_case_key] = case
-        self.executor.plan(case)
+        self.executor.plan(case, group=item.stash.get(_shard_key, DEFAULT_GROUP))
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_pyfunc_call(self, pyfuncitem: pytest.Function) -> bool | None:
@@ -467,6 +604,21 @@ def _is_quant_case(item: pytest.Item) -> bool:
 
 def _slices_of(item: pytest.Item) -> list[str]:
     return [str(name) for m in item.iter_markers("slice") for name in m.args]
+
+
+def _cost(item: pytest.Item, markers: dict[str, QuantCaseMarker]) -> int | None:
+    """A quant case's estimated generation cost (steps × max_new_tokens); None for other tests."""
+    if not isinstance(item, pytest.Function) or not hasattr(item, "callspec"):
+        return None
+    marker = markers.get(f"{item.parent.nodeid if item.parent else ''}::{item.originalname}")
+    if marker is None:
+        return None
+    steps = 1
+    if isinstance(marker.prompt, str):
+        value = item.callspec.params.get(marker.prompt)
+        if isinstance(value, Trajectory):
+            steps = max(1, int(getattr(value, "max_steps", 1) or 1))
+    return steps * marker.settings.max_new_tokens
 
 
 def _cluster_mark(item: pytest.Item) -> Any:
@@ -675,8 +827,30 @@ def _count_as_failed(tr: pytest.TerminalReporter, report: pytest.TestReport) -> 
 class XdistHooks:
     """Controller-side hooks that exist only when pytest-xdist is active."""
 
-    def __init__(self, aggregator: Aggregator):
+    def __init__(self, config: pytest.Config, aggregator: Aggregator, shard: bool):
+        self.config = config
         self.aggregator = aggregator
+        self._dir = tempfile.mkdtemp(prefix="quantgate-shards-") if shard else None
+        self.plan = ShardPlan(os.path.join(self._dir, "plan.json")) if self._dir else None
+
+    def pytest_configure_node(self, node: Any) -> None:
+        """What each worker is told before it starts: where to write the shard plan, its devices."""
+        node.workerinput[_SHARD_KEY] = str(self.plan.path) if self.plan else None
+        workers = self.config.stash[case_plugin_key].gate_config.workers
+        node.workerinput[_DEVICES_KEY] = workers.get(node.workerinput.get("workerid", ""))
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_xdist_make_scheduler(self, config: pytest.Config, log: Any) -> Any:
+        return make_scheduler(config, log, self.plan) if self.plan else None
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        # A worker crashed while running this test: if it was a quant case, its record is lost.
+        if report.when == "???" and self.plan is not None and report.nodeid in self.plan.shards:
+            self.aggregator.add_lost(report.nodeid, str(report.longrepr))
+
+    def pytest_unconfigure(self) -> None:
+        if self._dir:
+            shutil.rmtree(self._dir, ignore_errors=True)
 
     def pytest_testnodedown(self, node: Any, error: Any) -> None:
         facts = getattr(node, "workeroutput", {}).get(_FACTS_KEY)

@@ -163,6 +163,9 @@ class HFBackend:
         if qconfig is not None:
             kwargs["quantization_config"] = qconfig
             kwargs["device_map"] = device
+        spread = device == "cuda" and os.environ.get("QUANTGATE_DEVICE_MAP") == "auto"
+        if spread:  # an xdist worker given a block of GPUs (--quant-gpus-per-worker): spread over it
+            kwargs["device_map"] = "auto"
         try:
             tokenizer = AutoTokenizer.from_pretrained(
                 spec.path, local_files_only=True, trust_remote_code=False
@@ -181,7 +184,7 @@ class HFBackend:
                 f"{spec.label}: {len(missing)} weight(s) missing from the checkpoint at {spec.path} "
                 f"would be randomly initialized ({shown}); refusing to gate a random model"
             )
-        if qconfig is None:
+        if qconfig is None and not spread:
             model.to(device)
         if device.startswith("cuda"):
             import torch

@@ -48,6 +48,8 @@ class CandidateGate:
         not_evaluated: Why the candidate has no gate, when it has none: its
             load error (the whole message), or the reference's.
         path: Where the candidate is loaded from.
+        lost: Quant cases lost when an xdist worker crashed (then there is
+            no gate: ``not_evaluated`` says so).
     """
 
     label: str
@@ -60,6 +62,7 @@ class CandidateGate:
     skipped: int = 0
     not_evaluated: str | None = None
     path: str = ""
+    lost: tuple[str, ...] = ()  # quant cases lost with a crashed worker: why there is no gate
 
     @property
     def evaluated(self) -> bool:
@@ -71,6 +74,7 @@ class CandidateGate:
             "display": self.display,
             "evaluated": self.evaluated,
             "not_evaluated": self.not_evaluated,
+            "lost": list(self.lost),
             "verdict": None if self.verdict is None else self.verdict.value,
             "errors": self.errors,
             "skipped": self.skipped,

@@ -340,7 +340,7 @@ def gate_test_lines(report: GateReport, test: GateTest) -> Iterator[str]:
         if gate.evaluated:
             yield f"candidate {gate.display} loaded"
         else:
-            yield from _load_error_lines(gate.display, gate.path, gate.not_evaluated or "")
+            yield from _not_evaluated_lines(gate)
         return
     row = test.row
     name = "all cases" if row.is_total else f"slice {row.slice!r}"
@@ -360,6 +360,18 @@ def gate_test_lines(report: GateReport, test: GateTest) -> Iterator[str]:
         yield "  (regressed cases: see the quantgate summary, with prompts and outputs)"
     if row.verdict is Verdict.INCONCLUSIVE:
         yield f"  inconclusive, which fails under --quant-strict: {_note(row)}"
+
+
+def _not_evaluated_lines(gate: CandidateGate) -> Iterator[str]:
+    """Why a candidate has no gate: the cases lost with a crashed worker, or its load error."""
+    if gate.lost:
+        yield f"{gate.display}: {gate.not_evaluated}:"
+        for nodeid in gate.lost[:MAX_CASES_SHOWN]:
+            yield f"  {nodeid}"
+        if len(gate.lost) > MAX_CASES_SHOWN:
+            yield f"  ... and {len(gate.lost) - MAX_CASES_SHOWN} more"
+        return
+    yield from _load_error_lines(gate.display, gate.path, gate.not_evaluated or "")
 
 
 def _load_error_lines(display: str, path: str, message: str) -> Iterator[str]:
@@ -443,7 +455,7 @@ def _candidate(report: GateReport, gate: CandidateGate, partial: Line, width: in
     assert ref is not None
     if not gate.evaluated:
         yield Sep(f"quantgate: {gate.display}: NOT EVALUATED", {"red": True})
-        for line in _load_error_lines(gate.display, gate.path, gate.not_evaluated or ""):
+        for line in _not_evaluated_lines(gate):
             yield [(line, {"red": True})]
         return
     verdict = gate.verdict

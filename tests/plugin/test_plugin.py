@@ -497,6 +497,7 @@ def test_conftest_hook_provides_a_backend(pytester: pytest.Pytester) -> None:
         "role": "candidate",
         "loads": 1,
         "batch_size": 16,
+        "generated_cases": 60,
     }
     assert data["models"]["ref"]["scheme"] == "fake"
     # The reference went through the built-in backend, the custom model did not.
@@ -866,18 +867,18 @@ def test_fixed_regression_leaves_no_failure_in_the_cache(pytester: pytest.Pytest
 # -- xdist ---------------------------------------------------------------------
 
 
-#: Model facts that differ between runs: timings, the process, and loads (every xdist worker loads).
+#: Model facts that differ between runs: timings, the process, and loads (every xdist worker loads
+#: each model once, for its own shard).
 TIMING_FACTS = ("pid", "load_seconds", "loads", "generate_seconds", "tokens_per_second")
 
 
 def _without_process_facts(models: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
-    # Each xdist worker loads every model today (sharding is not there yet): loads add up.
     return {
         label: {k: v for k, v in facts.items() if k not in TIMING_FACTS} for label, facts in models.items()
     }
 
 
-@pytest.mark.parametrize("mode", list(XDIST_MODES))
+@pytest.mark.parametrize("mode", [*XDIST_MODES, "n3"])
 def test_same_gate_with_and_without_xdist(pytester: pytest.Pytester, mode: str) -> None:
     """The gate is computed from test reports, so sharding cannot change it."""
     if mode != "no-xdist":
@@ -894,7 +895,7 @@ def test_same_gate_with_and_without_xdist(pytester: pytest.Pytester, mode: str) 
         fail_on=[mix[7].prompt],
     )
     args = [*gate_args(ref, cand), f"--quant-report={pytester.path / 'gate.json'}"]
-    result = pytester.runpytest(*args, *XDIST_MODES[mode])
+    result = pytester.runpytest(*args, *XDIST_MODES.get(mode, ["-n", "3"]))
     assert result.ret == 1, result.stdout.str()
     data = read_report(pytester.path / "gate.json")
     # What the scripts decide, whatever the mode.
@@ -934,6 +935,9 @@ def test_same_gate_with_and_without_xdist(pytester: pytest.Pytester, mode: str) 
     assert data["candidates"] == base["candidates"]
     assert data["cases"] == base["cases"]
     assert _without_process_facts(data["models"]) == _without_process_facts(base["models"])
-    assert {k: v for k, v in data["config"].items() if k != "report_path"} == {
-        k: v for k, v in base["config"].items() if k != "report_path"
+    # The per-worker devices are the only configuration xdist adds.
+    workers = {"n0": 0, "n2": 2, "n3": 3}[mode]
+    assert sorted(data["config"]["workers"]) == [f"gw{i}" for i in range(workers)]
+    assert {k: v for k, v in data["config"].items() if k not in ("report_path", "workers")} == {
+        k: v for k, v in base["config"].items() if k not in ("report_path", "workers")
     }
