@@ -192,6 +192,12 @@ class GateConfig:
     cache_dir: Path | None = None
     #: xdist worker -> its devices (``WorkerDevices.to_dict()``), decided by the controller.
     workers: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: Safe loading (``backends.hf.LoadPolicy``): run code a checkpoint ships (``auto_map``).
+    trust_remote_code: bool = False
+    #: Load pickled weights (``pytorch_model.bin``) of a checkpoint without safetensors.
+    allow_pickle: bool = False
+    #: Gate a candidate whose tokenizer differs from the reference's.
+    allow_tokenizer_mismatch: bool = False
 
     def first_batch_size(self, device: str) -> int:
         """The batch size to start with on ``device`` (the one given, or auto's)."""
@@ -242,6 +248,9 @@ class GateConfig:
             "cache": self.cache_mode,
             "cache_dir": str(self.cache_dir) if self.cache_dir else None,
             "workers": {k: dict(v) for k, v in self.workers.items()},
+            "trust_remote_code": self.trust_remote_code,
+            "allow_pickle": self.allow_pickle,
+            "allow_tokenizer_mismatch": self.allow_tokenizer_mismatch,
         }
 
     @classmethod
@@ -303,6 +312,11 @@ class GateConfig:
         strict = bool(strict_opt) if strict_opt else _ini_bool(ini("quant_strict"), "quant_strict")
         keep_opt = option("quant_keep_loaded")
         keep_loaded = bool(keep_opt) if keep_opt else _ini_bool(ini("quant_keep_loaded"), "quant_keep_loaded")
+
+        def flag(name: str) -> bool:
+            """A store_true flag, else its ini key (the flag cannot switch off what the ini switched on)."""
+            return bool(option(name)) or _ini_bool(ini(name), name)
+
         device = parsed("quant_device", parse_device, "auto")
         models = (reference, *candidates) if reference is not None else ()
         if any(m.kind.backend == "hf" for m in models):
@@ -323,6 +337,9 @@ class GateConfig:
             keep_loaded=keep_loaded,
             cache_mode=cache_mode,
             cache_dir=cache_dir,
+            trust_remote_code=flag("quant_trust_remote_code"),
+            allow_pickle=flag("quant_allow_pickle"),
+            allow_tokenizer_mismatch=flag("quant_allow_tokenizer_mismatch"),
         )
 
 

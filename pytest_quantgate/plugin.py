@@ -186,6 +186,29 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="per-slice margins, one 'SLICE = TOLERANCE' per line (default: --quant-tolerance)",
         type="linelist",
     )
+    # Safe loading: what a checkpoint may do while it loads (backends.hf.LoadPolicy).
+    for flag, name, help_text in (
+        (
+            "--quant-trust-remote-code",
+            "quant_trust_remote_code",
+            "run the code a checkpoint ships in its auto_map (default: such a checkpoint is refused)",
+        ),
+        (
+            "--quant-allow-pickle",
+            "quant_allow_pickle",
+            "load pickled weights (pytorch_model.bin) of a checkpoint without safetensors "
+            "(default: safetensors only)",
+        ),
+        (
+            "--quant-allow-tokenizer-mismatch",
+            "quant_allow_tokenizer_mismatch",
+            "gate a candidate whose tokenizer differs from the reference's "
+            "(default: such a candidate is refused)",
+        ),
+    ):
+        group.addoption(flag, action="store_true", dest=name, default=None, help=help_text)
+        ini_help = help_text.rsplit(" (default", 1)[0] + " (default: false)"
+        parser.addini(name, help=ini_help, type="bool", default=False)
 
 
 def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:

@@ -9,10 +9,25 @@ Top level::
      "failed": bool,              # a row REGRESSED
      "config": {...},             # GateConfig.to_dict()
      "models": {label: {...}},    # path, spec, role, dtype, device, quantization[, load_error]
+                                  # [, parameters, weight_bytes: the transformers backend's]
      "candidates": [{"label", "display", "evaluated", "not_evaluated", "verdict",
                      "errors", "skipped",
                      "slices": [SliceResult.to_dict(), ... the ALL row last]}],
+     "matrix": {"reference": {"label", "weight_bytes"},
+                "slices": [name, ... "ALL"],
+                "candidates": [{"label", "verdict", "not_evaluated", "weight_bytes"}],
+                "cells": [[{"drop", "verdict", "n"} or null, ... per candidate], ... per slice]},
      "cases": [CaseRecord.to_dict(), ...]}   # prompt, arguments, outcomes and outputs per model
+
+``matrix`` is what the terminal's slices × candidates matrix shows
+(:meth:`.model.GateReport.matrix`): ``cells[i][j]`` is slice ``i`` of
+candidate ``j``, its ``drop`` a fraction (positive: the candidate is worse;
+null for a row with no cases), null where the candidate has no such row.
+A candidate's ``not_evaluated`` there is the short reason (``"not loaded"``,
+``"reference not loaded"``, ``"cases lost"``; the whole message is in
+``candidates``). ``weight_bytes`` is the model's footprint: the bytes of its
+parameters and persistent buffers, packed quantized weights at their real
+size; null when its backend does not say.
 
 Each case's ``outcomes[label]`` holds the model's ``transcript`` (a turn per
 step: ``prompt``, ``reply`` and, where it differs from the prompt, ``rendered``:
@@ -55,6 +70,7 @@ def to_dict(report: GateReport) -> dict[str, Any]:
         "config": report.config.to_dict(),
         "models": report.models,
         "candidates": [c.to_dict() for c in report.candidates],
+        "matrix": report.matrix().to_dict(),
         "cases": [r.to_dict() for r in report.records],
     }
 

@@ -7,10 +7,14 @@ nothing (no verdict, count or filter is derived in a writer).
 
 from __future__ import annotations
 
+import enum
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+
+from ..cases import ALL
 
 if TYPE_CHECKING:
     from ..cases import CaseRecord
@@ -22,7 +26,11 @@ __all__ = [
     "CandidateGate",
     "GateReport",
     "GateTest",
+    "Matrix",
+    "MatrixCandidate",
+    "MatrixCell",
     "Selection",
+    "Unevaluated",
     "gate_test_id",
     "parse_gate_test_id",
 ]
@@ -187,6 +195,106 @@ class Selection:
         )
 
 
+class Unevaluated(str, enum.Enum):
+    """Why a candidate has no gate, in the few words a matrix column's heading has room for.
+
+    :attr:`CandidateGate.not_evaluated` holds the whole message.
+    """
+
+    NOT_LOADED = "not loaded"
+    REFERENCE_NOT_LOADED = "reference not loaded"
+    CASES_LOST = "cases lost"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass(frozen=True)
+class MatrixCell:
+    """One candidate's row of one slice, as the matrix shows it.
+
+    Attributes:
+        drop: The row's drop (:attr:`~..gate.SliceResult.drop`): positive
+            means the candidate is worse; NaN for a row with no cases.
+        verdict: The row's verdict.
+        n: Paired cases of the row.
+    """
+
+    drop: float
+    verdict: Verdict
+    n: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "drop": self.drop if math.isfinite(self.drop) else None,
+            "verdict": self.verdict.value,
+            "n": self.n,
+        }
+
+
+@dataclass(frozen=True)
+class MatrixCandidate:
+    """A column of the matrix: one candidate.
+
+    Attributes:
+        label: The candidate's label.
+        verdict: Its overall verdict; None when it was not evaluated.
+        unevaluated: Why it was not evaluated, in short; None when it was.
+        weight_bytes: Its weights' footprint in bytes (the model facts'
+            ``weight_bytes``), None when its backend did not say.
+    """
+
+    label: str
+    verdict: Verdict | None
+    unevaluated: Unevaluated | None
+    weight_bytes: int | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "label": self.label,
+            "verdict": None if self.verdict is None else self.verdict.value,
+            "not_evaluated": None if self.unevaluated is None else self.unevaluated.value,
+            "weight_bytes": self.weight_bytes,
+        }
+
+
+@dataclass(frozen=True)
+class Matrix:
+    """Every candidate's rows side by side: slices × candidates.
+
+    Attributes:
+        reference: The reference's label (None when no reference was given).
+        reference_weight_bytes: The reference's footprint in bytes, if known.
+        slices: The slices, in the order of the candidates' rows (the first
+            evaluated candidate's, then any slice only a later one has), the
+            ALL row last.
+        candidates: One column per candidate, in the order given.
+        cells: ``cells[i][j]``: slice ``i`` of candidate ``j``; None where
+            the candidate has no such row (not evaluated, or every case of
+            the slice errored on it).
+    """
+
+    reference: str | None
+    reference_weight_bytes: int | None
+    slices: tuple[str, ...]
+    candidates: tuple[MatrixCandidate, ...]
+    cells: tuple[tuple[MatrixCell | None, ...], ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "reference": {"label": self.reference, "weight_bytes": self.reference_weight_bytes},
+            "slices": list(self.slices),
+            "candidates": [c.to_dict() for c in self.candidates],
+            "cells": [[None if c is None else c.to_dict() for c in row] for row in self.cells],
+        }
+
+
+def _weight_bytes(facts: Mapping[str, Any] | None) -> int | None:
+    """A model's ``weight_bytes`` fact, if its backend gave a whole number of bytes."""
+    value = (facts or {}).get("weight_bytes")
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
 @dataclass(frozen=True)
 class GateReport:
     """Everything a report writer needs.
@@ -235,3 +343,41 @@ class GateReport:
             or self.reference_error is not None
             or any(not c.evaluated for c in self.candidates)
         )
+
+    def matrix(self) -> Matrix:
+        """The candidates side by side, as the terminal's matrix and the JSON's ``"matrix"`` show them."""
+        reference = None if self.config.reference is None else self.config.reference.label
+        slices = list(dict.fromkeys(r.slice for c in self.candidates for r in c.rows if not r.is_total))
+        if any(r.is_total for c in self.candidates for r in c.rows):
+            slices.append(ALL)
+        rows = [{r.slice: r for r in c.rows} for c in self.candidates]
+        return Matrix(
+            reference=reference,
+            reference_weight_bytes=None if reference is None else _weight_bytes(self.models.get(reference)),
+            slices=tuple(slices),
+            candidates=tuple(
+                MatrixCandidate(
+                    label=c.label,
+                    verdict=c.verdict,
+                    unevaluated=self._unevaluated(c),
+                    weight_bytes=_weight_bytes(self.models.get(c.label)),
+                )
+                for c in self.candidates
+            ),
+            cells=tuple(
+                tuple(
+                    None if (row := by_slice.get(name)) is None else MatrixCell(row.drop, row.verdict, row.n)
+                    for by_slice in rows
+                )
+                for name in slices
+            ),
+        )
+
+    def _unevaluated(self, gate: CandidateGate) -> Unevaluated | None:
+        if gate.evaluated:
+            return None
+        if gate.lost:
+            return Unevaluated.CASES_LOST
+        if "load_error" not in self.models.get(gate.label, {}) and self.reference_error is not None:
+            return Unevaluated.REFERENCE_NOT_LOADED
+        return Unevaluated.NOT_LOADED

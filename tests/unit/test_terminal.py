@@ -1,14 +1,21 @@
-"""The terminal writer alone: bounds on the right side of the margin, notes, fitting a width."""
+"""The terminal writer alone: bounds on the right side of the margin, notes, fitting a width, the matrix."""
 
 from __future__ import annotations
 
+import json
 import math
+from collections.abc import Iterator
 from dataclasses import replace
+from typing import Any
 
 import pytest
 
+from pytest_quantgate.config import GateConfig
 from pytest_quantgate.gate import GateSettings, SliceOutcomes, SliceResult, Verdict, evaluate
-from pytest_quantgate.report.terminal import format_bound, table
+from pytest_quantgate.report import json_report
+from pytest_quantgate.report.model import CandidateGate, GateReport, MatrixCell, Unevaluated
+from pytest_quantgate.report.terminal import Line, Sep, format_bound, format_bytes, matrix, summary, table
+from pytest_quantgate.specs import parse_spec
 
 
 @pytest.mark.parametrize(
@@ -124,3 +131,208 @@ def test_a_printed_bound_never_contradicts_the_verdict(tolerance: float) -> None
                     assert below, (n, b, c, row.upper, text)
                 elif row.verdict is not Verdict.IMPROVED:
                     assert not below, (n, b, c, row.upper, text, row.verdict)
+
+
+# -- the matrix ----------------------------------------------------------------
+
+KIB, MIB = 1024, 2**20
+
+
+@pytest.mark.parametrize(
+    ("n", "shown"),
+    [
+        (None, "?"),
+        (0, "0.0 KiB"),
+        (1536, "1.5 KiB"),
+        (MIB - 1, "1024.0 KiB"),  # under 1 MiB: KiB, however it rounds
+        (MIB, "1.0 MiB"),
+        (33_792 * 4, "132.0 KiB"),
+        (7 * 2**30 + 300 * MIB, "7468.0 MiB"),
+    ],
+)
+def test_format_bytes(n: int | None, shown: str) -> None:
+    assert format_bytes(n) == shown
+
+
+def _gate(label: str, rows: list[SliceResult], verdict: Verdict | None) -> CandidateGate:
+    return CandidateGate(label, f"{label} (rtn4:m)", verdict, tuple(rows), 0, (), (), path="/m")
+
+
+def _report(*gates: CandidateGate, models: dict[str, dict[str, Any]] | None = None) -> GateReport:
+    specs = [parse_spec(f"{g.label}=rtn4:/m", check_path=False) for g in gates]
+    config = GateConfig(reference=parse_spec("ref=/m", check_path=False), candidates=tuple(specs))
+    return GateReport(config, models or {}, gates, (), True, False, (), 0)
+
+
+def _three() -> GateReport:
+    """rtn4 passes, gptq-int4 regresses on arith (and has no 'format' slice), nf4 did not load."""
+    rtn4 = _gate(
+        "rtn4",
+        [
+            _row("arith", Verdict.PASS, drop=0.0),
+            _row("recall", Verdict.INCONCLUSIVE, drop=0.013),
+            _row("format", Verdict.IMPROVED, drop=-0.05),
+            _row("ALL", Verdict.PASS, drop=0.004, n=180, is_total=True),
+        ],
+        Verdict.INCONCLUSIVE,
+    )
+    gptq = _gate(
+        "gptq-int4",
+        [
+            _row("recall", Verdict.INCONCLUSIVE, drop=0.0),
+            _row("arith", Verdict.REGRESSED, drop=1 / 3),
+            _row("ALL", Verdict.REGRESSED, drop=0.1667, n=120, is_total=True),
+        ],
+        Verdict.REGRESSED,
+    )
+    nf4 = replace(_gate("nf4", [], None), not_evaluated="CUDA out of memory\n(the whole message)")
+    models: dict[str, dict[str, Any]] = {
+        "ref": {"weight_bytes": 4 * MIB + 256 * KIB},
+        "rtn4": {"weight_bytes": 3 * MIB // 2},
+        "gptq-int4": {"weight_bytes": 33_792 * 4},
+        "nf4": {"load_error": "CUDA out of memory\n(the whole message)"},
+    }
+    return _report(rtn4, gptq, nf4, models=models)
+
+
+def _lines(lines: Iterator[Line | Sep]) -> list[str]:
+    return [f"=== {x.title} ===" if isinstance(x, Sep) else "".join(seg for seg, _ in x) for x in lines]
+
+
+def test_matrix_model_is_what_the_gates_say() -> None:
+    data = _three().matrix()
+    assert (data.reference, data.reference_weight_bytes) == ("ref", 4 * MIB + 256 * KIB)
+    # The first candidate's order, then slices only later ones have, the ALL row last.
+    assert data.slices == ("arith", "recall", "format", "ALL")
+    assert [(c.label, c.verdict, c.unevaluated, c.weight_bytes) for c in data.candidates] == [
+        ("rtn4", Verdict.INCONCLUSIVE, None, 3 * MIB // 2),
+        ("gptq-int4", Verdict.REGRESSED, None, 33_792 * 4),
+        ("nf4", None, Unevaluated.NOT_LOADED, None),
+    ]
+    arith, _, fmt, total = data.cells
+    assert arith == (
+        MatrixCell(0.0, Verdict.PASS, 60),
+        MatrixCell(1 / 3, Verdict.REGRESSED, 60),
+        None,
+    )
+    assert fmt[1:] == (None, None) and total[1] == MatrixCell(0.1667, Verdict.REGRESSED, 120)
+
+
+def test_matrix_json_is_the_model() -> None:
+    report = _three()
+    out = json_report.to_dict(report)["matrix"]
+    assert out == json.loads(json.dumps(out, allow_nan=False))
+    assert out["reference"] == {"label": "ref", "weight_bytes": 4 * MIB + 256 * KIB}
+    assert out["slices"] == ["arith", "recall", "format", "ALL"]
+    assert out["candidates"][2] == {
+        "label": "nf4",
+        "verdict": None,
+        "not_evaluated": "not loaded",
+        "weight_bytes": None,
+    }
+    assert out["cells"][0] == [
+        {"drop": 0.0, "verdict": "PASS", "n": 60},
+        {"drop": pytest.approx(1 / 3), "verdict": "REGRESSED", "n": 60},
+        None,
+    ]
+    # A row with no cases has no drop: null, not NaN.
+    empty = _gate("e", [_row("ALL", Verdict.INCONCLUSIVE, n=0, drop=math.nan, is_total=True)], None)
+    assert json_report.to_dict(_report(empty))["matrix"]["cells"] == [
+        [{"drop": None, "verdict": "INCONCLUSIVE", "n": 0}]
+    ]
+
+
+def test_matrix_cells_weights_and_a_candidate_not_evaluated() -> None:
+    lines = _lines(matrix(_three(), 100))
+    assert lines == [
+        "=== quantgate: 3 candidates vs reference ref (weights 4.2 MiB) ===",
+        "slice        rtn4  gptq-int4  nf4 (not loaded)",
+        "arith    Δ +0.0 P  Δ -33.3 R                 —",
+        "recall   Δ -1.3 ?   Δ +0.0 ?                 —",
+        "format   Δ +5.0 I          —                 —",
+        "───────  ────────  ─────────  ────────────────",
+        "ALL      Δ -0.4 P  Δ -16.7 R                 —",
+        "weights   1.5 MiB  132.0 KiB                 ?",
+        "Δ: candidate − reference accuracy, pts; R regressed, P pass, ? inconclusive, I improved; —: not",
+        "  gated; weights: parameters and buffers in memory",
+    ]
+
+
+def test_matrix_cells_carry_their_verdicts_colour() -> None:
+    arith = next(x for x in matrix(_three(), 100) if not isinstance(x, Sep) and x[0][0].startswith("arith"))
+    assert [(text.strip(), markup) for text, markup in arith if text.strip()] == [
+        ("arith", {"bold": False}),
+        ("Δ +0.0 P", {"green": True}),
+        ("Δ -33.3 R", {"red": True, "bold": True}),
+        ("—", {}),
+    ]
+
+
+@pytest.mark.parametrize("width", [40, 50, 60, 80, 120, 200])
+def test_matrix_fits_the_width(width: int) -> None:
+    labels = [f"Qwen2.5-7B-Instruct-{s}" for s in ("GPTQ-Int4", "GPTQ-Int8", "AWQ", "bnb-nf4", "rtn3")]
+    rows = [
+        _row("a-rather-long-slice-name-for-a-matrix", Verdict.REGRESSED, drop=0.333),
+        _row("arith", Verdict.IMPROVED, drop=-1.0),
+        _row("ALL", Verdict.REGRESSED, is_total=True, n=12345),
+    ]
+    gates = [_gate(label, rows, Verdict.REGRESSED) for label in labels]
+    gates[3] = replace(gates[3], verdict=None, rows=(), not_evaluated="boom")
+    models: dict[str, dict[str, Any]] = {label: {"weight_bytes": 123 * 2**30} for label in labels}
+    models[labels[3]] = {"load_error": "boom"}
+    lines = _lines(matrix(_report(*gates, models=models), width))
+    body = [line for line in lines if not line.startswith("===")]
+    assert max(len(line) for line in body) <= width
+    # Every candidate has a column, in some block; the prefix all labels share is dropped.
+    headings = " ".join(line for line in body if line.startswith("slice ")).split()
+    assert [h for h in headings if h.startswith("…")] == [
+        "…GPTQ-Int4",
+        "…GPTQ-Int8",
+        "…AWQ",
+        "…bnb-nf4",
+        "…rtn3",
+    ]
+    assert "(not loaded)" in " ".join(headings)
+    blocks = sum(line.startswith("slice ") for line in body)
+    assert (blocks == 1) == (width >= 120)
+    assert sum(line.startswith("weights ") for line in body) == blocks
+    assert all("125952.0 MiB" in line for line in body if line.startswith("weights ") and "?" not in line)
+
+
+def test_summary_shows_the_matrix_last_and_only_for_two_candidates_or_more() -> None:
+    three = _lines(summary(_three(), 100))
+    at = three.index("=== quantgate: 3 candidates vs reference ref (weights 4.2 MiB) ===")
+    # After every candidate's section.
+    assert at > max(i for i, line in enumerate(three) if line.startswith("=== quantgate: nf4"))
+    report = _three()
+    one = replace(report, candidates=report.candidates[:1])
+    assert not any("candidates vs reference" in line for line in _lines(summary(one, 100)))
+    # Without a reference nothing was gated: no matrix either.
+    assert not any("candidates vs" in x for x in _lines(summary(replace(report, reference_error="x"), 100)))
+
+
+def test_matrix_cuts_long_labels_in_the_middle_when_they_share_no_prefix() -> None:
+    rows = [_row("ALL", Verdict.PASS, is_total=True, drop=0.0)]
+    gates = [_gate(label, rows, Verdict.PASS) for label in ("first-long-label-x4", "second-long-label-y8")]
+    heading = next(line for line in _lines(matrix(_report(*gates), 200)) if line.startswith("slice"))
+    assert heading.split() == ["slice", "first-lo…abel-x4", "second-l…abel-y8"]
+
+
+@pytest.mark.parametrize(
+    ("lost", "models", "reference_error", "why"),
+    [
+        ((), {"nf4": {"load_error": "boom"}}, None, Unevaluated.NOT_LOADED),
+        ((), {"nf4": {"load_error": "boom"}}, "no tokenizer", Unevaluated.NOT_LOADED),
+        ((), {}, "no tokenizer", Unevaluated.REFERENCE_NOT_LOADED),
+        (("t.py::test[3]",), {}, None, Unevaluated.CASES_LOST),
+    ],
+)
+def test_matrix_says_why_a_candidate_was_not_evaluated(
+    lost: tuple[str, ...], models: dict[str, dict[str, Any]], reference_error: str | None, why: Unevaluated
+) -> None:
+    nf4 = replace(_gate("nf4", [], None), not_evaluated="the whole message", lost=lost)
+    report = replace(_report(nf4, models=models), reference_error=reference_error)
+    (column,) = report.matrix().candidates
+    assert column.unevaluated is why and column.verdict is None
+    heading = next(line for line in _lines(matrix(report, 80)) if line.startswith("slice"))
+    assert heading.split(maxsplit=1) == ["slice", f"nf4 ({why.value})"]
