@@ -92,6 +92,7 @@ def test_a_worker_that_dies_fails_the_run_and_names_the_lost_case(pytester: pyte
         *gate_args(model(pytester, "ref", replies), model(pytester, "q", replies)),
         "-n",
         "2",
+        "--max-worker-restart=0",  # no replacement worker: the crash alone is what is tested
         f"--quant-report={report}",
     )
     assert result.ret != 0
