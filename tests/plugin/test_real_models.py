@@ -196,3 +196,43 @@ def test_same_gate_with_and_without_xdist(
     assert [c["outcomes"] for c in base["cases"]] == [c["outcomes"] for c in data["cases"]]
     # Each case was generated once per model, across both workers.
     assert {label: m["generated_cases"] for label, m in data["models"].items()} == {"ref": 45, "damaged": 45}
+
+
+def _cuda_devices() -> int:
+    try:
+        import torch
+    except ImportError:
+        return 0
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+@pytest.mark.skipif(_cuda_devices() < 2, reason="needs two CUDA devices")
+def test_each_worker_loads_its_models_on_its_own_gpu(
+    pytester: pytest.Pytester, tiny_ref: Path, example_data: Path
+) -> None:
+    pytest.importorskip("xdist")
+    pytester.makepyfile(SUITE.format(data=str(example_data), limit=8))
+    report = pytester.path / "gate.json"
+    marker = pytester.path / "devices"
+    marker.mkdir()
+    pytester.makeconftest(
+        f"""
+import os, pathlib
+
+def pytest_sessionfinish(session):
+    cases = session.config.stash.get(__import__("pytest_quantgate.plugin").plugin.case_plugin_key, None)
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if cases is not None and worker:
+        devices = {{label: f.get("device") for label, f in cases.executor.pool.facts.items()}}
+        pathlib.Path({str(marker)!r}, worker).write_text(repr(devices))
+"""
+    )
+    result = pytester.runpytest(
+        f"--quant-reference=ref={tiny_ref}", f"--quant-report={report}", "-n", "2", "--quant-device=cuda"
+    )
+    assert result.ret in (0, 1), result.stdout.str()
+    workers = json.loads(report.read_text())["config"]["workers"]
+    assert workers["gw0"]["devices"] == ["cuda:0"] and workers["gw1"]["devices"] == ["cuda:1"]
+    for worker, expected in (("gw0", "cuda:0"), ("gw1", "cuda:1")):
+        seen = (marker / worker).read_text()
+        assert expected in seen, (worker, seen)
