@@ -53,7 +53,6 @@ each rare at one step and frequent over seven.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import sys
@@ -73,6 +72,7 @@ sys.path.insert(0, str(REPO))
 
 import agent_tasks  # noqa: E402  (needs the sys.path entry above)
 from agent_tasks import SLICES, SUITES, AgentCase, Transcript  # noqa: E402
+from tiny_build import build_model, build_tokenizer, load, save, seed_everything  # noqa: E402
 
 if TYPE_CHECKING:
     import torch
@@ -80,7 +80,6 @@ if TYPE_CHECKING:
 
     from pytest_quantgate.backends.hf import HFBackend
 
-BOS, EOS, PAD = "<bos>", "<eos>", "<pad>"
 # Damaged copies in the evaluation table: (bits, group_size).
 RTN_VARIANTS: tuple[tuple[int, int], ...] = ((8, 128), (4, 32), (3, 128), (2, 32), (2, 64), (2, 128))
 
@@ -100,67 +99,6 @@ class Arch:
 # --------------------------------------------------------------------------
 # Setup.
 # --------------------------------------------------------------------------
-
-
-def seed_everything(seed: int) -> None:
-    import numpy as np
-    import torch
-
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def build_tokenizer(max_positions: int) -> PreTrainedTokenizerBase:
-    """Byte-level tokenizer without merges: one token per byte (as tiny-ref's).
-
-    No merges so that digits and keys are single tokens (BPE would fuse
-    ``"45"`` into one token with an unrelated embedding), and so that a
-    character offset in a transcript is a token offset. ``<bos>`` is
-    prepended by the post-processor: ``tokenizer(prompt)`` is what the model
-    was trained on.
-    """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
-
-    specials = [BOS, EOS, PAD]
-    vocab = {tok: i for i, tok in enumerate(specials)}
-    for ch in sorted(pre_tokenizers.ByteLevel.alphabet()):
-        vocab[ch] = len(vocab)
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.add_special_tokens(specials)
-    tok.post_processor = processors.TemplateProcessing(
-        single=f"{BOS} $A", pair=f"{BOS} $A $B", special_tokens=[(BOS, vocab[BOS])]
-    )
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        bos_token=BOS,
-        eos_token=EOS,
-        pad_token=PAD,
-        padding_side="left",
-        model_max_length=max_positions,
-    )
-
-
-def build_model(arch: Arch, tokenizer: PreTrainedTokenizerBase) -> PreTrainedModel:
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=arch.hidden,
-        intermediate_size=arch.intermediate,
-        num_hidden_layers=arch.layers,
-        num_attention_heads=arch.heads,
-        num_key_value_heads=arch.heads,
-        max_position_embeddings=arch.max_positions,
-        tie_word_embeddings=True,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    return LlamaForCausalLM(config)
 
 
 # --------------------------------------------------------------------------
@@ -307,39 +245,6 @@ def teacher_forced_accuracy(
 # --------------------------------------------------------------------------
 
 
-def save(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out: Path) -> None:
-    from transformers import GenerationConfig
-
-    out.mkdir(parents=True, exist_ok=True)
-    for stale in out.iterdir():  # a previous build's files must not linger
-        if stale.is_file():
-            stale.unlink()
-    model.generation_config = GenerationConfig(
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        do_sample=False,
-        num_beams=1,
-        max_new_tokens=agent_tasks.STRUCTURED_MAX_NEW_TOKENS,
-    )
-    model.save_pretrained(out, safe_serialization=True)
-    tokenizer.save_pretrained(out)
-    # transformers 5 writes "TokenizersBackend", which transformers 4.x does
-    # not know; PreTrainedTokenizerFast loads under both.
-    cfg_path = out / "tokenizer_config.json"
-    cfg = json.loads(cfg_path.read_text())
-    cfg["tokenizer_class"] = "PreTrainedTokenizerFast"
-    cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
-
-
-def load(spec: str) -> HFBackend:
-    """Load through the plugin's own backend: the path a user's checkpoint takes."""
-    from pytest_quantgate.backends.hf import HFBackend
-    from pytest_quantgate.specs import parse_spec
-
-    return HFBackend.load(parse_spec(spec), "cpu", "auto")
-
-
 # --------------------------------------------------------------------------
 # Evaluation.
 # --------------------------------------------------------------------------
@@ -470,7 +375,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         log_every=args.log_every,
     )
     train_s = time.perf_counter() - t0
-    save(model, tokenizer, args.out)
+    save(model, tokenizer, args.out, agent_tasks.STRUCTURED_MAX_NEW_TOKENS)
     print(f"\ntraining took {train_s:.0f}s ({train_s / 60:.1f} min) on {torch.get_num_threads()} thread(s)")
     evaluate(args.out, eval_sets, args.eval_batch_size)
     return 0

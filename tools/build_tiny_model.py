@@ -27,7 +27,6 @@ Everything runs offline with fixed seeds on one CPU thread (about 5.5 minutes).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import sys
@@ -46,6 +45,7 @@ sys.path.insert(0, str(REPO / "tools"))
 sys.path.insert(0, str(REPO))
 
 import tiny_tasks  # noqa: E402  (needs the sys.path entry above)
+from tiny_build import build_model, build_tokenizer, load, save, seed_everything  # noqa: E402
 from tiny_tasks import MAX_NEW_TOKENS, SLICES, Example  # noqa: E402
 
 if TYPE_CHECKING:
@@ -54,7 +54,6 @@ if TYPE_CHECKING:
 
     from pytest_quantgate.backends.hf import HFBackend
 
-BOS, EOS, PAD = "<bos>", "<eos>", "<pad>"
 EVAL_PER_SLICE = 60
 # Training mixture: harder slices get more of the batch.  ``format`` answers
 # are long (many supervised tokens per example) so it needs few examples.
@@ -79,74 +78,6 @@ class Arch:
 # --------------------------------------------------------------------------
 # Setup.
 # --------------------------------------------------------------------------
-
-
-def seed_everything(seed: int) -> None:
-    import numpy as np
-    import torch
-
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def build_tokenizer() -> PreTrainedTokenizerBase:
-    """Byte-level tokenizer without merges: one token per byte.
-
-    No merges on purpose: BPE would fuse digit pairs ("12") into single
-    tokens with unrelated embeddings, which makes arithmetic and counting much
-    harder for a model this small.  Byte level means any text encodes (there
-    is no unknown token).  A template post-processor prepends ``<bos>`` so that
-    ``tokenizer(prompt)`` gives what the model was trained on, with no chat
-    template or caller-side convention needed.
-    """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
-
-    specials = [BOS, EOS, PAD]
-    vocab = {tok: i for i, tok in enumerate(specials)}
-    for ch in sorted(pre_tokenizers.ByteLevel.alphabet()):
-        vocab[ch] = len(vocab)
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    # use_regex=False: no word splitting (irrelevant without merges, and it
-    # keeps the pre-tokenizer trivially reversible).
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.add_special_tokens(specials)
-    tok.post_processor = processors.TemplateProcessing(
-        single=f"{BOS} $A",
-        pair=f"{BOS} $A $B",
-        special_tokens=[(BOS, vocab[BOS])],
-    )
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        bos_token=BOS,
-        eos_token=EOS,
-        pad_token=PAD,
-        # Decoder-only generation needs left padding; saving it makes it the
-        # default for whoever loads the tokenizer.
-        padding_side="left",
-        model_max_length=Arch.max_positions,
-    )
-
-
-def build_model(arch: Arch, tokenizer: PreTrainedTokenizerBase) -> PreTrainedModel:
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=arch.hidden,
-        intermediate_size=arch.intermediate,
-        num_hidden_layers=arch.layers,
-        num_attention_heads=arch.heads,
-        num_key_value_heads=arch.heads,
-        max_position_embeddings=arch.max_positions,
-        tie_word_embeddings=True,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    return LlamaForCausalLM(config)
 
 
 # --------------------------------------------------------------------------
@@ -294,43 +225,6 @@ def teacher_forced_accuracy(
 # --------------------------------------------------------------------------
 # Saving and loading.
 # --------------------------------------------------------------------------
-
-
-def save(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out: Path) -> None:
-    from transformers import GenerationConfig
-
-    out.mkdir(parents=True, exist_ok=True)
-    for stale in out.iterdir():  # a previous build's files must not linger
-        if stale.is_file():
-            stale.unlink()
-    model.generation_config = GenerationConfig(
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        do_sample=False,
-        num_beams=1,
-        max_new_tokens=max(MAX_NEW_TOKENS.values()),
-    )
-    model.save_pretrained(out, safe_serialization=True)
-    tokenizer.save_pretrained(out)
-    # transformers 5 writes "TokenizersBackend", which transformers 4.x does
-    # not know; PreTrainedTokenizerFast loads under both.
-    cfg_path = out / "tokenizer_config.json"
-    cfg = json.loads(cfg_path.read_text())
-    cfg["tokenizer_class"] = "PreTrainedTokenizerFast"
-    cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
-
-
-def load(spec: str) -> HFBackend:
-    """Load through the plugin's own backend: the path a user's checkpoint takes.
-
-    ``spec`` is a model spec (``PATH``, ``bnb-nf4:PATH``, ``rtn2g128:PATH``);
-    a checkpoint that leaves weights randomly initialised is an error there.
-    """
-    from pytest_quantgate.backends.hf import HFBackend
-    from pytest_quantgate.specs import parse_spec
-
-    return HFBackend.load(parse_spec(spec), "cpu", "auto")
 
 
 # --------------------------------------------------------------------------
@@ -492,7 +386,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"wrote {sum(map(len, eval_sets.values()))} eval cases to {args.data}")
 
     t0 = time.perf_counter()
-    tokenizer = build_tokenizer()
+    tokenizer = build_tokenizer(Arch.max_positions)
     arch = Arch(args.hidden, args.layers, args.heads, args.intermediate)
     model = build_model(arch, tokenizer)
     print(f"{arch}: {sum(p.numel() for p in model.parameters()):,} parameters")
@@ -507,7 +401,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         log_every=args.log_every,
     )
     train_s = time.perf_counter() - t0
-    save(model, tokenizer, args.out)
+    save(model, tokenizer, args.out, max(MAX_NEW_TOKENS.values()))
     evaluate(args.out, eval_sets)
     print(f"\ntraining took {train_s:.0f}s ({train_s / 60:.1f} min) on {torch.get_num_threads()} threads")
     return 0
