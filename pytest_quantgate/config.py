@@ -192,7 +192,7 @@ class GateConfig:
     cache_dir: Path | None = None
     #: xdist worker -> its devices (``WorkerDevices.to_dict()``), decided by the controller.
     workers: dict[str, dict[str, Any]] = field(default_factory=dict)
-    #: Safe loading (``backends.hf.LoadPolicy``): run code a checkpoint ships (``auto_map``).
+    #: Safe loading (``backends.base.LoadPolicy``): run code a checkpoint ships (``auto_map``).
     trust_remote_code: bool = False
     #: Load pickled weights (``pytorch_model.bin``) of a checkpoint without safetensors.
     allow_pickle: bool = False

@@ -18,8 +18,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .backends.base import Backend, BackendError, load_backend
-from .backends.hf import LoadPolicy, load_policy
+from .backends.base import Backend, BackendError, LoadPolicy, load_backend, load_policy
 from .cases import CaseRecord, CaseSpec, ModelOutcome, Outcome, resolve_skips
 from .config import GateConfig
 from .runner import BatchSize, CaseRun, run_cases
@@ -72,7 +71,7 @@ class ModelPool:
         spec = self.specs[label]
         self._emit(f"quantgate: loading {spec.display} ...")
         try:
-            with load_policy(LoadPolicy.of(self.config)):  # the safe-loading flags (backends.hf)
+            with load_policy(LoadPolicy.of(self.config)):  # the safe-loading flags (backends.base)
                 model = self._loader(spec, device=self.config.device, dtype=self.config.dtype)
         except BackendError as exc:
             self._fail(label, exc)

@@ -186,7 +186,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="per-slice margins, one 'SLICE = TOLERANCE' per line (default: --quant-tolerance)",
         type="linelist",
     )
-    # Safe loading: what a checkpoint may do while it loads (backends.hf.LoadPolicy).
+    # Safe loading: what a checkpoint may do while it loads (backends.base.LoadPolicy).
     for flag, name, help_text in (
         (
             "--quant-trust-remote-code",

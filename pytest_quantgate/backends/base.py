@@ -9,21 +9,27 @@ from a registry of lazily imported factories.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import importlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, cast, runtime_checkable
 
 from ..cases import GenerationSettings, Prompt
 
 if TYPE_CHECKING:
+    from ..config import GateConfig
     from ..specs import ModelSpec
 
 __all__ = [
     "Backend",
     "BackendError",
     "GenerationRequest",
+    "LoadPolicy",
+    "current_load_policy",
     "load_backend",
+    "load_policy",
     "refusals",
     "register_backend",
     "rendered_text",
@@ -99,6 +105,60 @@ def rendered_text(backend: Backend, request: GenerationRequest) -> str | None:
         return str(render(request))
     except Exception:
         return None
+
+
+@dataclass(frozen=True)
+class LoadPolicy:
+    """What the session lets a checkpoint do while it loads: the ``--quant-*`` safety flags.
+
+    Attributes:
+        trust_remote_code: run the code a checkpoint ships (an ``auto_map``).
+        allow_pickle: load pickled weights (``pytorch_model.bin``) when a
+            checkpoint has no safetensors; unpickling can run code.
+        allow_tokenizer_mismatch: gate a candidate whose tokenizer differs
+            from the reference's (the differences go to its facts).
+        reference: the session's reference, whose tokenizer a candidate's is
+            compared with; None compares nothing.
+    """
+
+    trust_remote_code: bool = False
+    allow_pickle: bool = False
+    allow_tokenizer_mismatch: bool = False
+    reference: ModelSpec | None = None
+
+    @classmethod
+    def of(cls, config: GateConfig) -> LoadPolicy:
+        """The policy a session's configuration asks for."""
+        return cls(
+            trust_remote_code=config.trust_remote_code,
+            allow_pickle=config.allow_pickle,
+            allow_tokenizer_mismatch=config.allow_tokenizer_mismatch,
+            reference=config.reference,
+        )
+
+
+# The policy reaches a backend's loader (``HFBackend.load``) through a context variable rather
+# than an argument: loaders are called as ``loader(spec, device=, dtype=)`` by
+# the model pool, the plugin's hook and ``load_backend``, and that signature is
+# public (``pytest_quantgate_make_backend``). The pool sets it around each load
+# (``with load_policy(...)``); outside one, the strict default applies.
+_POLICY: contextvars.ContextVar[LoadPolicy] = contextvars.ContextVar("quantgate_load_policy")
+_STRICT = LoadPolicy()
+
+
+@contextlib.contextmanager
+def load_policy(policy: LoadPolicy) -> Iterator[LoadPolicy]:
+    """Load models under ``policy`` inside the block (the strict default outside)."""
+    token = _POLICY.set(policy)
+    try:
+        yield policy
+    finally:
+        _POLICY.reset(token)
+
+
+def current_load_policy() -> LoadPolicy:
+    """The policy loads run under now (a backend of a plugin may honour it too)."""
+    return _POLICY.get(_STRICT)
 
 
 #: A loader: ``factory(spec, device, dtype)`` returns a loaded :class:`Backend`.
