@@ -21,8 +21,12 @@ from typing import Literal
 
 import numpy as np
 from numpy.typing import NDArray
-from scipy import optimize, special
-from scipy import stats as sps
+from scipy import special
+
+# scipy.stats is not imported: it costs about a second at the end of every
+# gate run, and everything used here is a scipy.special function (the
+# distributions' own implementations call the same ones). scipy.optimize is
+# imported where a bound is solved (_brentq).
 
 Method = Literal["auto", "exact", "normal"]
 
@@ -417,14 +421,14 @@ def _mcnemar_upper(b: int, c: int) -> float:
     """``P(X ≥ b)`` for ``X ~ Binomial(b + c, ½)``; 1.0 without discordant pairs."""
     if b + c == 0:
         return 1.0
-    return float(sps.binom.sf(b - 1, b + c, 0.5))
+    return _binom_sf(b - 1, b + c, 0.5)
 
 
 def _mcnemar_lower(b: int, c: int) -> float:
     """``P(X ≤ b)`` for ``X ~ Binomial(b + c, ½)``; 1.0 without discordant pairs."""
     if b + c == 0:
         return 1.0
-    return float(sps.binom.cdf(b, b + c, 0.5))
+    return _binom_cdf(b, b + c, 0.5)
 
 
 def regression_pvalue(
@@ -497,11 +501,37 @@ def noninferiority_pvalue(
 
 
 def _reference_sf(z: float, df: int | None) -> float:
-    return float(sps.norm.sf(z) if df is None else sps.t.sf(z, df))
+    """Upper tail of the standard normal, or of Student's t with ``df`` degrees of freedom."""
+    return float(special.ndtr(-z) if df is None else special.stdtr(df, -z))
 
 
 def _reference_isf(alpha: float, df: int | None) -> float:
-    return float(sps.norm.isf(alpha) if df is None else sps.t.isf(alpha, df))
+    """The point with upper tail ``alpha`` (normal, or t with ``df`` degrees of freedom)."""
+    return float(-special.ndtri(alpha) if df is None else -special.stdtrit(df, alpha))
+
+
+def _binom_sf(k: int, n: int, p: float) -> float:
+    """``P(X > k)`` for ``X ~ Binomial(n, p)``."""
+    if k < 0:
+        return 1.0
+    if k >= n:
+        return 0.0
+    return float(special.bdtrc(k, n, p))
+
+
+def _binom_cdf(k: int, n: int, p: float) -> float:
+    """``P(X ≤ k)`` for ``X ~ Binomial(n, p)``."""
+    if k < 0:
+        return 0.0
+    if k >= n:
+        return 1.0
+    return float(special.bdtr(k, n, p))
+
+
+def _brentq(f: Callable[[float], float], lo: float, hi: float, xtol: float) -> float:
+    from scipy import optimize
+
+    return float(optimize.brentq(f, lo, hi, xtol=xtol))
 
 
 def _tail(
@@ -660,7 +690,7 @@ def score_upper_bound(
     lo, hi = (b - c) / n, 1.0 - _EDGE
     if lo >= hi or gap(hi) >= 0.0:
         return 1.0
-    return float(optimize.brentq(gap, lo, hi, xtol=1e-12))
+    return float(_brentq(gap, lo, hi, xtol=1e-12))
 
 
 def score_lower_bound(
@@ -686,7 +716,7 @@ def score_lower_bound(
     lo, hi = -1.0 + _EDGE, (b - c) / n
     if lo >= hi or gap(lo) <= 0.0:
         return -1.0
-    return float(optimize.brentq(gap, lo, hi, xtol=1e-12))
+    return float(_brentq(gap, lo, hi, xtol=1e-12))
 
 
 def _exact_crossing(gap: Callable[[float], float], start: float, step: float) -> float:
@@ -718,7 +748,7 @@ def _exact_crossing(gap: Callable[[float], float], start: float, step: float) ->
             if gap(lo) >= 0.0:
                 break
             hi = lo
-    return float(optimize.brentq(gap, lo, hi, xtol=1e-9))
+    return float(_brentq(gap, lo, hi, xtol=1e-9))
 
 
 @lru_cache(maxsize=4096)
@@ -864,8 +894,8 @@ def min_detectable_drop(n: int, psi: float, alpha: float, power: float = 0.8) ->
         raise ValueError(f"psi must lie in [0, 1], got {psi}")
     _check_alpha(alpha)
     _check_power(power)
-    z_alpha = float(sps.norm.isf(alpha))
-    z_power = float(sps.norm.ppf(power))
+    z_alpha = _reference_isf(alpha, None)
+    z_power = float(special.ndtri(power))
     if n <= z_alpha * z_alpha:
         return math.inf
 
@@ -875,7 +905,7 @@ def min_detectable_drop(n: int, psi: float, alpha: float, power: float = 0.8) ->
     hi = 1.0 - _EDGE
     if gap(hi) >= 0.0:
         return math.inf
-    return float(optimize.brentq(gap, 1e-9, hi, xtol=1e-12))
+    return float(_brentq(gap, 1e-9, hi, xtol=1e-12))
 
 
 def n_needed_at_margin(
@@ -919,8 +949,8 @@ def n_needed_at_margin(
     x0 = float(_p01(p10, p01, 1.0, margin)[0])
     sigma0 = math.sqrt(2.0 * x0 + margin - margin * margin)
     sigma1 = math.sqrt(max(psi - drop * drop, 0.0))
-    z_alpha = float(sps.norm.isf(alpha))
-    z_power = float(sps.norm.ppf(power))
+    z_alpha = _reference_isf(alpha, None)
+    z_power = float(special.ndtri(power))
     value = (z_alpha * sigma0 + z_power * sigma1) ** 2 / (margin - drop) ** 2
     return max(1, math.ceil(value - 1e-9))
 
@@ -1020,9 +1050,20 @@ def _power(n: int, drop: float, psi: float, boundaries: _Boundaries) -> float:
     share = min(max(p10 / psi, 0.0), 1.0) if psi > 0.0 else 0.0
     m = np.array(_count_range(n, psi), dtype=np.int64)
     k = np.array([boundaries.at(int(x)) for x in m], dtype=np.int64)
-    weight = sps.binom.pmf(m, n, psi)
-    inside = sps.binom.sf(k - 1, m, share) if boundaries.upward else sps.binom.cdf(k, m, share)
+    weight = _binom_pmf(m, n, psi)
+    if boundaries.upward:  # P(B ≥ k) of B ~ Binomial(m, share)
+        inside = np.where(k <= 0, 1.0, np.where(k > m, 0.0, special.bdtrc(np.maximum(k - 1, 0), m, share)))
+    else:  # P(B ≤ k)
+        inside = np.where(k < 0, 0.0, np.where(k >= m, 1.0, special.bdtr(np.maximum(k, 0), m, share)))
     return float(np.dot(weight, inside))
+
+
+def _binom_pmf(m: NDArray[np.int64], n: int, p: float) -> NDArray[np.float64]:
+    """``P(X = m)`` for ``X ~ Binomial(n, p)``, elementwise (0 and 1 handled exactly)."""
+    mf = m.astype(np.float64)
+    log_choose = special.gammaln(n + 1.0) - special.gammaln(mf + 1.0) - special.gammaln(n - mf + 1.0)
+    out: NDArray[np.float64] = np.exp(log_choose + special.xlogy(mf, p) + special.xlog1py(n - mf, -p))
+    return out
 
 
 @lru_cache(maxsize=256)
