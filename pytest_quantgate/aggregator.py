@@ -14,6 +14,7 @@ from typing import Any
 from .cases import ALL, CaseRecord, Status, merge_tolerances
 from .config import GateConfig
 from .gate import GateSettings, SliceOutcomes, Verdict, evaluate, overall_verdict
+from .overlap import CalibrationOverlap, overlap, read_calibration
 from .report.model import CandidateGate, GateReport, GateTest, Selection
 from .specs import ModelSpec
 
@@ -144,7 +145,18 @@ class Aggregator:
             interrupted=interrupted,
             selection=selection,
             reference_error=reference_error,
+            calibration_overlap=self._calibration_overlap(records),
         )
+
+    def _calibration_overlap(self, records: Sequence[CaseRecord]) -> CalibrationOverlap | None:
+        path = self.config.calibration
+        if path is None:
+            return None
+        try:
+            texts = read_calibration(path)
+        except ValueError:  # readable when the run began (checked); gone since: nothing to say
+            return None
+        return overlap({r.nodeid: r.prompt for r in records}, texts, str(path))
 
     def _models(self) -> dict[str, dict[str, Any]]:
         assert self.config.reference is not None

@@ -185,6 +185,7 @@ class GateConfig:
     alpha: float = 0.05
     strict: bool = False
     report_path: Path | None = None
+    calibration: Path | None = None  # the candidates' calibration texts, checked for eval overlap
     batch_size: int | None = None  # None: auto (see parse_batch_size)
     slice_tolerances: dict[str, float] = field(default_factory=dict)
     keep_loaded: bool = False  # every model resident for the whole session
@@ -242,6 +243,7 @@ class GateConfig:
             "alpha": self.alpha,
             "strict": self.strict,
             "report_path": str(self.report_path) if self.report_path else None,
+            "calibration": str(self.calibration) if self.calibration else None,
             "batch_size": "auto" if self.batch_size is None else self.batch_size,
             "slice_tolerances": dict(self.slice_tolerances),
             "keep_loaded": self.keep_loaded,
@@ -332,6 +334,7 @@ class GateConfig:
             alpha=parsed("quant_alpha", parse_alpha, 0.05),
             strict=strict,
             report_path=parse_report_path(report, report_dir, report_src) if report else None,
+            calibration=_calibration(*pick("quant_calibration")),
             batch_size=parsed("quant_batch_size", parse_batch_size, "auto"),
             slice_tolerances=parse_slice_tolerances(ini("quant_slice_tolerance") or []),
             keep_loaded=keep_loaded,
@@ -341,6 +344,22 @@ class GateConfig:
             allow_pickle=flag("quant_allow_pickle"),
             allow_tokenizer_mismatch=flag("quant_allow_tokenizer_mismatch"),
         )
+
+
+def _calibration(value: Any, base_dir: Path, name: str) -> Path | None:
+    """The calibration file, which must exist and be readable (checked before any model loads)."""
+    if not value:
+        return None
+    path = (base_dir / Path(str(value)).expanduser()).resolve()
+    if not path.is_file():
+        raise ConfigError(f"{name}: no such file: {path}")
+    from .overlap import read_calibration
+
+    try:
+        read_calibration(path)
+    except ValueError as exc:
+        raise ConfigError(f"{name}: {exc}") from None
+    return path
 
 
 def _ini_bool(value: Any, name: str) -> bool:

@@ -115,6 +115,13 @@ _OPTIONS = (
     ("--quant-alpha", "quant_alpha", "string", "significance level of the gate (default: 0.05)"),
     ("--quant-report", "quant_report", "string", "write the gate as JSON to this path (default: none)"),
     (
+        "--quant-calibration",
+        "quant_calibration",
+        "string",
+        "the candidates' calibration texts (JSONL or text): the report counts eval cases found "
+        "in them and warns above 1% (default: none)",
+    ),
+    (
         "--quant-cache",
         "quant_cache",
         "string",

@@ -17,6 +17,7 @@ Top level::
                 "slices": [name, ... "ALL"],
                 "candidates": [{"label", "verdict", "not_evaluated", "weight_bytes"}],
                 "cells": [[{"drop", "verdict", "n"} or null, ... per candidate], ... per slice]},
+     "calibration_overlap": {...} | null,  # eval cases found in --quant-calibration's texts
      "cases": [CaseRecord.to_dict(), ...]}   # prompt, arguments, outcomes and outputs per model
 
 ``matrix`` is what the terminal's slices × candidates matrix shows
@@ -71,6 +72,9 @@ def to_dict(report: GateReport) -> dict[str, Any]:
         "models": report.models,
         "candidates": [c.to_dict() for c in report.candidates],
         "matrix": report.matrix().to_dict(),
+        "calibration_overlap": (
+            report.calibration_overlap.to_dict() if report.calibration_overlap is not None else None
+        ),
         "cases": [r.to_dict() for r in report.records],
     }
 

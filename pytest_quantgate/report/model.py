@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from ..cases import CaseRecord
     from ..config import GateConfig
     from ..gate import SliceResult, Verdict
+    from ..overlap import CalibrationOverlap
 
 __all__ = [
     "LOAD",
@@ -316,6 +317,7 @@ class GateReport:
         reference_passed: Cases the reference passes (for a reference-only run).
         selection: Which cases were asked for and which ran.
         reference_error: Why the reference could not be loaded, if it could not.
+        calibration_overlap: Eval cases found in the calibration file, when one was given.
     """
 
     config: GateConfig
@@ -329,6 +331,7 @@ class GateReport:
     interrupted: bool = False
     selection: Selection = field(default_factory=Selection)
     reference_error: str | None = None
+    calibration_overlap: CalibrationOverlap | None = None
 
     @property
     def failures(self) -> tuple[GateTest, ...]:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 from ..cases import ALL, Status
 from ..gate import SliceResult, Verdict
+from ..overlap import NGRAM, CalibrationOverlap
 
 if TYPE_CHECKING:
     from ..cases import CaseRecord
@@ -577,12 +578,35 @@ def summary(
         write_error: Why the JSON report could not be written, if it could not.
     """
     yield from _body(report, width)
+    yield from _calibration_lines(report.calibration_overlap, width)
     path = report.config.report_path
     if write_error is not None:
         yield [(write_error, {"red": True, "bold": True})]
     elif path is not None:
         state = "complete" if report.complete else "incomplete"
         yield [(f"quantgate: JSON report ({state}) written to {path}", {})]
+
+
+def _calibration_lines(found: CalibrationOverlap | None, width: int) -> Iterator[Line]:
+    """What the calibration-overlap check found: a warning above its threshold, else one plain line."""
+    if found is None:
+        return
+    share = f"{len(found.overlapping)} of {found.cases} cases ({100 * found.share:.1f}%)"
+    if not found.warns:
+        yield [(f"quantgate: calibration file {found.file}: {share} found in its texts", {})]
+        return
+    yield from _wrapped(
+        f"warning: {share} appear in the calibration file (a shared {NGRAM}-word run, or the whole "
+        "prompt): the candidates were fitted to cases that judge them, and their verdicts may be "
+        "optimistic",
+        width,
+        {"yellow": True, "bold": True},
+    )
+    yield [(f"  file: {found.file}", {"yellow": True})]
+    for nodeid in found.overlapping[:MAX_CASES_SHOWN]:
+        yield [(_cut(f"  {nodeid}", width), {"yellow": True})]
+    if len(found.overlapping) > MAX_CASES_SHOWN:
+        yield [(f"  ... and {len(found.overlapping) - MAX_CASES_SHOWN} more (all in the JSON report)", {})]
 
 
 def _body(report: GateReport, width: int) -> Iterator[Line | Sep]:
