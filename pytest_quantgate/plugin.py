@@ -119,7 +119,7 @@ _OPTIONS = (
         "quant_calibration",
         "string",
         "the candidates' calibration texts (JSONL or text): the report counts eval cases found "
-        "in them and warns above 1% (default: none)",
+        "in them and warns above one in a hundred (default: none)",
     ),
     (
         "--quant-cache",
