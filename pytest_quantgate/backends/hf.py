@@ -563,24 +563,28 @@ class HFBackend:
         deep inside generation or, worse, runs on silently; and a huge
         prompt in a batch can exhaust memory before it fails.
         """
-        out: list[str | None] = []
-        for req in requests:
-            if self.context is None:
-                out.append(None)
-                continue
+        out: list[str | None] = [None] * len(requests)
+        if self.context is None:
+            return out
+        # One tokenizer call per special-tokens flag: a fast tokenizer encodes a batch in one go.
+        groups: dict[bool, list[tuple[int, str]]] = {}
+        for i, req in enumerate(requests):
             try:
                 text, special = self.render(req.prompt, req.settings)
             except BackendError as exc:  # no chat template: this case's error, found before generating
-                out.append(str(exc))
+                out[i] = str(exc)
                 continue
-            length = len(self.tokenizer(text, add_special_tokens=not special)["input_ids"])
-            need = length + req.settings.max_new_tokens
-            out.append(
-                None
-                if need <= self.context
-                else f"the prompt ({length} tokens) + max_new_tokens ({req.settings.max_new_tokens}) "
-                f"= {need} tokens exceeds the context of {self.label} ({self.context} tokens)"
-            )
+            groups.setdefault(special, []).append((i, text))
+        for special, items in groups.items():
+            encoded = self.tokenizer([t for _, t in items], add_special_tokens=not special)["input_ids"]
+            for (i, _), ids in zip(items, encoded, strict=True):
+                length, limit = len(ids), requests[i].settings.max_new_tokens
+                need = length + limit
+                if need > self.context:
+                    out[i] = (
+                        f"the prompt ({length} tokens) + max_new_tokens ({limit}) "
+                        f"= {need} tokens exceeds the context of {self.label} ({self.context} tokens)"
+                    )
         return out
 
     # -- generation ----------------------------------------------------------

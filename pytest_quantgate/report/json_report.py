@@ -79,6 +79,24 @@ def to_dict(report: GateReport) -> dict[str, Any]:
     }
 
 
+def dumps(data: dict[str, Any]) -> str:
+    """Indented JSON with one case record per line.
+
+    Readable in a pager and in a diff (a case per line), and written by the
+    C encoder: ``json.dumps(indent=...)`` falls back to the pure-Python one,
+    which took a third of a second for 1,000 cases.
+    """
+    head = {k: v for k, v in data.items() if k != "cases"}
+    cases = data.get("cases", [])
+    text = json.dumps(head, indent=2, allow_nan=False)
+    if "cases" not in data:
+        return text
+    lines = ",\n".join("    " + json.dumps(c, allow_nan=False) for c in cases)
+    body = f"[\n{lines}\n  ]" if cases else "[]"
+    opening = text[: text.rindex("}")].rstrip() + "," if head else "{"
+    return f'{opening}\n  "cases": {body}\n}}'
+
+
 def write(report: GateReport, path: Path) -> None:
     """Write atomically: a reader never sees half a file, an old one stays until done.
 
@@ -86,7 +104,7 @@ def write(report: GateReport, path: Path) -> None:
     ``mkstemp``'s 0600: a report is for sharing, with CI artifacts say).
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(to_dict(report), indent=2, sort_keys=False, allow_nan=False)
+    text = dumps(to_dict(report))
     tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
