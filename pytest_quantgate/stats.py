@@ -264,7 +264,7 @@ def psi_points(b: int, c: int, n: int, delta: float) -> NDArray[np.float64]:
     lo, hi = _psi_interval(b + c, n)
     x = float(_p01(np.array([b], dtype=float), np.array([c], dtype=float), float(n), delta)[0])
     psi0 = min(max(2.0 * x + delta, 0.0), 1.0)
-    points = np.linspace(lo, hi, PSI_POINTS)
+    points: NDArray[np.float64] = np.linspace(lo, hi, PSI_POINTS, dtype=np.float64)
     if lo <= psi0 <= hi:
         points = np.sort(np.append(points, psi0))
     return points

@@ -167,7 +167,7 @@ def test_mcnemar_exact_unconditional_berger_boos_tail() -> None:
     m = b + c
     lo = float(special.betaincinv(m, n - m + 1, gamma / 2))
     hi = float(special.betaincinv(m + 1, n - m, 1.0 - gamma / 2))
-    psis = np.linspace(lo, hi, 1000)
+    psis = np.linspace(lo, hi, 1000, dtype=np.float64)
     z_obs = stats.score_z(b, c, n, 0.0)
     # McNemar's Z of the table, -1; other tables at exactly |Z| = 1 are ties that
     # R counts (T0 >= Tobs) and _tails_at counts within its tie slack.
