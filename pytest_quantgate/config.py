@@ -321,6 +321,13 @@ class GateConfig:
 
         device = parsed("quant_device", parse_device, "auto")
         models = (reference, *candidates) if reference is not None else ()
+        calibration = _calibration(*pick("quant_calibration"))
+        on_the_fly = [m for m in models if m.scheme in ("gptq", "awq")]
+        if on_the_fly and calibration is None:
+            raise ConfigError(
+                f"{on_the_fly[0].text!r} quantizes on the fly and needs texts to calibrate on: "
+                "--quant-calibration FILE (JSONL with a text field, or one text per line)"
+            )
         if any(m.kind.backend == "hf" for m in models):
             problem = device_problem(device)
             if problem:
@@ -334,7 +341,7 @@ class GateConfig:
             alpha=parsed("quant_alpha", parse_alpha, 0.05),
             strict=strict,
             report_path=parse_report_path(report, report_dir, report_src) if report else None,
-            calibration=_calibration(*pick("quant_calibration")),
+            calibration=calibration,
             batch_size=parsed("quant_batch_size", parse_batch_size, "auto"),
             slice_tolerances=parse_slice_tolerances(ini("quant_slice_tolerance") or []),
             keep_loaded=keep_loaded,

@@ -71,7 +71,9 @@ class ModelPool:
         spec = self.specs[label]
         self._emit(f"quantgate: loading {spec.display} ...")
         try:
-            with load_policy(LoadPolicy.of(self.config)):  # the safe-loading flags (backends.base)
+            with load_policy(
+                LoadPolicy.of(self.config, notify=self._emit)
+            ):  # the safe-loading flags (backends.base)
                 model = self._loader(spec, device=self.config.device, dtype=self.config.dtype)
         except BackendError as exc:
             self._fail(label, exc)
@@ -331,8 +333,17 @@ class Executor:
             exclude = [self.config.cache_dir] if self.config.cache_dir else []
             from .cache import fingerprint_spec
 
+            versions = None
+            if spec.scheme in ("gptq", "awq") and self.config.calibration is not None:
+                # Quantized on the fly: its results depend on the texts it was calibrated on.
+                from .cache import environment_versions
+                from .overlap import read_calibration
+                from .quantize import calibration_digest
+
+                texts = read_calibration(self.config.calibration)
+                versions = {**environment_versions(), "calibration": calibration_digest(texts)}
             self._fingerprints[label] = fingerprint_spec(
-                spec, dtype=self.config.dtype, device=device, exclude=exclude
+                spec, dtype=self.config.dtype, device=device, exclude=exclude, versions=versions
             )
         return self._fingerprints[label]
 

@@ -20,6 +20,10 @@ Schemes (:data:`SCHEMES`; plugins add theirs with :func:`register_scheme`):
 ``bnb-int8``       bitsandbytes LLM.int8()
 ``torchao-int8``   torchao int8 weight-only
 ``torchao-int4``   torchao int4 weight-only, groups of 32
+``gptq``           GPTQ with gptqmodel, quantized on the fly from the texts of
+                   ``--quant-calibration`` and stored under the cache
+                   directory (``?bits=4&group_size=128&sym=true&desc_act=false``)
+``awq``            AWQ with gptqmodel, the same way (``?bits=4&group_size=128``)
 ``rtn<B>[g<G>]``   round-to-nearest fake quantization to B bits in groups of
                    G input columns (default 32): a cheap, library-free way to
                    see how a suite reacts to a damaged model
@@ -119,6 +123,18 @@ for _scheme in (
         usage="rtn<bits 1-8>[g<group>]",
         defaults={"group_size": 32},
     ),
+    Scheme(
+        "gptq",
+        "GPTQ with gptqmodel, quantized on the fly from --quant-calibration",
+        extra="gptq",
+        options=("bits", "group_size", "sym", "desc_act"),
+    ),
+    Scheme(
+        "awq",
+        "AWQ with gptqmodel, quantized on the fly from --quant-calibration",
+        extra="awq",
+        options=("bits", "group_size", "sym"),
+    ),
     Scheme("fake", "a scripted model from a JSON file", backend="fake", target="file"),
 ):
     register_scheme(_scheme)
@@ -209,6 +225,8 @@ def parse_spec(text: str, *, base_dir: Path | str | None = None, check_path: boo
     if scheme.options:
         target, _, query = rest.partition("?")
     options.update(_parse_query(query, scheme, raw))
+    if scheme.name in ("gptq", "awq"):
+        _check_gptqmodel_options(scheme.name, options, raw)
     target = target.strip()
     if not target:
         raise SpecError(f"empty model spec: no {'URL' if scheme.target == 'url' else 'path'} in {raw!r}")
@@ -263,6 +281,24 @@ def _parse_query(query: str, scheme: Scheme, raw: str) -> dict[str, Any]:
             raise SpecError(f"option {part!r} is not one of {allowed} in model spec {raw!r}")
         out[key] = _option_value(value)
     return out
+
+
+def _check_gptqmodel_options(method: str, options: Mapping[str, Any], raw: str) -> None:
+    """The values gptqmodel accepts, checked before anything is loaded."""
+    bits = options.get("bits", 4)
+    allowed_bits = (4,) if method == "awq" else (2, 3, 4, 8)
+    if bits not in allowed_bits or isinstance(bits, bool):
+        raise SpecError(
+            f"bits={bits!r}: {method} quantizes to {' or '.join(map(str, allowed_bits))} bits ({raw!r})"
+        )
+    group = options.get("group_size", 128)
+    if isinstance(group, bool) or not isinstance(group, int) or (group != -1 and group < 1):
+        raise SpecError(
+            f"group_size={group!r}: a positive number of columns, or -1 for one group per row ({raw!r})"
+        )
+    for flag in ("sym", "desc_act"):
+        if flag in options and not isinstance(options[flag], bool):
+            raise SpecError(f"{flag}={options[flag]!r}: true or false ({raw!r})")
 
 
 def _option_value(text: str) -> Any:

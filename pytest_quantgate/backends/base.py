@@ -13,7 +13,8 @@ import contextlib
 import contextvars
 import importlib
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, cast, runtime_checkable
 
 from ..cases import GenerationSettings, Prompt
@@ -119,21 +120,34 @@ class LoadPolicy:
             from the reference's (the differences go to its facts).
         reference: the session's reference, whose tokenizer a candidate's is
             compared with; None compares nothing.
+        calibration: the calibration file of ``gptq:``/``awq:`` specs.
+        store: where quantized checkpoints are kept (the cache directory);
+            None: a temporary directory (``--quant-cache=off``).
+        refresh: quantize again even when a stored checkpoint exists.
+        notify: where a loader says what it did that takes time (quantizing).
     """
 
     trust_remote_code: bool = False
     allow_pickle: bool = False
     allow_tokenizer_mismatch: bool = False
     reference: ModelSpec | None = None
+    calibration: Path | None = None
+    store: Path | None = None
+    refresh: bool = False
+    notify: Callable[[str], None] | None = field(default=None, compare=False)
 
     @classmethod
-    def of(cls, config: GateConfig) -> LoadPolicy:
+    def of(cls, config: GateConfig, notify: Callable[[str], None] | None = None) -> LoadPolicy:
         """The policy a session's configuration asks for."""
         return cls(
             trust_remote_code=config.trust_remote_code,
             allow_pickle=config.allow_pickle,
             allow_tokenizer_mismatch=config.allow_tokenizer_mismatch,
             reference=config.reference,
+            calibration=config.calibration,
+            store=config.cache_dir if config.cache_mode != "off" else None,
+            refresh=config.cache_mode == "refresh",
+            notify=notify,
         )
 
 

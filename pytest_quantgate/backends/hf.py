@@ -14,6 +14,7 @@ settings alone decide it.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import functools
 import gc
@@ -372,6 +373,71 @@ def _quantization_config(spec: ModelSpec, torch_dtype: Any) -> Any:
         ) from exc
 
 
+#: What loading a checkpoint of each quantization format needs: (import name, pip extra).
+_FORMAT_NEEDS: dict[str, tuple[tuple[str, str], ...]] = {
+    "gptq": (("gptqmodel", "gptq"), ("optimum", "gptq")),
+    "awq": (("gptqmodel", "awq"),),
+    "bitsandbytes": (("bitsandbytes", "bnb"),),
+    "torchao": (("torchao", "torchao"),),
+}
+
+
+def quantized_format_problem(spec: ModelSpec, where: Path) -> str | None:
+    """A missing package that loading a quantized checkpoint needs, in one line naming the extra.
+
+    Read from its ``config.json`` (``quantization_config.quant_method``)
+    before transformers is asked, whose own message would come from deep
+    inside a loader.
+    """
+    import importlib.util
+
+    config = _read_json(where / "config.json")
+    qconfig = config.get("quantization_config") if isinstance(config, dict) else None
+    method = str(qconfig.get("quant_method", "")).lower() if isinstance(qconfig, dict) else ""
+    for module, extra in _FORMAT_NEEDS.get(method, ()):
+        if importlib.util.find_spec(module) is None:
+            return (
+                f"{spec.label}: its checkpoint is {method.upper()}-quantized, and loading it needs "
+                f"{module}: pip install 'pytest-quantgate[{extra}]'"
+            )
+    return None
+
+
+@contextlib.contextmanager
+def contained_environment() -> Iterator[None]:
+    """Undo what a loader does to ``os.environ`` (gptqmodel sets allocator and device-order variables
+    when it is imported); the session's environment stays the user's."""
+    before = dict(os.environ)
+    try:
+        yield
+    finally:
+        for key in set(os.environ) - set(before):
+            del os.environ[key]
+        for key, value in before.items():
+            if os.environ.get(key) != value:
+                os.environ[key] = value
+
+
+def _quantized_on_the_fly(spec: ModelSpec, policy: LoadPolicy) -> Path:
+    """The checkpoint of a ``gptq:``/``awq:`` spec: stored earlier, or quantized now (:mod:`..quantize`)."""
+    from ..quantize import QuantizeError, Recipe, quantized_checkpoint
+
+    if policy.calibration is None:
+        raise BackendError(f"{spec.label}: {spec.scheme}: quantizing needs --quant-calibration FILE")
+    try:
+        return quantized_checkpoint(
+            spec.path,
+            Recipe.of(str(spec.scheme), spec.options),
+            policy.calibration,
+            store=policy.store,
+            refresh=policy.refresh,
+            label=spec.label,
+            emit=policy.notify or (lambda line: None),
+        )
+    except QuantizeError as exc:
+        raise BackendError(f"{spec.label}: {exc}") from exc
+
+
 def _load_error(spec: ModelSpec, exc: Exception) -> BackendError:
     # The whole message: its first line is often a preamble
     # ("Couldn't instantiate the backend tokenizer from one of:").
@@ -446,6 +512,8 @@ class HFBackend:
         self.generated_tokens = 0
         #: What the checkpoint's generation_config said; ignored (:func:`_neutral_generation_config`).
         self.checkpoint_generation_config: dict[str, Any] = {}
+        #: The directory loaded: the spec's path, or where a gptq:/awq: spec's quantized checkpoint is.
+        self.checkpoint = spec.path
         #: How its tokenizer differs from the reference's (only with --quant-allow-tokenizer-mismatch).
         self.tokenizer_differences: list[str] = []
         self._tokenizer_fp: dict[str, Any] | None = None
@@ -470,6 +538,12 @@ class HFBackend:
         device = resolve_device(device)
         torch_dtype = _resolve_dtype(dtype, device)
         qconfig = _quantization_config(spec, torch_dtype)
+        where = Path(spec.path)
+        if spec.kind.name in ("gptq", "awq"):
+            where = _quantized_on_the_fly(spec, policy)
+        problem = quantized_format_problem(spec, where)
+        if problem:
+            raise BackendError(problem)
         started = time.perf_counter()
         kwargs: dict[str, Any] = {
             "dtype": torch_dtype,
@@ -487,7 +561,7 @@ class HFBackend:
             kwargs["device_map"] = "auto"
         try:
             tokenizer = AutoTokenizer.from_pretrained(
-                spec.path, local_files_only=True, trust_remote_code=policy.trust_remote_code
+                where, local_files_only=True, trust_remote_code=policy.trust_remote_code
             )
         except Exception as exc:
             raise _load_error(spec, exc) from exc
@@ -496,7 +570,8 @@ class HFBackend:
         # Before the weights: a refused candidate costs no load.
         differences = _tokenizer_check(spec, policy, fingerprint)
         try:
-            loaded: Any = AutoModelForCausalLM.from_pretrained(spec.path, **kwargs)
+            with contained_environment():
+                loaded: Any = AutoModelForCausalLM.from_pretrained(where, **kwargs)
             model, info = loaded
         except Exception as exc:  # any failure here is this checkpoint's (safetensors raises its own)
             raise _load_error(spec, exc) from exc
@@ -520,6 +595,7 @@ class HFBackend:
         model.eval()
         checkpoint_generation = _neutral_generation_config(model)
         backend = cls(spec, model, tokenizer, device, time.perf_counter() - started)
+        backend.checkpoint = str(where)
         backend.checkpoint_generation_config = checkpoint_generation
         backend.tokenizer_differences = differences
         backend._tokenizer_fp = fingerprint
@@ -669,6 +745,7 @@ class HFBackend:
             "spec": self.spec.text,
             "path": self.spec.path,
             "scheme": self.spec.scheme,
+            **({"checkpoint": self.checkpoint} if self.checkpoint != self.spec.path else {}),
             "device": str(self.model.device),
             "dtype": str(self.model.dtype).replace("torch.", ""),
             "quantization": _jsonable(qconf),
