@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The CUDA paths, in one short run (a few minutes) on a machine with a GPU:
-# the example gate on the GPU with a bitsandbytes NF4 candidate and
-# --quant-batch-size=auto, then load time, tokens/s, batch size and peak GPU
+# the example gate on the GPU with a bitsandbytes NF4 candidate, the shipped
+# GPTQ and AWQ checkpoints (gptqmodel's CUDA kernels, when the gptq extra is
+# installed), a gptq: candidate quantized on the fly, and
+# --quant-batch-size=auto; then load time, tokens/s, batch size and peak GPU
 # memory per model, read from the JSON report. Run from the repository root
 # after the README's install:
 #
@@ -16,11 +18,20 @@ print("GPU:", torch.cuda.get_device_name(0), "| torch", torch.__version__, "| CU
 PY
 
 mkdir -p out
+gptq=()
+if python -c "import gptqmodel, optimum" 2>/dev/null; then
+    gptq=(--quant-candidate=gptq=models/tiny-gptq --quant-candidate=awq=models/tiny-awq
+          "--quant-candidate=g128=gptq:models/tiny-ref?bits=4&group_size=128"
+          --quant-calibration=models/calibration.jsonl --quant-cache-dir=out/gpu-cache)
+else
+    echo "gptqmodel is not installed: the GPTQ and AWQ candidates are left out" >&2
+fi
 status=0
 timeout 480 python -m pytest example_suites/tiny -p no:cacheprovider \
     --quant-device=cuda --quant-batch-size=auto \
     --quant-candidate=nf4=bnb-nf4:models/tiny-ref \
     --quant-candidate=rtn2=rtn2g128:models/tiny-ref \
+    "${gptq[@]}" \
     --quant-report=out/gpu-gate.json || status=$?
 # 1 is expected: the 2-bit candidate regresses on purpose.
 if [ "$status" -gt 1 ]; then
