@@ -878,9 +878,12 @@ def _without_process_facts(models: Mapping[str, Mapping[str, Any]]) -> dict[str,
     }
 
 
-@pytest.mark.parametrize("mode", [*XDIST_MODES, "n3"])
+@pytest.mark.parametrize("mode", XDIST_MODES)
 def test_same_gate_with_and_without_xdist(pytester: pytest.Pytester, mode: str) -> None:
-    """The gate is computed from test reports, so sharding cannot change it."""
+    """The gate is computed from test reports, so sharding cannot change it.
+
+    (Three workers, each generating only its shard: test_sharding_plugin.py.)
+    """
     if mode != "no-xdist":
         pytest.importorskip("xdist")
     mix = cases("mix", 8)
@@ -895,7 +898,7 @@ def test_same_gate_with_and_without_xdist(pytester: pytest.Pytester, mode: str) 
         fail_on=[mix[7].prompt],
     )
     args = [*gate_args(ref, cand), f"--quant-report={pytester.path / 'gate.json'}"]
-    result = pytester.runpytest(*args, *XDIST_MODES.get(mode, ["-n", "3"]))
+    result = pytester.runpytest(*args, *XDIST_MODES[mode])
     assert result.ret == 1, result.stdout.str()
     data = read_report(pytester.path / "gate.json")
     # What the scripts decide, whatever the mode.
