@@ -69,7 +69,7 @@ def test_shipped_gptq_and_awq_with_nf4_and_torchao_in_one_run(
     pytest.importorskip("bitsandbytes")
     pytest.importorskip("torchao")
     models = repo_root / "models"
-    pytester.makepyfile(SUITE.format(data=str(example_data), limit=20))
+    pytester.makepyfile(SUITE.format(data=str(example_data), limit=10))
     report = pytester.path / "gate.json"
     result = pytester.runpytest(
         f"--quant-reference=ref={tiny_ref}",
@@ -93,6 +93,7 @@ def test_shipped_gptq_and_awq_with_nf4_and_torchao_in_one_run(
     facts = data["models"]
     assert facts["gptq"]["quantization"]["quant_method"] == "gptq"
     assert facts["awq"]["quantization"]["quant_method"] == "awq"
+    assert facts["nf4"]["quantization"]["bnb_4bit_quant_type"] == "nf4"
     # Packed quantized weights are buffers: the footprint counts them, as the file holds them.
     for label, name in (("gptq", "tiny-gptq"), ("awq", "tiny-awq")):
         assert facts[label]["weight_bytes"] == _tensor_bytes(models / name / "model.safetensors"), label
@@ -108,7 +109,7 @@ def test_gptq_on_the_fly_is_stored_then_reused(
     pytester: pytest.Pytester, tiny_ref: Path, example_data: Path, repo_root: Path
 ) -> None:
     pytester.makepyfile(SUITE.format(data=str(example_data), limit=10))
-    texts = (repo_root / "models" / "calibration.jsonl").read_text().splitlines()[:32]
+    texts = (repo_root / "models" / "calibration.jsonl").read_text().splitlines()[:16]
     (pytester.path / "calib.jsonl").write_text("\n".join(texts) + "\n")
     cache = pytester.path / "store"
     args = [
@@ -125,7 +126,7 @@ def test_gptq_on_the_fly_is_stored_then_reused(
     first.stdout.fnmatch_lines(
         [
             "quantgate: g: quantizing tiny-ref (GPTQ 4-bit, groups of 128, symmetric) with gptqmodel * "
-            "on 32 calibration texts ...",
+            "on 16 calibration texts ...",
             f"quantgate: g: quantized in *s, stored in {cache}/quantized/*",
         ]
     )
@@ -138,7 +139,7 @@ def test_gptq_on_the_fly_is_stored_then_reused(
         "sym": True,
         "desc_act": False,
     }
-    assert provenance["calibration"]["texts"] == 32
+    assert provenance["calibration"]["texts"] == 16
     # The checkpoint decodes as the source says: its generation config is the source's.
     assert json.loads((stored.parent / "generation_config.json").read_text()) == json.loads(
         (tiny_ref / "generation_config.json").read_text()

@@ -16,7 +16,7 @@ import pytest
 
 from pytest_quantgate.loaders import content_id
 
-from .fakes import XDIST_MODES, Case, answers, cases, gate_args, model, read_report, statuses
+from .fakes import Case, answers, cases, gate_args, model, read_report, statuses
 
 # Imported here, in the outer process, so that the in-process runs share one
 # copy (pytester drops what an inner run imports first; pyarrow is a C extension).
@@ -91,11 +91,11 @@ def gate_run(pytester: pytest.Pytester, *args: str) -> dict[str, Any]:
     return read_report(report)
 
 
-@pytest.mark.parametrize("mode", ["no-xdist", "n2"])
-def test_ids_slices_and_clusters_reach_the_gate(pytester: pytest.Pytester, mode: str) -> None:
+def test_ids_slices_and_clusters_reach_the_gate(pytester: pytest.Pytester) -> None:
+    # Under xdist they travel in the case records (round trip: test_runner_cases.py).
     arith, recall = arith_rows(ARITH), recall_rows(RECALL)
     write_suite(pytester, arith, recall)
-    data = gate_run(pytester, *XDIST_MODES[mode])
+    data = gate_run(pytester)
     by_id = {c["nodeid"].split("[")[1].rstrip("]"): c for c in data["cases"]}
     assert {i: (c["slices"], c["cluster"]) for i, c in by_id.items()} == {
         **{content_id(r): (r["slice"], str(r["cluster"])) for r in arith},
