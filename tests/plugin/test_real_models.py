@@ -3,8 +3,9 @@
 A few runs that only a real model can show: an identical candidate passes,
 a damaged one (2-bit round-to-nearest) regresses where quantization really
 hurts, and xdist workers each load the model and agree with a run without
-xdist. (bitsandbytes, torchao, GPTQ and AWQ candidates: test_gptqmodel.py.) Everything else about the plugin is tested on
-scripted models in ``test_plugin.py``.
+xdist. (bitsandbytes, torchao, GPTQ and AWQ candidates: test_gptqmodel.py.)
+Everything else about the plugin is tested on scripted models in
+``test_plugin.py``.
 """
 
 from __future__ import annotations
