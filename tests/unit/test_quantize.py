@@ -230,3 +230,36 @@ def test_backend_error_when_the_policy_has_no_calibration(tiny_ref: Path) -> Non
 
     with pytest.raises(BackendError, match="gptq: quantizing needs --quant-calibration FILE"):
         _quantized_on_the_fly(parse_spec(f"gptq:{tiny_ref}"), LoadPolicy())
+
+
+def test_two_processes_needing_one_checkpoint_quantize_it_once(
+    tiny_ref: Path, tmp_path: Path, calibration: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """xdist workers share the store: the second waits on the lock, then reuses (threads stand in)."""
+    import threading
+    import time
+
+    monkeypatch.setattr(quantize, "gptqmodel_version", lambda: "7.6.0")
+    made: list[Path] = []
+
+    def child(source: Path, recipe: Recipe, calibration: Path, work: Path) -> None:
+        made.append(work)
+        time.sleep(0.3)  # long enough for the other caller to reach the lock
+        (work / "checkpoint").mkdir()
+        (work / "checkpoint" / "config.json").write_text("{}")
+
+    monkeypatch.setattr(quantize, "_run_child", child)
+    got: list[Path] = []
+    callers = [
+        threading.Thread(
+            target=lambda: got.append(
+                quantize.quantized_checkpoint(tiny_ref, Recipe("gptq"), calibration, store=tmp_path)
+            )
+        )
+        for _ in range(2)
+    ]
+    for t in callers:
+        t.start()
+    for t in callers:
+        t.join()
+    assert len(made) == 1 and len(got) == 2 and got[0] == got[1]
