@@ -244,8 +244,8 @@ def quantized_checkpoint(
         root = Path(store) / "quantized"
     final = root / key[:32]
     with _locked(root / f"{key[:32]}.lock"):
-        if (final / PROVENANCE).is_file() and not refresh:
-            made = json.loads((final / PROVENANCE).read_text(encoding="utf-8"))
+        made = _provenance(final)
+        if made is not None and not refresh:
             emit(
                 f"quantgate: {name}: reusing the {recipe.describe()} checkpoint of {source_path.name} "
                 f"stored {made.get('created', 'earlier')} ({final})"
@@ -282,6 +282,15 @@ def quantized_checkpoint(
             shutil.rmtree(work, ignore_errors=True)
     emit(f"quantgate: {name}: quantized in {provenance['seconds']:.1f}s, stored in {final}")
     return final
+
+
+def _provenance(stored: Path) -> dict[str, Any] | None:
+    """What a stored checkpoint says of itself; None when it is incomplete or unreadable (made again)."""
+    try:
+        made = json.loads((stored / PROVENANCE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return made if isinstance(made, dict) and (stored / "config.json").is_file() else None
 
 
 def _mkdir(path: Path) -> Path:

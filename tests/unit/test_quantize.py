@@ -99,6 +99,7 @@ def test_a_stored_checkpoint_is_reused_without_gptqmodel_running(
     stored = tmp_path / "store" / "quantized" / key[:32]
     stored.mkdir(parents=True)
     (stored / quantize.PROVENANCE).write_text(json.dumps({"created": "2026-11-29 10:00:00"}))
+    (stored / "config.json").write_text("{}")
     lines: list[str] = []
     got = quantize.quantized_checkpoint(
         tiny_ref, recipe, calibration, store=tmp_path / "store", label="g", emit=lines.append
@@ -263,3 +264,26 @@ def test_two_processes_needing_one_checkpoint_quantize_it_once(
     for t in callers:
         t.join()
     assert len(made) == 1 and len(got) == 2 and got[0] == got[1]
+
+
+def test_a_half_written_or_corrupted_stored_checkpoint_is_made_again(
+    tiny_ref: Path, tmp_path: Path, calibration: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(quantize, "gptqmodel_version", lambda: "7.6.0")
+    made: list[Path] = []
+
+    def child(source: Path, recipe: Recipe, calibration: Path, work: Path) -> None:
+        made.append(work)
+        (work / "checkpoint").mkdir()
+        (work / "checkpoint" / "config.json").write_text("{}")
+
+    monkeypatch.setattr(quantize, "_run_child", child)
+    stored = quantize.quantized_checkpoint(tiny_ref, Recipe("gptq"), calibration, store=tmp_path)
+    (stored / quantize.PROVENANCE).write_text("{not json")
+    assert quantize.quantized_checkpoint(tiny_ref, Recipe("gptq"), calibration, store=tmp_path) == stored
+    (stored / "config.json").unlink()
+    assert quantize.quantized_checkpoint(tiny_ref, Recipe("gptq"), calibration, store=tmp_path) == stored
+    assert (
+        len(made) == 3
+        and json.loads((stored / quantize.PROVENANCE).read_text())["format"] == quantize.STORE_FORMAT
+    )
