@@ -194,7 +194,7 @@ def main() -> None:
         "figures", nargs="*", default=["overhead", "naive", "cache", "cache-big", "xdist", "memory"]
     )
     parser.add_argument("--cases", type=int, default=1000)
-    parser.add_argument("--big-cases", type=int, default=48, help="prompts of the cache-big figure")
+    parser.add_argument("--big-cases", type=int, default=96, help="prompts of the cache-big figure")
     parser.add_argument("--repeat", type=int, default=5)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
