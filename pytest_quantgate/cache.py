@@ -822,6 +822,8 @@ CREATE TABLE IF NOT EXISTS results (
     PRIMARY KEY (run, case_fp)
 ) WITHOUT ROWID
 """
+#: The key of a model's facts under ``<run>/facts`` (:meth:`ResultCache.put_facts`).
+FACTS_KEY = "model-facts"
 #: Largest number of keys in one ``IN (...)`` (SQLite's old limit is 999 parameters).
 _CHUNK = 500
 
@@ -952,13 +954,20 @@ class ResultCache:
                 self.stats.skipped += 1
                 continue
             rows.append((run, case_fp, text, _row_digest(run, case_fp, text), now))
-        if not rows or self._connection() is None:
+        if not self._insert(rows):
             return 0
+        self.stats.writes += len(rows)
+        return len(rows)
+
+    def _insert(self, rows: Sequence[tuple[str, str, str, str, float]]) -> bool:
+        """Insert or replace ``rows`` in one transaction; False when nothing was written."""
+        if not rows or self._connection() is None:
+            return False
         try:
             with self._lock:
                 conn = self._connection()
                 if conn is None:
-                    return 0
+                    return False
                 conn.execute("BEGIN IMMEDIATE")
                 try:
                     conn.executemany("INSERT OR REPLACE INTO results VALUES (?, ?, ?, ?, ?)", rows)
@@ -969,9 +978,30 @@ class ResultCache:
                     raise
         except sqlite3.Error as exc:
             self._disable(f"cannot be written ({_reason(exc)})", running=True)
-            return 0
-        self.stats.writes += len(rows)
-        return len(rows)
+            return False
+        return True
+
+    def put_facts(self, run: str | None, facts: Mapping[str, Any]) -> bool:
+        """Store what a model is (weights, dtype, device, ...) beside its results.
+
+        A run whose results all come from the cache never loads the model;
+        its report still shows them. Kept under ``<run>/facts``, apart from
+        the cases (not counted in :attr:`stats`).
+        """
+        if not self.mode.writes or run is None:
+            return False
+        try:
+            text = _dumps(dict(facts))
+        except (TypeError, ValueError):
+            return False
+        key = f"{run}/facts"
+        return self._insert([(key, FACTS_KEY, text, _row_digest(key, FACTS_KEY, text), time.time())])
+
+    def get_facts(self, run: str | None) -> dict[str, Any] | None:
+        """The facts :meth:`put_facts` stored for ``run`` (mode ``on`` only), or None."""
+        if run is None:
+            return None
+        return self._fetch(f"{run}/facts", [FACTS_KEY]).get(FACTS_KEY)
 
     def get_runs(self, run: str | None, cases: Iterable[CaseSpec]) -> dict[str, CaseRun]:
         """Cached transcripts of ``cases`` on the run ``run``, by case key.

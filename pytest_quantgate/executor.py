@@ -190,6 +190,19 @@ def _token_counter(backend: Backend) -> Callable[[], int | None]:
 
 #: The group of cases generated together when nothing divides them.
 DEFAULT_GROUP = "session"
+#: A model's facts kept in the cache with its results: what it is, not what one run of it cost.
+CACHED_FACTS = (
+    "device",
+    "dtype",
+    "quantization",
+    "parameters",
+    "weight_bytes",
+    "context",
+    "tokenizer",
+    "checkpoint_generation_config",
+    "torch",
+    "transformers",
+)
 
 #: A check of one model's run of a case: ``check(run) -> (outcome, message)``.
 Check = Callable[[CaseRun], tuple[Outcome, "str | None"]]
@@ -355,6 +368,11 @@ class Executor:
         found = self.cache.get_runs(fingerprint, cases) if fingerprint is not None else {}
         facts = self.pool.facts.setdefault(label, self._spec_facts(label))
         facts["cached_cases"] = facts.get("cached_cases", 0) + len(found)
+        if found and not self.pool.is_loaded(label):
+            # What the model is, from the run that made these results: the report shows its
+            # weights and dtype though it is not loaded.
+            for key, value in (self.cache.get_facts(fingerprint) or {}).items():
+                facts.setdefault(key, value)
         if found:
             rest = len(cases) - len(found)
             then = f"generating {rest}" if rest else "nothing to generate, the model is not loaded"
@@ -367,6 +385,8 @@ class Executor:
         fingerprint = self._run_fingerprint(label)
         if fingerprint is not None:
             self.cache.put_runs(fingerprint, cases, runs)
+            facts = self.pool.facts.get(label, {})
+            self.cache.put_facts(fingerprint, {k: facts[k] for k in CACHED_FACTS if k in facts})
 
     def _spec_facts(self, label: str) -> dict[str, Any]:
         """Facts of a model known without loading it."""

@@ -51,6 +51,10 @@ def test_a_second_run_takes_the_reference_from_the_cache_without_loading_it(
     )
     assert (warm["models"]["ref"]["loads"], warm["models"]["ref"]["cached_cases"]) == (0, 40)
     assert (cold["models"]["ref"]["loads"], cold["models"]["ref"]["cached_cases"]) == (1, 0)
+    # What the reference is comes from the run that made the results: the report still says it.
+    for key in ("device", "dtype", "context"):
+        assert warm["models"]["ref"][key] == cold["models"]["ref"][key], key
+    assert "pid" not in warm["models"]["ref"] and "load_seconds" not in warm["models"]["ref"]
     assert _gate(warm) == _gate(cold)
     assert [c["outcomes"] for c in warm["cases"]] == [c["outcomes"] for c in cold["cases"]]
     assert (pytester.path / ".quantgate" / ".gitignore").read_text().splitlines()[-1] == "*"
