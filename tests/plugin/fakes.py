@@ -225,3 +225,39 @@ def statuses(report: Mapping[str, Any], candidate: str) -> dict[str, str]:
 def read_report(path: Path) -> dict[str, Any]:
     data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
     return data
+
+
+#: A suite of three slices of the tiny model's example data (``data``: its folder; ``limit``: cases
+#: per slice), for the end-to-end runs on real models.
+TINY_SUITE = """
+import json
+from pathlib import Path
+
+import pytest
+from pytest_quantgate import quant_case, quant_slice
+
+DATA = Path({data!r})
+
+
+def cases(name, limit={limit}):
+    rows = [json.loads(line) for line in (DATA / f"{{name}}.jsonl").read_text().splitlines() if line.strip()]
+    return [pytest.param(r["prompt"], r["expected"], id=r["id"]) for r in rows[:limit]]
+
+
+@quant_slice("recall")
+@quant_case("prompt, expected", cases("recall"), max_new_tokens=4, stop="\\n")
+def test_recall(prompt, expected, output):
+    assert output.strip() == expected
+
+
+@quant_slice("arith")
+@quant_case("prompt, expected", cases("arith"), max_new_tokens=5, stop="\\n")
+def test_arith(prompt, expected, output):
+    assert output.strip() == expected
+
+
+@quant_slice("retention")
+@quant_case("prompt, expected", cases("retention"), max_new_tokens=4, stop="\\n")
+def test_retention(prompt, expected, output):
+    assert output.strip() == expected
+"""

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from .fakes import TINY_SUITE as SUITE
 from .fakes import table_rows
 
 pytest.importorskip("torch")
@@ -21,33 +22,6 @@ pytest.importorskip("transformers")
 # Imported here, in the outer process, for the same reason as torch (see conftest.py).
 pytest.importorskip("gptqmodel")
 pytest.importorskip("optimum")
-
-SUITE = """
-import json
-from pathlib import Path
-
-import pytest
-from pytest_quantgate import quant_case, quant_slice
-
-DATA = Path({data!r})
-
-
-def cases(name):
-    rows = [json.loads(line) for line in (DATA / f"{{name}}.jsonl").read_text().splitlines() if line.strip()]
-    return [pytest.param(r["prompt"], r["expected"], id=r["id"]) for r in rows[:{limit}]]
-
-
-@quant_slice("recall")
-@quant_case("prompt, expected", cases("recall"), max_new_tokens=4, stop="\\n")
-def test_recall(prompt, expected, output):
-    assert output.strip() == expected
-
-
-@quant_slice("format")
-@quant_case("prompt, expected", cases("format"), max_new_tokens=24, stop="\\n")
-def test_format(prompt, expected, output):
-    assert json.loads(output.strip()) == json.loads(expected)
-"""
 
 
 def _tensor_bytes(file: Path) -> int:

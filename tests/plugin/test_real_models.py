@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from .fakes import TINY_SUITE as SUITE
 from .fakes import table_rows
 
 pytest.importorskip("torch")
@@ -24,39 +25,6 @@ pytest.importorskip("transformers")
 
 # The deliberately damaged candidate: 2-bit round-to-nearest, groups of 128.
 DAMAGED = "rtn2g128"
-
-SUITE = """
-import json
-from pathlib import Path
-
-import pytest
-from pytest_quantgate import quant_case, quant_slice
-
-DATA = Path({data!r})
-
-
-def cases(name, limit={limit}):
-    rows = [json.loads(line) for line in (DATA / f"{{name}}.jsonl").read_text().splitlines() if line.strip()]
-    return [pytest.param(r["prompt"], r["expected"], id=r["id"]) for r in rows[:limit]]
-
-
-@quant_slice("recall")
-@quant_case("prompt, expected", cases("recall"), max_new_tokens=4, stop="\\n")
-def test_recall(prompt, expected, output):
-    assert output.strip() == expected
-
-
-@quant_slice("arith")
-@quant_case("prompt, expected", cases("arith"), max_new_tokens=5, stop="\\n")
-def test_arith(prompt, expected, output):
-    assert output.strip() == expected
-
-
-@quant_slice("retention")
-@quant_case("prompt, expected", cases("retention"), max_new_tokens=4, stop="\\n")
-def test_retention(prompt, expected, output):
-    assert output.strip() == expected
-"""
 
 
 @pytest.fixture

@@ -81,6 +81,24 @@ def test_the_store_key_changes_with_every_input() -> None:
 
 
 @pytest.fixture
+def made(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    """gptqmodel "installed", and a quantizing child that writes a checkpoint; its scratch dirs."""
+    import time
+
+    monkeypatch.setattr(quantize, "gptqmodel_version", lambda: "7.6.0")
+    made: list[Path] = []
+
+    def child(source: Path, recipe: Recipe, calibration: Path, work: Path) -> None:
+        made.append(work)
+        time.sleep(0.3)  # long enough for a second caller to reach the lock
+        (work / "checkpoint").mkdir()
+        (work / "checkpoint" / "config.json").write_text("{}")
+
+    monkeypatch.setattr(quantize, "_run_child", child)
+    return made
+
+
+@pytest.fixture
 def calibration(tmp_path: Path) -> Path:
     path = tmp_path / "calib.jsonl"
     path.write_text('{"text": "2+7=9\\n"}\n{"text": "a=1 ; a?1\\n"}\n')
@@ -112,17 +130,8 @@ def test_a_stored_checkpoint_is_reused_without_gptqmodel_running(
 
 
 def test_quantizing_again_replaces_the_stored_checkpoint_atomically(
-    tiny_ref: Path, tmp_path: Path, calibration: Path, monkeypatch: pytest.MonkeyPatch
+    tiny_ref: Path, tmp_path: Path, calibration: Path, made: list[Path]
 ) -> None:
-    monkeypatch.setattr(quantize, "gptqmodel_version", lambda: "7.6.0")
-    made: list[Path] = []
-
-    def child(source: Path, recipe: Recipe, calibration: Path, work: Path) -> None:
-        (work / "checkpoint").mkdir()
-        (work / "checkpoint" / "config.json").write_text("{}")
-        made.append(work)
-
-    monkeypatch.setattr(quantize, "_run_child", child)
     lines: list[str] = []
     store = tmp_path / "store"
     first = quantize.quantized_checkpoint(
@@ -234,22 +243,11 @@ def test_backend_error_when_the_policy_has_no_calibration(tiny_ref: Path) -> Non
 
 
 def test_two_processes_needing_one_checkpoint_quantize_it_once(
-    tiny_ref: Path, tmp_path: Path, calibration: Path, monkeypatch: pytest.MonkeyPatch
+    tiny_ref: Path, tmp_path: Path, calibration: Path, made: list[Path]
 ) -> None:
     """xdist workers share the store: the second waits on the lock, then reuses (threads stand in)."""
     import threading
-    import time
 
-    monkeypatch.setattr(quantize, "gptqmodel_version", lambda: "7.6.0")
-    made: list[Path] = []
-
-    def child(source: Path, recipe: Recipe, calibration: Path, work: Path) -> None:
-        made.append(work)
-        time.sleep(0.3)  # long enough for the other caller to reach the lock
-        (work / "checkpoint").mkdir()
-        (work / "checkpoint" / "config.json").write_text("{}")
-
-    monkeypatch.setattr(quantize, "_run_child", child)
     got: list[Path] = []
     callers = [
         threading.Thread(
@@ -267,17 +265,8 @@ def test_two_processes_needing_one_checkpoint_quantize_it_once(
 
 
 def test_a_half_written_or_corrupted_stored_checkpoint_is_made_again(
-    tiny_ref: Path, tmp_path: Path, calibration: Path, monkeypatch: pytest.MonkeyPatch
+    tiny_ref: Path, tmp_path: Path, calibration: Path, made: list[Path]
 ) -> None:
-    monkeypatch.setattr(quantize, "gptqmodel_version", lambda: "7.6.0")
-    made: list[Path] = []
-
-    def child(source: Path, recipe: Recipe, calibration: Path, work: Path) -> None:
-        made.append(work)
-        (work / "checkpoint").mkdir()
-        (work / "checkpoint" / "config.json").write_text("{}")
-
-    monkeypatch.setattr(quantize, "_run_child", child)
     stored = quantize.quantized_checkpoint(tiny_ref, Recipe("gptq"), calibration, store=tmp_path)
     (stored / quantize.PROVENANCE).write_text("{not json")
     assert quantize.quantized_checkpoint(tiny_ref, Recipe("gptq"), calibration, store=tmp_path) == stored
