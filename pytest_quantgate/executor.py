@@ -71,9 +71,8 @@ class ModelPool:
         spec = self.specs[label]
         self._emit(f"quantgate: loading {spec.display} ...")
         try:
-            with load_policy(
-                LoadPolicy.of(self.config, notify=self._emit)
-            ):  # the safe-loading flags (backends.base)
+            # The safe-loading flags (backends.base), and where a loader says what takes long.
+            with load_policy(LoadPolicy.of(self.config, notify=self._emit)):
                 model = self._loader(spec, device=self.config.device, dtype=self.config.dtype)
         except BackendError as exc:
             self._fail(label, exc)

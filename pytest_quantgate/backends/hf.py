@@ -382,25 +382,30 @@ _FORMAT_NEEDS: dict[str, tuple[tuple[str, str], ...]] = {
 }
 
 
-def quantized_format_problem(spec: ModelSpec, where: Path) -> str | None:
-    """A missing package that loading a quantized checkpoint needs, in one line naming the extra.
-
-    Read from its ``config.json`` (``quantization_config.quant_method``)
-    before transformers is asked, whose own message would come from deep
-    inside a loader.
-    """
+def format_problem(label: str, method: str) -> str | None:
+    """A package that loading a checkpoint quantized by ``method`` needs and that is missing, in one
+    line naming the extra; None when nothing is missing (or the method is not known here)."""
     import importlib.util
 
-    config = _read_json(where / "config.json")
-    qconfig = config.get("quantization_config") if isinstance(config, dict) else None
-    method = str(qconfig.get("quant_method", "")).lower() if isinstance(qconfig, dict) else ""
-    for module, extra in _FORMAT_NEEDS.get(method, ()):
+    for module, extra in _FORMAT_NEEDS.get(method.lower(), ()):
         if importlib.util.find_spec(module) is None:
             return (
-                f"{spec.label}: its checkpoint is {method.upper()}-quantized, and loading it needs "
-                f"{module}: pip install 'pytest-quantgate[{extra}]'"
+                f"{label}: loading a {method.upper()} checkpoint needs {module}: "
+                f"pip install 'pytest-quantgate[{extra}]'"
             )
     return None
+
+
+def quantized_format_problem(spec: ModelSpec, where: Path) -> str | None:
+    """:func:`format_problem` of the checkpoint at ``where``, by its ``quantization_config``.
+
+    Asked before transformers is, whose own message would come from deep
+    inside a loader.
+    """
+    config = _read_json(where / "config.json")
+    qconfig = config.get("quantization_config") if isinstance(config, dict) else None
+    method = str(qconfig.get("quant_method", "")) if isinstance(qconfig, dict) else ""
+    return format_problem(spec.label, method)
 
 
 @contextlib.contextmanager
@@ -540,6 +545,9 @@ class HFBackend:
         qconfig = _quantization_config(spec, torch_dtype)
         where = Path(spec.path)
         if spec.kind.name in ("gptq", "awq"):
+            lacking = format_problem(spec.label, spec.kind.name)  # before minutes of quantizing
+            if lacking:
+                raise BackendError(lacking)
             where = _quantized_on_the_fly(spec, policy)
         problem = quantized_format_problem(spec, where)
         if problem:
@@ -579,7 +587,7 @@ class HFBackend:
         if missing:
             shown = ", ".join(sorted(missing)[:5]) + (" ..." if len(missing) > 5 else "")
             raise BackendError(
-                f"{spec.label}: {len(missing)} weight(s) missing from the checkpoint at {spec.path} "
+                f"{spec.label}: {len(missing)} weight(s) missing from the checkpoint at {where} "
                 f"would be randomly initialized ({shown}); refusing to gate a random model"
             )
         if qconfig is None and not spread:

@@ -203,7 +203,7 @@ def test_a_quantized_checkpoint_without_its_library_is_one_line_naming_the_extra
             lambda name, real=real, missing=missing: None if name == missing else real(name),
         )
         assert quantized_format_problem(spec, tmp_path) == (
-            f"q: its checkpoint is {method.upper()}-quantized, and loading it needs {missing}: "
+            f"q: loading a {method.upper()} checkpoint needs {missing}: "
             f"pip install 'pytest-quantgate[{extra}]'"
         )
         monkeypatch.undo()
@@ -276,3 +276,18 @@ def test_a_half_written_or_corrupted_stored_checkpoint_is_made_again(
         len(made) == 3
         and json.loads((stored / quantize.PROVENANCE).read_text())["format"] == quantize.STORE_FORMAT
     )
+
+
+def test_a_missing_package_stops_gptq_before_it_quantizes(
+    tiny_ref: Path, calibration: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("transformers")
+    import importlib.util
+
+    from pytest_quantgate.backends.hf import HFBackend
+
+    monkeypatch.setattr(quantize, "_run_child", lambda *a: pytest.fail("quantized without optimum"))
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name == "optimum" else real(name))
+    with pytest.raises(BackendError, match=r"^gptq: loading a GPTQ checkpoint needs optimum: pip install"):
+        HFBackend.load(parse_spec(f"gptq:{tiny_ref}"), "cpu", "float32", LoadPolicy(calibration=calibration))
