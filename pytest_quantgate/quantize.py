@@ -72,6 +72,8 @@ __all__ = [
 
 #: The methods gptqmodel quantizes with, as spec schemes.
 METHODS = ("gptq", "awq")
+#: The child's output, in its scratch directory while it runs (named on the "quantizing" line).
+LOG_NAME = "quantize.log"
 #: The name of the provenance file written into every stored checkpoint.
 PROVENANCE = "quantgate-quantized.json"
 STORE_FORMAT = "quantgate-quantized/1"
@@ -251,12 +253,12 @@ def quantized_checkpoint(
                 f"stored {made.get('created', 'earlier')} ({final})"
             )
             return final
-        emit(
-            f"quantgate: {name}: quantizing {source_path.name} ({recipe.describe()}) with gptqmodel "
-            f"{version} on {len(texts)} calibration texts ..."
-        )
         started = time.perf_counter()
         work = Path(tempfile.mkdtemp(prefix=f".{key[:12]}-", dir=_mkdir(root)))
+        emit(
+            f"quantgate: {name}: quantizing {source_path.name} ({recipe.describe()}) with gptqmodel "
+            f"{version} on {len(texts)} calibration texts (its log: {work / LOG_NAME}) ..."
+        )
         try:
             _run_child(source_path, recipe, calibration, work)
             provenance = {
@@ -300,7 +302,7 @@ def _mkdir(path: Path) -> Path:
 
 def _run_child(source: Path, recipe: Recipe, calibration: Path, work: Path) -> None:
     """Quantize in a child process whose working directory is ``work`` (gptqmodel's ``logs/`` go there)."""
-    log = work / "quantize.log"
+    log = work / LOG_NAME
     command = [
         sys.executable,
         "-m",

@@ -100,7 +100,7 @@ def test_gptq_on_the_fly_is_stored_then_reused(
     first.stdout.fnmatch_lines(
         [
             "quantgate: g: quantizing tiny-ref (GPTQ 4-bit, groups of 128, symmetric) with gptqmodel * "
-            "on 16 calibration texts ...",
+            f"on 16 calibration texts (its log: {cache}/quantized/.*/quantize.log) ...",
             f"quantgate: g: quantized in *s, stored in {cache}/quantized/*",
         ]
     )

@@ -139,7 +139,8 @@ def test_quantizing_again_replaces_the_stored_checkpoint_atomically(
     )
     assert (first / quantize.PROVENANCE).is_file() and len(made) == 1
     assert lines[0].startswith("quantgate: awq: quantizing tiny-ref (AWQ 4-bit, groups of 128, symmetric)")
-    assert lines[0].endswith("on 2 calibration texts ...") and "stored in" in lines[1]
+    assert lines[0].endswith(f"on 2 calibration texts (its log: {made[0] / quantize.LOG_NAME}) ...")
+    assert "stored in" in lines[1]
     again = quantize.quantized_checkpoint(tiny_ref, Recipe("awq"), calibration, store=store, refresh=True)
     assert again == first and len(made) == 2
     assert not made[0].exists() and not made[1].exists()  # the scratch directories are gone
