@@ -210,7 +210,9 @@ def quantized_checkpoint(
             one text per line), as read by :func:`.overlap.read_calibration`.
         store: the cache directory (the checkpoint goes to
             ``store/quantized/<key>``); None: a temporary directory removed at exit.
-        refresh: quantize again even when a stored checkpoint exists.
+        refresh: quantize again even when a stored checkpoint exists, unless it
+            was stored while this call waited for the lock (by another xdist
+            worker refreshing it for the same session).
         label: the model's label, for the lines emitted.
         emit: where to say what happened (quantized or reused, and how long it took).
 
@@ -245,9 +247,12 @@ def quantized_checkpoint(
     else:
         root = Path(store) / "quantized"
     final = root / key[:32]
+    asked = time.time()
     with _locked(root / f"{key[:32]}.lock"):
         made = _provenance(final)
-        if made is not None and not refresh:
+        # Made while this call waited for the lock: another xdist worker's refresh, not an old one.
+        fresh = made is not None and float(made.get("stored_at", 0.0)) >= asked
+        if made is not None and (not refresh or fresh):
             emit(
                 f"quantgate: {name}: reusing the {recipe.describe()} checkpoint of {source_path.name} "
                 f"stored {made.get('created', 'earlier')} ({final})"
@@ -276,6 +281,7 @@ def quantized_checkpoint(
                 "created": time.strftime("%Y-%m-%d %H:%M:%S"),
             }
             out = work / "checkpoint"
+            provenance["stored_at"] = time.time()
             (out / PROVENANCE).write_text(json.dumps(provenance, indent=2) + "\n", encoding="utf-8")
             if final.exists():
                 shutil.rmtree(final)

@@ -243,17 +243,24 @@ def test_backend_error_when_the_policy_has_no_calibration(tiny_ref: Path) -> Non
         _quantized_on_the_fly(parse_spec(f"gptq:{tiny_ref}"), LoadPolicy())
 
 
+@pytest.mark.parametrize("refresh", [False, True])
 def test_two_processes_needing_one_checkpoint_quantize_it_once(
-    tiny_ref: Path, tmp_path: Path, calibration: Path, made: list[Path]
+    tiny_ref: Path, tmp_path: Path, calibration: Path, made: list[Path], refresh: bool
 ) -> None:
-    """xdist workers share the store: the second waits on the lock, then reuses (threads stand in)."""
+    """xdist workers share the store: the second waits on the lock, then reuses what the first
+    made, also when both were asked to refresh it (threads stand in for the workers)."""
     import threading
 
+    if refresh:  # an old checkpoint is there: refreshing makes it again, once
+        quantize.quantized_checkpoint(tiny_ref, Recipe("gptq"), calibration, store=tmp_path)
+        made.clear()
     got: list[Path] = []
     callers = [
         threading.Thread(
             target=lambda: got.append(
-                quantize.quantized_checkpoint(tiny_ref, Recipe("gptq"), calibration, store=tmp_path)
+                quantize.quantized_checkpoint(
+                    tiny_ref, Recipe("gptq"), calibration, store=tmp_path, refresh=refresh
+                )
             )
         )
         for _ in range(2)
