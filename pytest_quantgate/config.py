@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .cases import ALL, check_tolerance
-from .specs import ModelSpec, SpecError, parse_spec
+from .specs import ON_THE_FLY, ModelSpec, SpecError, parse_spec
 
 __all__ = [
     "AUTO_BATCH_CPU",
@@ -322,7 +322,7 @@ class GateConfig:
         device = parsed("quant_device", parse_device, "auto")
         models = (reference, *candidates) if reference is not None else ()
         calibration = _calibration(*pick("quant_calibration"))
-        on_the_fly = [m for m in models if m.scheme in ("gptq", "awq")]
+        on_the_fly = [m for m in models if m.scheme in ON_THE_FLY]
         if on_the_fly and calibration is None:
             raise ConfigError(
                 f"{on_the_fly[0].text!r} quantizes on the fly and needs texts to calibrate on: "

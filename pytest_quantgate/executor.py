@@ -22,6 +22,7 @@ from .backends.base import Backend, BackendError, LoadPolicy, load_backend, load
 from .cases import CaseRecord, CaseSpec, ModelOutcome, Outcome, resolve_skips
 from .config import GateConfig
 from .runner import BatchSize, CaseRun, run_cases
+from .specs import ON_THE_FLY
 
 if TYPE_CHECKING:
     from .cache import ResultCache
@@ -346,7 +347,7 @@ class Executor:
             from .cache import fingerprint_spec
 
             versions = None
-            if spec.scheme in ("gptq", "awq") and self.config.calibration is not None:
+            if spec.scheme in ON_THE_FLY and self.config.calibration is not None:
                 # Quantized on the fly: its results depend on the texts it was calibrated on.
                 from .cache import environment_versions
                 from .overlap import read_calibration

@@ -59,6 +59,8 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from .specs import ON_THE_FLY
+
 __all__ = [
     "METHODS",
     "QuantizeError",
@@ -71,7 +73,7 @@ __all__ = [
 ]
 
 #: The methods gptqmodel quantizes with, as spec schemes.
-METHODS = ("gptq", "awq")
+METHODS = ON_THE_FLY
 #: The child's output, in its scratch directory while it runs (named on the "quantizing" line).
 LOG_NAME = "quantize.log"
 #: The name of the provenance file written into every stored checkpoint.

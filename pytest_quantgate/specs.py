@@ -139,6 +139,9 @@ for _scheme in (
 ):
     register_scheme(_scheme)
 
+#: Schemes whose checkpoint is quantized on the fly by gptqmodel (:mod:`.quantize`).
+ON_THE_FLY = ("gptq", "awq")
+
 #: The scheme of a spec without one: a checkpoint loaded as it is.
 PLAIN = Scheme("", "a local checkpoint, loaded as it is", extra="hf")
 
@@ -225,7 +228,7 @@ def parse_spec(text: str, *, base_dir: Path | str | None = None, check_path: boo
     if scheme.options:
         target, _, query = rest.partition("?")
     options.update(_parse_query(query, scheme, raw))
-    if scheme.name in ("gptq", "awq"):
+    if scheme.name in ON_THE_FLY:
         _check_gptqmodel_options(scheme.name, options, raw)
     target = target.strip()
     if not target:

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..cases import GenerationSettings, Prompt, prompt_messages
 from ..config import device_problem
+from ..specs import ON_THE_FLY
 from .base import BackendError, GenerationRequest, LoadPolicy, current_load_policy, load_policy
 
 if TYPE_CHECKING:
@@ -544,7 +545,7 @@ class HFBackend:
         torch_dtype = _resolve_dtype(dtype, device)
         qconfig = _quantization_config(spec, torch_dtype)
         where = Path(spec.path)
-        if spec.kind.name in ("gptq", "awq"):
+        if spec.kind.name in ON_THE_FLY:
             lacking = format_problem(spec.label, spec.kind.name)  # before minutes of quantizing
             if lacking:
                 raise BackendError(lacking)
