@@ -37,7 +37,11 @@ def normalized(value: Any, report: Path) -> Any:
 def gate_report(pytester: pytest.Pytester) -> Any:
     report = pytester.path / "gate.json"
     pytester.runpytest(
-        str(REPO / "example_suites" / "tiny"), "-p", "no:xdist", "--quant-cache=off", f"--quant-report={report}"
+        str(REPO / "example_suites" / "tiny"),
+        "-p",
+        "no:xdist",
+        "--quant-cache=off",
+        f"--quant-report={report}",
     )
     return normalized(json.loads(report.read_text()), report)
 
@@ -55,8 +59,17 @@ if __name__ == "__main__":  # rewrite the pinned report (a change made on purpos
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "gate.json"
         subprocess.run(
-            [sys.executable, "-m", "pytest", str(REPO / "example_suites" / "tiny"), "-q", "-p", "no:xdist",
-             "--quant-cache=off", f"--quant-report={out}"],
+            [
+                sys.executable,
+                "-m",
+                "pytest",
+                str(REPO / "example_suites" / "tiny"),
+                "-q",
+                "-p",
+                "no:xdist",
+                "--quant-cache=off",
+                f"--quant-report={out}",
+            ],
             cwd=tmp,
             check=False,
         )
