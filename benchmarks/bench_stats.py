@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pytest_quantgate import stats
+from pytest_quantgate.statistics import stats
 
 TABLES = [
     # (b, c, n, δ): a slice at the edge of its margin, and a clear one

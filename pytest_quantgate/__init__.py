@@ -14,7 +14,8 @@ from __future__ import annotations
 
 from typing import Any
 
-__version__ = "0.1.0"
+from .values.version import __version__
+
 __all__ = ["Trajectory", "__version__", "load_cases", "quant_case", "quant_slice"]
 
 
@@ -28,11 +29,11 @@ def __getattr__(name: str) -> Any:
 
         return pytest.mark.slice
     if name == "Trajectory":
-        from .trajectory import Trajectory
+        from .core.trajectory import Trajectory
 
         return Trajectory
     if name == "load_cases":
-        from .loaders import load_cases
+        from .integration.loaders import load_cases
 
         return load_cases
     raise AttributeError(f"module 'pytest_quantgate' has no attribute {name!r}")

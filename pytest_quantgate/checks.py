@@ -6,7 +6,7 @@ that line): what was expected, and what the output gave, as reprs clipped to
 about 200 characters. Each returns what it found (the normalised text, the
 number, the parsed JSON value, the match), so a test can go on from there::
 
-    from pytest_quantgate import checks
+    from . import checks
 
     def test_capital(output: str) -> None:
         checks.exact(output, "Paris", case=True, punctuation=True)

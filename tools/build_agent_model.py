@@ -253,7 +253,7 @@ def teacher_forced_accuracy(
 def generator(backend: HFBackend, batch_size: int) -> agent_tasks.GenerateFn:
     """Batched greedy generation with the plugin's backend, stopping at ``"\\n"``."""
     from pytest_quantgate.backends.base import GenerationRequest
-    from pytest_quantgate.cases import GenerationSettings
+    from pytest_quantgate.values.prompts import GenerationSettings
 
     def generate(prompts: list[str], max_new_tokens: int) -> list[str]:
         settings = GenerationSettings(max_new_tokens=max_new_tokens, stop=(agent_tasks.STOP,))

@@ -9,7 +9,7 @@
    plugin's own n-gram overlap, which must find no eval case).
 2. Quantizes ``models/tiny-ref`` with each recipe into ``models/tiny-gptq``
    and ``models/tiny-awq``, exactly as ``gptq:``/``awq:`` specs do on the fly
-   (``python -m pytest_quantgate.quantize`` in a scratch directory).
+   (``python -m pytest_quantgate.storage.quantize`` in a scratch directory).
 
 Seeded and deterministic on the CPU: rerunning it with the same versions
 writes the same bytes. About 40 s on a 2-core machine, most of it importing
@@ -31,8 +31,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import tiny_tasks
 from build_tiny_model import MIXTURE
 
-from pytest_quantgate.overlap import overlap, read_calibration
-from pytest_quantgate.quantize import Recipe
+from pytest_quantgate.core.overlap import overlap
+from pytest_quantgate.storage.quantize import Recipe
+from pytest_quantgate.values.calibration import read_calibration
 
 REPO = Path(__file__).resolve().parents[1]
 #: name -> recipe of the shipped checkpoints.
@@ -99,7 +100,7 @@ def main() -> int:
                 [
                     sys.executable,
                     "-m",
-                    "pytest_quantgate.quantize",
+                    "pytest_quantgate.storage.quantize",
                     f"--source={args.models / 'tiny-ref'}",
                     f"--out={made}",
                     f"--calibration={calibration}",

@@ -235,7 +235,7 @@ def teacher_forced_accuracy(
 def generate(backend: HFBackend, prompts: Sequence[str], max_new_tokens: int) -> list[str]:
     """Batched greedy generation (left padding), cut at the first newline."""
     from pytest_quantgate.backends.base import GenerationRequest
-    from pytest_quantgate.cases import GenerationSettings
+    from pytest_quantgate.values.prompts import GenerationSettings
 
     settings = GenerationSettings(max_new_tokens=max_new_tokens, stop=(tiny_tasks.STOP,))
     texts = backend.generate([GenerationRequest(p, settings) for p in prompts])

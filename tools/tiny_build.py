@@ -141,6 +141,6 @@ def load(spec: str) -> HFBackend:
     a checkpoint that leaves weights randomly initialised is an error there.
     """
     from pytest_quantgate.backends.hf import HFBackend
-    from pytest_quantgate.specs import parse_spec
+    from pytest_quantgate.values.specs import parse_spec
 
     return HFBackend.load(parse_spec(spec), "cpu", "auto")

@@ -38,8 +38,8 @@ from scipy import stats as sps
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pytest_quantgate import stats
-from pytest_quantgate.gate import GateSettings, SliceOutcomes, evaluate
+from pytest_quantgate.statistics import stats
+from pytest_quantgate.statistics.gate import GateSettings, SliceOutcomes, evaluate
 
 ALPHA = 0.05
 SIZE_NS = (10, 20, 30, 50, 75, 100, 150, 200, 300, 500, 1000, 2000, 2001, 2200, 3000, 5000)

@@ -1,38 +1,37 @@
 """The backend contract: what the runner asks of a model.
 
-A backend generates greedy continuations for a batch of requests and scores
-given continuations token by token (teacher forcing, for divergence and
-perplexity metrics). Heavy libraries are imported only inside the backend
-that needs them; :func:`load_backend` picks the backend by the spec's scheme
-from a registry of lazily imported factories.
+A backend (:class:`Backend`) generates greedy continuations for a batch of
+requests and scores given continuations token by token (teacher forcing,
+for divergence and perplexity metrics). Heavy libraries are imported only
+inside the backend that needs them; :mod:`.registry` loads the backend a
+spec's scheme names. :class:`LoadPolicy` is what a checkpoint may do while
+it loads.
 """
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import contextvars
-import importlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, cast, runtime_checkable
+from typing import Any
 
-from ..cases import GenerationSettings, Prompt
-
-if TYPE_CHECKING:
-    from ..config import GateConfig
-    from ..specs import ModelSpec
+from ..values.calibration import Calibration
+from ..values.prompts import GenerationSettings, Prompt
+from ..values.specs import ModelSpec
 
 __all__ = [
     "Backend",
     "BackendError",
     "GenerationRequest",
     "LoadPolicy",
+    "ScoreRequest",
+    "TokenScores",
     "current_load_policy",
-    "load_backend",
     "load_policy",
     "refusals",
-    "register_backend",
     "rendered_text",
 ]
 
@@ -49,41 +48,111 @@ class GenerationRequest:
     settings: GenerationSettings
 
 
-@runtime_checkable
-class Backend(Protocol):
-    """A loaded model."""
+@dataclass(frozen=True)
+class ScoreRequest:
+    """A continuation to score after a prompt (teacher forcing): divergence and perplexity metrics.
+
+    Attributes:
+        prompt: The prompt, rendered as for generation (chat template per ``settings``).
+        continuation: The text whose tokens are scored, as they follow the prompt.
+        top_k: How many of the most likely tokens to report at each position (0: none).
+        settings: How the prompt is rendered (only ``chat_template`` matters here).
+    """
+
+    prompt: Prompt
+    continuation: str
+    top_k: int = 0
+    settings: GenerationSettings = field(default_factory=GenerationSettings)
+
+
+@dataclass(frozen=True)
+class TokenScores:
+    """The scores of one continuation, one entry per continuation token.
+
+    Attributes:
+        tokens: The continuation's token ids (a backend without ids numbers its own units).
+        logprobs: log p of each token given the prompt and the tokens before it.
+        top: Per position, the ``top_k`` most likely tokens as ``(id, logprob)``,
+            most likely first; empty when ``top_k`` was 0.
+    """
+
+    tokens: tuple[int, ...]
+    logprobs: tuple[float, ...]
+    top: tuple[tuple[tuple[int, float], ...], ...] = ()
+
+
+class Backend(abc.ABC):
+    """A loaded model: everything the runner, the executor and the report ask of one.
+
+    Two methods are required (:meth:`generate`, :meth:`describe`); every
+    other member has a documented default, so a caller never asks whether a
+    backend has it. Subclass this for a backend of your own (the README shows
+    one) and return it from a registered factory or from the
+    ``pytest_quantgate_make_backend`` hook.
+
+    Attributes:
+        label: The model's label in reports (the spec's).
+        generated_tokens: Tokens generated so far (padding not counted), for
+            tokens-per-second figures; None when the backend does not count.
+    """
 
     label: str
+    generated_tokens: int | None = None
 
+    @abc.abstractmethod
     def generate(self, requests: Sequence[GenerationRequest]) -> list[str]:
         """Greedy continuations, one per request, in order, untruncated."""
-        ...
 
-    def token_logprobs(self, pairs: Sequence[tuple[Prompt, str]]) -> list[list[float]]:
-        """Log-probability of each token of ``continuation`` after ``prompt``."""
-        ...
-
+    @abc.abstractmethod
     def describe(self) -> dict[str, Any]:
         """Facts for the report: path, dtype, device, quantization config."""
-        ...
 
-    def close(self) -> None:
-        """Release memory held by the model."""
-        ...
+    def check_requests(self, requests: Sequence[GenerationRequest]) -> list[str | None]:
+        """Per request, why the model cannot take it (a prompt beyond its context), or None.
+
+        Asked before generating, so that a request the model cannot take
+        becomes an error of its case rather than a silent overrun or a memory
+        blow-up. Default: every request is taken.
+        """
+        return [None] * len(requests)
+
+    def render_text(self, request: GenerationRequest) -> str | None:
+        """The exact text the model is fed for a request (chat template applied).
+
+        Recorded with every turn, so that a report shows that the reference
+        and a candidate saw byte-identical inputs up to where their replies
+        parted. Default: None (the backend does not say).
+        """
+        return None
+
+    def score(self, requests: Sequence[ScoreRequest]) -> list[TokenScores]:
+        """Per-position log-probabilities (and the top-k alternatives) of each continuation.
+
+        Default: the backend cannot score.
+
+        Raises:
+            BackendError: the backend cannot score continuations.
+        """
+        raise BackendError(f"{self.label}: this backend cannot score continuations")
+
+    def token_logprobs(self, pairs: Sequence[tuple[Prompt, str]]) -> list[list[float]]:
+        """log p of each token of ``continuation`` after ``prompt``, per pair (from :meth:`score`)."""
+        return [list(s.logprobs) for s in self.score([ScoreRequest(p, c) for p, c in pairs])]
+
+    def peak_memory(self) -> int | None:
+        """Peak bytes the model held on its device since it loaded; default None (not measured)."""
+        return None
+
+    def free_memory(self) -> None:  # noqa: B027  (optional, with a default: not abstract)
+        """Hand back cached device memory after an out-of-memory error; default: nothing to do."""
+
+    def close(self) -> None:  # noqa: B027  (optional, with a default: not abstract)
+        """Release the model's memory; default: nothing to release."""
 
 
 def refusals(backend: Backend, requests: Sequence[GenerationRequest]) -> list[str | None]:
-    """Per request, why the model cannot take it (a prompt beyond its context), or None.
-
-    Asked before generating, so that a request the model cannot take becomes
-    an error of its case rather than a silent overrun or a memory blow-up.
-    A backend opts in with a ``check_requests(requests)`` method returning
-    that list; one without it takes every request.
-    """
-    check = getattr(backend, "check_requests", None)
-    if check is None:
-        return [None] * len(requests)
-    problems = list(check(requests))
+    """:meth:`Backend.check_requests`, checked to answer every request."""
+    problems = list(backend.check_requests(requests))
     if len(problems) != len(requests):
         raise BackendError(
             f"{backend.label}: check_requests returned {len(problems)} answers for {len(requests)}"
@@ -92,20 +161,12 @@ def refusals(backend: Backend, requests: Sequence[GenerationRequest]) -> list[st
 
 
 def rendered_text(backend: Backend, request: GenerationRequest) -> str | None:
-    """The exact text the model is fed for a request (chat template applied), or None.
-
-    Recorded with every turn, so that a report shows that the reference and
-    a candidate saw byte-identical inputs up to where their replies parted.
-    A backend opts in with a ``render_text(request)`` method; one without it,
-    or one that cannot render the request, gives None.
-    """
-    render = getattr(backend, "render_text", None)
-    if render is None:
-        return None
+    """:meth:`Backend.render_text`, None when the backend cannot render the request."""
     try:
-        return str(render(request))
+        text = backend.render_text(request)
     except Exception:
         return None
+    return None if text is None else str(text)
 
 
 @dataclass(frozen=True)
@@ -120,7 +181,7 @@ class LoadPolicy:
             from the reference's (the differences go to its facts).
         reference: the session's reference, whose tokenizer a candidate's is
             compared with; None compares nothing.
-        calibration: the calibration file of ``gptq:``/``awq:`` specs.
+        calibration: the calibration texts of ``gptq:``/``awq:`` specs.
         store: where quantized checkpoints are kept (the cache directory);
             None: a temporary directory (``--quant-cache=off``).
         refresh: quantize again even when a stored checkpoint exists.
@@ -131,28 +192,14 @@ class LoadPolicy:
     allow_pickle: bool = False
     allow_tokenizer_mismatch: bool = False
     reference: ModelSpec | None = None
-    calibration: Path | None = None
+    calibration: Calibration | None = None
     store: Path | None = None
     refresh: bool = False
     notify: Callable[[str], None] | None = field(default=None, compare=False)
 
-    @classmethod
-    def of(cls, config: GateConfig, notify: Callable[[str], None] | None = None) -> LoadPolicy:
-        """The policy a session's configuration asks for."""
-        return cls(
-            trust_remote_code=config.trust_remote_code,
-            allow_pickle=config.allow_pickle,
-            allow_tokenizer_mismatch=config.allow_tokenizer_mismatch,
-            reference=config.reference,
-            calibration=config.calibration,
-            store=config.cache_dir if config.cache_mode != "off" else None,
-            refresh=config.cache_mode == "refresh",
-            notify=notify,
-        )
-
 
 # The policy reaches a backend's loader (``HFBackend.load``) through a context variable rather
-# than an argument: loaders are called as ``loader(spec, device=, dtype=)`` by
+# than an argument: loaders are called as ``loader(spec, device, dtype)`` by
 # the model pool, the plugin's hook and ``load_backend``, and that signature is
 # public (``pytest_quantgate_make_backend``). The pool sets it around each load
 # (``with load_policy(...)``); outside one, the strict default applies.
@@ -173,55 +220,3 @@ def load_policy(policy: LoadPolicy) -> Iterator[LoadPolicy]:
 def current_load_policy() -> LoadPolicy:
     """The policy loads run under now (a backend of a plugin may honour it too)."""
     return _POLICY.get(_STRICT)
-
-
-#: A loader: ``factory(spec, device, dtype)`` returns a loaded :class:`Backend`.
-Factory = Callable[["ModelSpec", str, str], Backend]
-#: Backend kind -> "module:attribute" of its factory, imported on first use.
-_FACTORIES: dict[str, str | Factory] = {
-    "hf": "pytest_quantgate.backends.hf:HFBackend.load",
-    "fake": "pytest_quantgate.backends.fake:FakeBackend.load",
-}
-
-
-def register_backend(kind: str, factory: str | Factory) -> None:
-    """Make a backend kind loadable: a factory, or its ``"module:attr"`` path (imported lazily).
-
-    A scheme names its backend kind (:class:`~..specs.Scheme`); a plugin that
-    brings a new kind registers it here, or implements the
-    ``pytest_quantgate_make_backend`` hook instead.
-    """
-    _FACTORIES[kind] = factory
-
-
-def _resolve(kind: str) -> Factory:
-    target = _FACTORIES[kind]
-    if not isinstance(target, str):
-        return target
-    module_name, _, attr = target.partition(":")
-    obj: Any = importlib.import_module(module_name)
-    for part in attr.split("."):
-        obj = getattr(obj, part)
-    return cast(Factory, obj)
-
-
-def load_backend(spec: ModelSpec, *, device: str, dtype: str) -> Backend:
-    """Load the model a spec names with the backend its scheme asks for.
-
-    Raises:
-        BackendError: the kind is unknown, its packages are missing, or the
-            model cannot be loaded.
-    """
-    scheme = spec.kind
-    try:
-        factory = _resolve(scheme.backend)
-    except KeyError:
-        raise BackendError(
-            f"no backend {scheme.backend!r} for {spec.label}; known: {', '.join(_FACTORIES)}"
-        ) from None
-    except ImportError as exc:
-        extra = f": pip install 'pytest-quantgate[{scheme.extra}]'" if scheme.extra else ""
-        raise BackendError(
-            f"the {scheme.backend} backend needs a missing package ({exc.name or exc}){extra}"
-        ) from exc
-    return factory(spec, device, dtype)

@@ -35,11 +35,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..cases import Prompt, prompt_messages
-from .base import BackendError, GenerationRequest
+from ..values.prompts import Prompt, prompt_messages
+from .base import Backend, BackendError, GenerationRequest, ScoreRequest, TokenScores
 
 if TYPE_CHECKING:
-    from ..specs import ModelSpec
+    from ..values.specs import ModelSpec
 
 __all__ = ["FakeBackend"]
 
@@ -73,7 +73,7 @@ def _script_problem(script: Any) -> str | None:
     return None
 
 
-class FakeBackend:
+class FakeBackend(Backend):
     """Replies from a script; see the module docstring for the format."""
 
     def __init__(self, spec: ModelSpec, script: dict[str, Any], load_seconds: float):
@@ -164,14 +164,25 @@ class FakeBackend:
             for t, r in zip(texts, requests, strict=True)
         ]
 
-    def token_logprobs(self, pairs: Sequence[tuple[Prompt, str]]) -> list[list[float]]:
-        """0 per character where the continuation is the scripted reply, log ½ elsewhere."""
+    def score(self, requests: Sequence[ScoreRequest]) -> list[TokenScores]:
+        """A character is a token: log p 0 where the continuation is the scripted reply, log ½ elsewhere.
+
+        The top-k alternatives are the scripted character (log ½ where it is
+        not the continuation's) and nothing else.
+        """
         out = []
-        for prompt, continuation in pairs:
-            reply = self.replies.get(self.prompt_text(prompt), self.default)
-            out.append(
-                [0.0 if reply[i : i + 1] == ch else math.log(0.5) for i, ch in enumerate(continuation)]
+        for req in requests:
+            reply = self.replies.get(self.prompt_text(req.prompt), self.default)
+            logprobs = tuple(
+                0.0 if reply[i : i + 1] == ch else math.log(0.5) for i, ch in enumerate(req.continuation)
             )
+            top = tuple(
+                ((ord(reply[i]), lp if reply[i] == ch else math.log(0.5)),)[: req.top_k]
+                if i < len(reply)
+                else ()
+                for i, (ch, lp) in enumerate(zip(req.continuation, logprobs, strict=True))
+            )
+            out.append(TokenScores(tuple(map(ord, req.continuation)), logprobs, top if req.top_k else ()))
         return out
 
     def describe(self) -> dict[str, Any]:

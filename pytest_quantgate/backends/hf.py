@@ -14,273 +14,43 @@ settings alone decide it.
 
 from __future__ import annotations
 
-import contextlib
-import enum
-import functools
 import gc
-import hashlib
-import json
+import importlib
 import os
-import re
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from ..cases import GenerationSettings, Prompt, prompt_messages
-from ..config import device_problem
-from ..specs import ON_THE_FLY
-from .base import BackendError, GenerationRequest, LoadPolicy, current_load_policy, load_policy
+from ..values.digest import json_digest, jsonable
+from ..values.prompts import GenerationSettings, Prompt, prompt_messages
+from ..values.specs import ModelSpec
+from .base import (
+    Backend,
+    BackendError,
+    GenerationRequest,
+    LoadPolicy,
+    ScoreRequest,
+    TokenScores,
+    current_load_policy,
+)
+from .hf_loading import (
+    contained_environment,
+    format_problem,
+    load_error,
+    pickle_problem,
+    quantization_config,
+    quantized_format_problem,
+    quantized_on_the_fly,
+    remote_code_problem,
+)
+from .hf_tokenizers import check_tokenizer, prepare_tokenizer, tokenizer_fingerprint
+from .torch_device import resolve_device, resolve_dtype
 
-if TYPE_CHECKING:
-    from ..specs import ModelSpec
+__all__ = ["HFBackend", "context_length"]
 
-__all__ = [
-    "HFBackend",
-    "LoadPolicy",
-    "context_length",
-    "current_load_policy",
-    "load_policy",
-    "resolve_device",
-    "tokenizer_differences",
-    "tokenizer_fingerprint",
-]
-
-
-# -- what a checkpoint may do while it loads -----------------------------------
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None  # unreadable: transformers says what is wrong with it
-
-
-def remote_code_problem(spec: ModelSpec, policy: LoadPolicy) -> str | None:
-    """Why the checkpoint may not load: it ships code (``auto_map``) and the flag is off."""
-    if policy.trust_remote_code:
-        return None
-    for name in ("config.json", "tokenizer_config.json"):
-        data = _read_json(Path(spec.path) / name)
-        if isinstance(data, dict) and data.get("auto_map"):
-            return (
-                f"{spec.label}: the checkpoint at {spec.path} ships its own code (auto_map in {name}); "
-                "refusing to run it without --quant-trust-remote-code"
-            )
-    return None
-
-
-#: Pickled weights that ``from_pretrained`` would load (``torch.load``).
-_PICKLED_WEIGHTS = re.compile(r"^pytorch_model.*\.bin(\.index\.json)?$")
-
-
-def pickle_problem(spec: ModelSpec, policy: LoadPolicy) -> str | None:
-    """Why the checkpoint may not load: it has only pickled weights and the flag is off."""
-    directory = Path(spec.path)
-    if policy.allow_pickle or not directory.is_dir():
-        return None
-    names = sorted(p.name for p in directory.iterdir())
-    if any(n.endswith(".safetensors") for n in names):
-        return None
-    pickled = [n for n in names if _PICKLED_WEIGHTS.match(n)]
-    if not pickled:
-        return None  # no weights at all: transformers says so
-    return (
-        f"{spec.label}: the checkpoint at {spec.path} has only pickled weights ({', '.join(pickled)}), "
-        "which can run code when loaded; convert it to safetensors or pass --quant-allow-pickle"
-    )
-
-
-# -- tokenizers ----------------------------------------------------------------
-
-_SPECIAL_NAMES = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
-
-
-#: Flags of an added token that change how text around it is split.
-_ADDED_FLAGS = ("special", "normalized", "lstrip", "rstrip", "single_word")
-
-
-def _prepare_tokenizer(tokenizer: Any, label: str) -> None:
-    """Left padding, and eos as the pad token when there is none (done to both models alike)."""
-    tokenizer.padding_side = "left"
-    if tokenizer.pad_token_id is None:
-        if tokenizer.eos_token_id is None:
-            raise BackendError(f"{label}: the tokenizer has neither a pad nor an eos token")
-        tokenizer.pad_token = tokenizer.eos_token
-
-
-def _pipeline(tokenizer: Any) -> str | None:
-    """A hash of how a fast tokenizer splits text (normalizer, pre-tokenizer, merges, post-processor)."""
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is None:
-        return None
-    try:
-        data = json.loads(backend.to_str())
-    except Exception:
-        return None
-    model = dict(data.get("model") or {})
-    if isinstance(model.get("vocab"), dict):
-        model.pop("vocab")  # compared on its own, with a readable difference
-    kept = {k: data.get(k) for k in ("normalizer", "pre_tokenizer", "post_processor", "decoder")}
-    return _digest({**kept, "model": model})
-
-
-def _digest(value: Any) -> str:
-    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def tokenizer_fingerprint(tokenizer: Any) -> dict[str, Any]:
-    """What a tokenizer does to text, as JSON builtins: compare two with :func:`tokenizer_differences`.
-
-    The vocabulary, the special tokens (by role, and all of them with their
-    ids), the chat template, the added tokens with their flags, and a hash of
-    the rest of a fast tokenizer's pipeline (normalizer, pre-tokenizer,
-    merges, post-processor): two models fed different token ids for the same
-    prompt are not comparable, however close their accuracy.
-    """
-    special = {}
-    for name in _SPECIAL_NAMES:
-        token = getattr(tokenizer, name, None)
-        if token is not None:
-            special[name] = [str(token), getattr(tokenizer, f"{name}_id", None)]
-    added = {
-        str(i): {
-            "content": str(getattr(t, "content", t)),
-            **{k: bool(getattr(t, k, False)) for k in _ADDED_FLAGS},
-        }
-        for i, t in sorted(dict(getattr(tokenizer, "added_tokens_decoder", {}) or {}).items())
-    }
-    template = getattr(tokenizer, "chat_template", None)
-    return {
-        "vocab": {str(k): int(v) for k, v in tokenizer.get_vocab().items()},
-        "special_tokens": special,
-        "all_special_tokens": sorted(
-            [str(t), int(i)]
-            for t, i in zip(tokenizer.all_special_tokens, tokenizer.all_special_ids, strict=True)
-        ),
-        "chat_template": _jsonable(template),
-        "added_tokens": added,
-        "pipeline": _pipeline(tokenizer),
-    }
-
-
-def _some(items: Sequence[str], limit: int = 3) -> str:
-    return ", ".join(items[:limit]) + (", ..." if len(items) > limit else "")
-
-
-def tokenizer_differences(reference: dict[str, Any], candidate: dict[str, Any]) -> list[str]:
-    """How the candidate's tokenizer differs from the reference's: short phrases, none when equal."""
-    out: list[str] = []
-    ref_vocab, cand_vocab = reference["vocab"], candidate["vocab"]
-    if ref_vocab != cand_vocab:
-        changed = sorted(
-            f"{tok!r}: {ref_vocab.get(tok, 'absent')} vs {cand_vocab.get(tok, 'absent')}"
-            for tok in set(ref_vocab) | set(cand_vocab)
-            if ref_vocab.get(tok) != cand_vocab.get(tok)
-        )
-        out.append(
-            f"vocabulary of {len(ref_vocab)} vs {len(cand_vocab)} tokens, {len(changed)} differ "
-            f"({_some(changed)})"
-        )
-    ref_special, cand_special = reference["special_tokens"], candidate["special_tokens"]
-    for name in _SPECIAL_NAMES:
-        a, b = ref_special.get(name), cand_special.get(name)
-        if a != b:
-            show = [f"{x[0]!r} ({x[1]})" if x else "none" for x in (a, b)]
-            out.append(f"{name} {show[0]} vs {show[1]}")
-    ref_all = {tuple(x) for x in reference["all_special_tokens"]}
-    cand_all = {tuple(x) for x in candidate["all_special_tokens"]}
-    if ref_all != cand_all:
-        only = [
-            f"only the {who}'s: " + _some([f"{t!r} ({i})" for t, i in sorted(side)])
-            for who, side in (("reference", ref_all - cand_all), ("candidate", cand_all - ref_all))
-            if side
-        ]
-        out.append(f"special tokens ({'; '.join(only)})")
-    ref_tpl, cand_tpl = reference["chat_template"], candidate["chat_template"]
-    if ref_tpl != cand_tpl:
-        has = ["one" if t is not None else "none" for t in (ref_tpl, cand_tpl)]
-        out.append(
-            "chat template differs" if has == ["one", "one"] else f"chat template: {has[0]} vs {has[1]}"
-        )
-    ref_added, cand_added = reference["added_tokens"], candidate["added_tokens"]
-    if ref_added != cand_added:
-        ids = sorted(set(ref_added) | set(cand_added), key=int)
-        changed = [
-            f"{i}: {_added(ref_added.get(i))} vs {_added(cand_added.get(i))}"
-            for i in ids
-            if ref_added.get(i) != cand_added.get(i)
-        ]
-        out.append(f"added tokens, {len(changed)} differ ({_some(changed)})")
-    if reference["pipeline"] != candidate["pipeline"]:
-        out.append("how text is split (normalizer, pre-tokenizer, merges or post-processor)")
-    return out
-
-
-def _added(token: dict[str, Any] | None) -> str:
-    if token is None:
-        return "absent"
-    flags = [k for k in _ADDED_FLAGS if token[k]]
-    return f"{token['content']!r}" + (f" [{','.join(flags)}]" if flags else "")
-
-
-def _tokenizer_files(path: str) -> tuple[tuple[str, int, int], ...]:
-    """Name, size and mtime of the files in a checkpoint directory: the key of a cached fingerprint."""
-    directory = Path(path)
-    if not directory.is_dir():
-        return ()
-    files = [p for p in sorted(directory.iterdir()) if p.is_file() and p.suffix != ".safetensors"]
-    return tuple((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files)
-
-
-@functools.lru_cache(maxsize=8)
-def _fingerprint_at(path: str, trust_remote_code: bool, files: tuple[tuple[str, int, int], ...]) -> str:
-    """The fingerprint (as JSON) of the tokenizer in a checkpoint directory, without loading its model."""
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(
-        path, local_files_only=True, trust_remote_code=trust_remote_code
-    )
-    _prepare_tokenizer(tokenizer, path)
-    return json.dumps(tokenizer_fingerprint(tokenizer))
-
-
-def reference_fingerprint(policy: LoadPolicy) -> dict[str, Any] | None:
-    """The fingerprint of the reference's tokenizer, read from its directory (it need not be loaded:
-    its results may come from the cache); None when the reference is not a transformers checkpoint.
-
-    Raises:
-        BackendError: its tokenizer cannot be read.
-    """
-    ref = policy.reference
-    if ref is None or ref.kind.backend != "hf" or ref.kind.target != "checkpoint":
-        return None
-    problem = remote_code_problem(ref, policy)
-    if problem:
-        raise BackendError(problem)
-    try:
-        found = _fingerprint_at(ref.path, policy.trust_remote_code, _tokenizer_files(ref.path))
-    except BackendError:
-        raise
-    except Exception as exc:
-        text = str(exc).strip() or type(exc).__name__
-        raise BackendError(f"cannot read the tokenizer of the reference {ref.label}: {text}") from exc
-    return dict(json.loads(found))
-
-
-def resolve_device(device: str) -> str:
-    """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``; checks the rest."""
-    import torch
-
-    if device == "auto":
-        if torch.cuda.is_available():
-            return "cuda"
-        return "cpu"
-    problem = device_problem(device)  # the same rule the configuration checks up front
-    if problem:
-        raise BackendError(problem)
-    return device
+#: Rendered prompts kept (:meth:`HFBackend.render`): a round's worth, at the largest batch sizes.
+_RENDERED_KEPT = 4096
 
 
 #: ``model_max_length`` of a tokenizer that sets none (transformers' VERY_LARGE_INTEGER).
@@ -300,180 +70,6 @@ def context_length(model_config: Any, tokenizer: Any) -> int | None:
         if isinstance(v, int) and 0 < v < _UNSET_LENGTH
     ]
     return min(limits) if limits else None
-
-
-def _resolve_dtype(dtype: str, device: str) -> Any:
-    import torch
-
-    if dtype == "auto":
-        # Half precision on the CPU is slow and, for tiny models, numerically
-        # worse than the checkpoint; on a GPU keep the checkpoint's dtype.
-        return torch.float32 if device == "cpu" else "auto"
-    return getattr(torch, dtype)
-
-
-# -- quantization at load time -------------------------------------------------
-
-
-def _bnb_nf4(torch_dtype: Any) -> Any:
-    import bitsandbytes  # noqa: F401  (fail here, with the extra named, not inside transformers)
-    import torch
-    from transformers import BitsAndBytesConfig
-
-    compute = torch_dtype if isinstance(torch_dtype, torch.dtype) else torch.float32
-    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute)
-
-
-def _bnb_int8(torch_dtype: Any) -> Any:
-    import bitsandbytes  # noqa: F401
-    from transformers import BitsAndBytesConfig
-
-    return BitsAndBytesConfig(load_in_8bit=True)
-
-
-def _torchao_int8(torch_dtype: Any) -> Any:
-    import torchao.quantization as tq
-    from transformers import TorchAoConfig
-
-    return TorchAoConfig(tq.Int8WeightOnlyConfig())
-
-
-def _torchao_int4(torch_dtype: Any) -> Any:
-    import torch
-    import torchao.quantization as tq
-    from torchao.quantization.granularity import PerGroup
-    from transformers import TorchAoConfig
-
-    # Int4WeightOnlyConfig has no CPU kernel; the Intx config does.
-    return TorchAoConfig(
-        tq.IntxWeightOnlyConfig(weight_dtype=torch.int4, granularity=PerGroup(32))  # type: ignore[attr-defined]
-    )
-
-
-#: Schemes quantized by transformers at load time -> their quantization config.
-LOAD_TIME_CONFIGS: dict[str, Callable[[Any], Any]] = {
-    "bnb-nf4": _bnb_nf4,
-    "bnb-int8": _bnb_int8,
-    "torchao-int8": _torchao_int8,
-    "torchao-int4": _torchao_int4,
-}
-
-
-def _quantization_config(spec: ModelSpec, torch_dtype: Any) -> Any:
-    """The transformers quantization config of a load-time scheme, or None."""
-    scheme = spec.kind
-    build = LOAD_TIME_CONFIGS.get(scheme.name)
-    if build is None:
-        return None
-    try:
-        return build(torch_dtype)
-    except ImportError as exc:
-        raise BackendError(
-            f"spec {spec.text!r} needs {exc.name or 'a missing package'}: "
-            f"pip install 'pytest-quantgate[{scheme.extra}]'"
-        ) from exc
-
-
-#: What loading a checkpoint of each quantization format needs: (import name, pip extra).
-_FORMAT_NEEDS: dict[str, tuple[tuple[str, str], ...]] = {
-    "gptq": (("gptqmodel", "gptq"), ("optimum", "gptq")),
-    "awq": (("gptqmodel", "awq"),),
-    "bitsandbytes": (("bitsandbytes", "bnb"),),
-    "torchao": (("torchao", "torchao"),),
-}
-
-
-def format_problem(label: str, method: str) -> str | None:
-    """A package that loading a checkpoint quantized by ``method`` needs and that is missing, in one
-    line naming the extra; None when nothing is missing (or the method is not known here)."""
-    import importlib.util
-
-    for module, extra in _FORMAT_NEEDS.get(method.lower(), ()):
-        if importlib.util.find_spec(module) is None:
-            return (
-                f"{label}: loading a {method.upper()} checkpoint needs {module}: "
-                f"pip install 'pytest-quantgate[{extra}]'"
-            )
-    return None
-
-
-def quantized_format_problem(spec: ModelSpec, where: Path) -> str | None:
-    """:func:`format_problem` of the checkpoint at ``where``, by its ``quantization_config``.
-
-    Asked before transformers is, whose own message would come from deep
-    inside a loader.
-    """
-    config = _read_json(where / "config.json")
-    qconfig = config.get("quantization_config") if isinstance(config, dict) else None
-    method = str(qconfig.get("quant_method", "")) if isinstance(qconfig, dict) else ""
-    return format_problem(spec.label, method)
-
-
-@contextlib.contextmanager
-def contained_environment() -> Iterator[None]:
-    """Undo what a loader does to ``os.environ`` (gptqmodel sets allocator and device-order variables
-    when it is imported); the session's environment stays the user's."""
-    before = dict(os.environ)
-    try:
-        yield
-    finally:
-        for key in set(os.environ) - set(before):
-            del os.environ[key]
-        for key, value in before.items():
-            if os.environ.get(key) != value:
-                os.environ[key] = value
-
-
-def _quantized_on_the_fly(spec: ModelSpec, policy: LoadPolicy) -> Path:
-    """The checkpoint of a ``gptq:``/``awq:`` spec: stored earlier, or quantized now (:mod:`..quantize`)."""
-    from ..quantize import QuantizeError, Recipe, quantized_checkpoint
-
-    if policy.calibration is None:
-        raise BackendError(f"{spec.label}: {spec.scheme}: quantizing needs --quant-calibration FILE")
-    try:
-        return quantized_checkpoint(
-            spec.path,
-            Recipe.of(str(spec.scheme), spec.options),
-            policy.calibration,
-            store=policy.store,
-            refresh=policy.refresh,
-            label=spec.label,
-            emit=policy.notify or (lambda line: None),
-        )
-    except QuantizeError as exc:
-        raise BackendError(f"{spec.label}: {exc}") from exc
-
-
-def _load_error(spec: ModelSpec, exc: Exception) -> BackendError:
-    # The whole message: its first line is often a preamble
-    # ("Couldn't instantiate the backend tokenizer from one of:").
-    text = str(exc).strip() or type(exc).__name__
-    return BackendError(f"cannot load {spec.label} from {spec.path}: {text}")
-
-
-def _tokenizer_check(spec: ModelSpec, policy: LoadPolicy, fingerprint: dict[str, Any]) -> list[str]:
-    """How this model's tokenizer differs from the reference's; refused unless the policy allows it.
-
-    The reference's tokenizer is read from its directory, not from a loaded
-    model: its results may come from the cache. Nothing is compared for the
-    reference itself, for a candidate of the same directory, or when the
-    reference is not a transformers checkpoint.
-
-    Raises:
-        BackendError: they differ and ``--quant-allow-tokenizer-mismatch`` was not given.
-    """
-    ref = policy.reference
-    if ref is None or ref.label == spec.label or Path(ref.path) == Path(spec.path):
-        return []
-    reference = reference_fingerprint(policy)
-    differences = tokenizer_differences(reference, fingerprint) if reference is not None else []
-    if differences and not policy.allow_tokenizer_mismatch:
-        raise BackendError(
-            f"{spec.label}: its tokenizer differs from the reference {ref.label}'s: "
-            f"{'; '.join(differences)}; the same prompts would be different token ids, "
-            "so the comparison would be meaningless (pass --quant-allow-tokenizer-mismatch to gate it anyway)"
-        )
-    return differences
 
 
 #: Kept from a checkpoint's generation_config: which tokens start, pad and end a sequence.
@@ -503,7 +99,7 @@ def _neutral_generation_config(model: Any) -> dict[str, Any]:
     return said
 
 
-class HFBackend:
+class HFBackend(Backend):
     """A causal LM and its tokenizer, loaded from a local directory."""
 
     def __init__(self, spec: ModelSpec, model: Any, tokenizer: Any, device: str, load_seconds: float):
@@ -523,6 +119,8 @@ class HFBackend:
         #: How its tokenizer differs from the reference's (only with --quant-allow-tokenizer-mismatch).
         self.tokenizer_differences: list[str] = []
         self._tokenizer_fp: dict[str, Any] | None = None
+        #: (prompt, chat_template) -> what :meth:`render` made of it.
+        self._rendered: dict[tuple[Prompt, bool | None], tuple[str, bool]] = {}
 
     @classmethod
     def load(cls, spec: ModelSpec, device: str, dtype: str, policy: LoadPolicy | None = None) -> HFBackend:
@@ -542,14 +140,14 @@ class HFBackend:
             if problem:
                 raise BackendError(problem)
         device = resolve_device(device)
-        torch_dtype = _resolve_dtype(dtype, device)
-        qconfig = _quantization_config(spec, torch_dtype)
+        torch_dtype = resolve_dtype(dtype, device)
+        qconfig = quantization_config(spec, torch_dtype)
         where = Path(spec.path)
-        if spec.kind.name in ON_THE_FLY:
-            lacking = format_problem(spec.label, spec.kind.name)  # before minutes of quantizing
+        if spec.kind.quantizer is not None:
+            lacking = format_problem(spec.label, spec.kind.quantizer)  # before minutes of quantizing
             if lacking:
                 raise BackendError(lacking)
-            where = _quantized_on_the_fly(spec, policy)
+            where = quantized_on_the_fly(spec, policy)
         problem = quantized_format_problem(spec, where)
         if problem:
             raise BackendError(problem)
@@ -573,17 +171,17 @@ class HFBackend:
                 where, local_files_only=True, trust_remote_code=policy.trust_remote_code
             )
         except Exception as exc:
-            raise _load_error(spec, exc) from exc
-        _prepare_tokenizer(tokenizer, spec.label)
+            raise load_error(spec, exc) from exc
+        prepare_tokenizer(tokenizer, spec.label)
         fingerprint = tokenizer_fingerprint(tokenizer)
         # Before the weights: a refused candidate costs no load.
-        differences = _tokenizer_check(spec, policy, fingerprint)
+        differences = check_tokenizer(spec, policy, fingerprint)
         try:
             with contained_environment():
                 loaded: Any = AutoModelForCausalLM.from_pretrained(where, **kwargs)
             model, info = loaded
         except Exception as exc:  # any failure here is this checkpoint's (safetensors raises its own)
-            raise _load_error(spec, exc) from exc
+            raise load_error(spec, exc) from exc
         missing = list(info.get("missing_keys") or [])
         if missing:
             shown = ", ".join(sorted(missing)[:5]) + (" ..." if len(missing) > 5 else "")
@@ -597,10 +195,9 @@ class HFBackend:
             import torch
 
             torch.cuda.reset_peak_memory_stats(device)  # peak_memory() is this model's, not the last one's
-        if spec.kind.name == "rtn":
-            from .rtn import rtn_quantize_
-
-            rtn_quantize_(model, spec.options["bits"], spec.options["group_size"])
+        if spec.kind.transform is not None:  # fake quantization of the loaded weights (rtn)
+            module, _, name = spec.kind.transform.partition(":")
+            getattr(importlib.import_module(module), name)(model, **spec.options)
         model.eval()
         checkpoint_generation = _neutral_generation_config(model)
         backend = cls(spec, model, tokenizer, device, time.perf_counter() - started)
@@ -619,10 +216,24 @@ class HFBackend:
     # -- prompts -------------------------------------------------------------
 
     def render(self, prompt: Prompt, settings: GenerationSettings) -> tuple[str, bool]:
-        """The text fed to the model, and whether it already has special tokens."""
+        """The text fed to the model, and whether it already has special tokens.
+
+        Each prompt is rendered once: a request is checked, generated and
+        recorded (:meth:`check_requests`, :meth:`generate`, :meth:`render_text`),
+        and a chat template is a Jinja program, not free.
+        """
+        key = (prompt, settings.chat_template)
+        rendered = self._rendered.get(key)
+        if rendered is None:
+            rendered = self._rendered[key] = self._render(prompt, settings.chat_template)
+            if len(self._rendered) > _RENDERED_KEPT:  # a round's prompts are what is asked again
+                del self._rendered[next(iter(self._rendered))]
+        return rendered
+
+    def _render(self, prompt: Prompt, chat_template: bool | None) -> tuple[str, bool]:
         messages = prompt_messages(prompt)
         has_template = bool(getattr(self.tokenizer, "chat_template", None))
-        use_template = settings.chat_template if settings.chat_template is not None else has_template
+        use_template = chat_template if chat_template is not None else has_template
         if use_template:
             if not has_template:
                 raise BackendError(f"{self.label}: chat_template=True but the tokenizer has no chat template")
@@ -711,30 +322,44 @@ class HFBackend:
             extra["tokenizer"] = self.tokenizer
         generated = self.model.generate(**enc, generation_config=config, **extra)
         new_tokens = generated[:, enc["input_ids"].shape[1] :]
-        self.generated_tokens += int((new_tokens != self.tokenizer.pad_token_id).sum())
+        self.generated_tokens = (self.generated_tokens or 0) + int(
+            (new_tokens != self.tokenizer.pad_token_id).sum()
+        )
         return [str(t) for t in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
 
     # -- scoring -------------------------------------------------------------
 
-    def token_logprobs(self, pairs: Sequence[tuple[Prompt, str]]) -> list[list[float]]:
-        """Per-token log-probabilities of each continuation (teacher forcing)."""
+    def score(self, requests: Sequence[ScoreRequest]) -> list[TokenScores]:
+        """Per-token log-probabilities of each continuation (teacher forcing), and the top-k.
+
+        The prompt is rendered as for generation; the continuation is
+        tokenized on its own and appended, so every model with the same
+        tokenizer scores exactly the same tokens. Full-vocabulary log-softmax
+        in float32, no clamping of logits.
+        """
         import torch
 
-        settings = GenerationSettings()
-        results: list[list[float]] = []
+        results: list[TokenScores] = []
         with torch.inference_mode():
-            for prompt, continuation in pairs:
-                text, special = self.render(prompt, settings)
+            for req in requests:
+                text, special = self.render(req.prompt, req.settings)
                 prefix = self.tokenizer(text, add_special_tokens=not special)["input_ids"]
-                cont = self.tokenizer(continuation, add_special_tokens=False)["input_ids"]
+                cont = self.tokenizer(req.continuation, add_special_tokens=False)["input_ids"]
                 if not cont:
-                    results.append([])
+                    results.append(TokenScores((), ()))
                     continue
                 ids = torch.tensor([prefix + cont], device=self.model.device)
                 logits = self.model(input_ids=ids).logits[0, len(prefix) - 1 : -1].float()
                 logp = torch.log_softmax(logits, dim=-1)
                 picked = logp.gather(1, torch.tensor(cont, device=logp.device)[:, None])[:, 0]
-                results.append([float(x) for x in picked.cpu()])
+                top: tuple[tuple[tuple[int, float], ...], ...] = ()
+                if req.top_k > 0:
+                    values, indices = logp.topk(min(req.top_k, logp.shape[-1]), dim=-1)
+                    top = tuple(
+                        tuple((int(i), float(v)) for i, v in zip(row_i, row_v, strict=True))
+                        for row_i, row_v in zip(indices.cpu().tolist(), values.cpu().tolist(), strict=True)
+                    )
+                results.append(TokenScores(tuple(cont), tuple(float(x) for x in picked.cpu()), top))
         return results
 
     # -- facts ---------------------------------------------------------------
@@ -746,8 +371,8 @@ class HFBackend:
         qconf = getattr(self.model.config, "quantization_config", None)
         if qconf is not None and not isinstance(qconf, dict):
             qconf = qconf.to_dict() if hasattr(qconf, "to_dict") else repr(qconf)
-        if self.spec.kind.name == "rtn":
-            qconf = {"quant_method": "rtn", **self.spec.options}
+        if self.spec.kind.transform is not None:  # not transformers': the scheme's own
+            qconf = {"quant_method": self.spec.kind.name, **self.spec.options}
         mismatch = {"tokenizer_differences": list(self.tokenizer_differences)}
         return {
             "label": self.label,
@@ -757,14 +382,14 @@ class HFBackend:
             **({"checkpoint": self.checkpoint} if self.checkpoint != self.spec.path else {}),
             "device": str(self.model.device),
             "dtype": str(self.model.dtype).replace("torch.", ""),
-            "quantization": _jsonable(qconf),
+            "quantization": jsonable(qconf),
             "parameters": int(sum(p.numel() for p in self.model.parameters())),
             "weight_bytes": _weight_bytes(self.model),
             "context": self.context,
             "load_seconds": round(self.load_seconds, 3),
-            "tokenizer": _digest(self.tokenizer_facts()),
+            "tokenizer": json_digest(self.tokenizer_facts(), 16),
             **(mismatch if self.tokenizer_differences else {}),
-            "checkpoint_generation_config": _jsonable(self.checkpoint_generation_config),
+            "checkpoint_generation_config": jsonable(self.checkpoint_generation_config),
             "torch": torch.__version__,
             "transformers": transformers.__version__,
             "pid": os.getpid(),
@@ -846,15 +471,3 @@ def _weight_bytes(model: Any) -> int:
                 key = (str(t.device), ptr) if ptr else id(t)  # meta and empty tensors have no address
                 sizes[key] = max(sizes.get(key, 0), t.numel() * t.element_size())
     return sum(sizes.values())
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, enum.Enum):
-        return _jsonable(value.value)
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return value
-    return str(value)

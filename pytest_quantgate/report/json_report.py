@@ -42,10 +42,11 @@ Written with the user's umask, like any file the user makes.
 from __future__ import annotations
 
 import json
-import os
-import secrets
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from ..values.files import atomic_write_text
+from ..values.version import __version__
 
 if TYPE_CHECKING:
     from .model import GateReport
@@ -58,8 +59,6 @@ SCHEMA_VERSION = 1
 
 def to_dict(report: GateReport) -> dict[str, Any]:
     """The report as builtins (JSON-safe)."""
-    from .. import __version__
-
     return {
         "schema": SCHEMA,
         "schema_version": SCHEMA_VERSION,
@@ -98,19 +97,5 @@ def dumps(data: dict[str, Any]) -> str:
 
 
 def write(report: GateReport, path: Path) -> None:
-    """Write atomically: a reader never sees half a file, an old one stays until done.
-
-    The file gets the permissions the user's umask gives a new file (not
-    ``mkstemp``'s 0600: a report is for sharing, with CI artifacts say).
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = dumps(to_dict(report))
-    tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write atomically (:func:`~..values.files.atomic_write_text`): a reader never sees half a file."""
+    atomic_write_text(path, dumps(to_dict(report)) + "\n")

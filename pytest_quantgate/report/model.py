@@ -14,17 +14,19 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ..cases import ALL
+from ..statistics.gate import ALL
 
 if TYPE_CHECKING:
-    from ..cases import CaseRecord
-    from ..config import GateConfig
-    from ..gate import SliceResult, Verdict
-    from ..overlap import CalibrationOverlap
+    from ..core.config import GateConfig
+    from ..core.overlap import CalibrationOverlap
+    from ..core.records import CaseRecord
+    from ..statistics.gate import SliceResult, Verdict
 
 __all__ = [
     "LOAD",
     "CandidateGate",
+    "Failure",
+    "FailureKind",
     "GateReport",
     "GateTest",
     "Matrix",
@@ -91,6 +93,33 @@ class CandidateGate:
         }
 
 
+class FailureKind(str, enum.Enum):
+    """Why a run fails, as the report lists it."""
+
+    ROW = "row"  # a slice (or ALL) row: REGRESSED, or INCONCLUSIVE under --quant-strict
+    NOT_EVALUATED = "not evaluated"  # a candidate with no gate (not loaded, cases lost)
+    REFERENCE = "reference"  # the reference could not be loaded: nothing was gated
+    CASE_TESTS = "case tests"  # quant cases whose own test failed (errors, critical regressions)
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass(frozen=True)
+class Failure:
+    """One reason the run fails.
+
+    Attributes:
+        kind: What failed.
+        message: One line saying so.
+        test: The gate test that reports it, where one does.
+    """
+
+    kind: FailureKind
+    message: str
+    test: GateTest | None = None
+
+
 @dataclass(frozen=True)
 class GateTest:
     """One test the gate adds to the run: a row of a candidate, or its load.
@@ -112,6 +141,12 @@ class GateTest:
     @property
     def nodeid(self) -> str:
         return gate_test_id(self.candidate.label, self.name)
+
+    @property
+    def name_in_junit(self) -> str:
+        """The id JUnit gets: ``quantgate::<candidate>::<row>``, so that its classname is
+        ``quantgate.<candidate>`` (the printed id's leading ``::`` would make it ``.quantgate...``)."""
+        return self.nodeid.removeprefix("::")
 
 
 #: Gate tests hang off the root directory: ``::quantgate::<candidate>::<row>``.
@@ -310,7 +345,8 @@ class GateReport:
             collected quant case was selected and ran, and every model
             loaded: the gate of the whole suite.
         interrupted: The session was interrupted (Ctrl-C, ``pytest.exit``).
-        failed: Whether any row REGRESSED.
+        failures: Why the run fails, each reason once (:class:`Failure`); the
+            exit status and the JSON's ``failed`` follow from it.
         tests: The gate's own tests (each candidate's load, then its rows),
             failed or passed; none when interrupted, since an interrupted
             run's rows are not the gate's verdict.
@@ -325,18 +361,18 @@ class GateReport:
     candidates: tuple[CandidateGate, ...]
     records: tuple[CaseRecord, ...]
     complete: bool
-    failed: bool
     tests: tuple[GateTest, ...]
     reference_passed: int
+    failures: tuple[Failure, ...] = ()
     interrupted: bool = False
     selection: Selection = field(default_factory=Selection)
     reference_error: str | None = None
     calibration_overlap: CalibrationOverlap | None = None
 
     @property
-    def failures(self) -> tuple[GateTest, ...]:
-        """The gate tests that fail the run."""
-        return tuple(t for t in self.tests if t.failed)
+    def failed(self) -> bool:
+        """Whether the run fails: some reason is listed in :attr:`failures`."""
+        return bool(self.failures)
 
     @property
     def has_results(self) -> bool:

@@ -17,13 +17,13 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from ..cases import ALL, Status
-from ..gate import SliceResult, Verdict
-from ..overlap import NGRAM, CalibrationOverlap
+from ..core.overlap import NGRAM, CalibrationOverlap
+from ..core.records import Status
+from ..statistics.gate import ALL, SliceResult, Verdict
 
 if TYPE_CHECKING:
-    from ..cases import CaseRecord
-    from ..config import GateConfig
+    from ..core.config import GateConfig
+    from ..core.records import CaseRecord
     from .model import CandidateGate, GateReport, GateTest, MatrixCandidate, MatrixCell
 
 __all__ = [
@@ -91,7 +91,7 @@ STATUS_DISPLAY: dict[Status, tuple[str, str, Markup]] = {
 }
 
 
-def teststatus(record: CaseRecord, *, failed: bool) -> tuple[str, str, tuple[str, Markup]] | None:
+def teststatus(status: Status, *, failed: bool) -> tuple[str, str, tuple[str, Markup]] | None:
     """A case's category, letter and word for pytest's report, or None for pytest's own.
 
     Errors count as errors (``E``) even though they are reported as failed
@@ -99,7 +99,6 @@ def teststatus(record: CaseRecord, *, failed: bool) -> tuple[str, str, tuple[str
     the test failed (a critical regression), which pytest shows as a failure.
     Skipped cases are pytest's own ``s`` and ``x``.
     """
-    status = record.worst
     display = STATUS_DISPLAY.get(status)
     if display is None or (failed and status is not Status.ERROR):
         return None

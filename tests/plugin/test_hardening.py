@@ -129,21 +129,18 @@ def test_a_report_is_written_when_every_case_skips(pytester: pytest.Pytester) ->
 # -- reports never lie about completeness --------------------------------------
 
 INTERRUPTING_CONFTEST = """
-class Interrupting:
+from pytest_quantgate.backends import Backend
+
+
+class Interrupting(Backend):
     def __init__(self, spec):
         self.label = spec.label
 
     def generate(self, requests):
         raise KeyboardInterrupt  # Ctrl-C while the model generates
 
-    def token_logprobs(self, pairs):
-        return []
-
     def describe(self):
         return {{"label": self.label}}
-
-    def close(self):
-        pass
 
 
 def pytest_quantgate_make_backend(spec, device, dtype):

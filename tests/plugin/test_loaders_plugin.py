@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from pytest_quantgate.loaders import content_id
+from pytest_quantgate.core.loaders import content_id
 
 from .fakes import Case, answers, cases, gate_args, model, read_report, statuses
 

@@ -139,7 +139,7 @@ def test_no_matrix_for_one_candidate(pytester: pytest.Pytester) -> None:
 def test_weight_bytes_of_the_tiny_model_count_tied_weights_once(tiny_ref: Path) -> None:
     pytest.importorskip("transformers")
     from pytest_quantgate.backends.hf import HFBackend
-    from pytest_quantgate.specs import parse_spec
+    from pytest_quantgate.values.specs import parse_spec
 
     backend = HFBackend.load(parse_spec(f"ref={tiny_ref}"), "cpu", "auto")
     facts = backend.describe()

@@ -433,8 +433,10 @@ CUSTOM_CONFTEST = """
 import json
 from pathlib import Path
 
+from pytest_quantgate.backends import Backend
 
-class AdderBackend:
+
+class AdderBackend(Backend):
     '''Adds the two numbers of a prompt, off by the offset in its config.json.'''
 
     def __init__(self, spec, device, dtype):
@@ -450,15 +452,9 @@ class AdderBackend:
             out.append(str(int(a) + int(b) + self.offset))
         return out
 
-    def token_logprobs(self, pairs):
-        return [[0.0] * len(c) for _, c in pairs]
-
     def describe(self):
         return {"label": self.label, "backend": "adder", "device": self.device, "dtype": self.dtype,
                 "offset": self.offset}
-
-    def close(self):
-        pass
 
 
 def pytest_quantgate_make_backend(spec, device, dtype):
@@ -721,7 +717,7 @@ class Block(importlib.abc.MetaPathFinder):
 
 sys.meta_path.insert(0, Block())
 import pytest
-from pytest_quantgate import stats
+from pytest_quantgate.statistics import stats
 assert stats.holm([0.01, 0.04]) == [0.02, 0.04]
 assert pytest.main(["--help"]) == 0
 code = pytest.main([{str(pytester.path)!r}, "-p", "no:cacheprovider",
@@ -811,18 +807,18 @@ def test_junit_report(pytester: pytest.Pytester) -> None:
     assert result.ret == 1
     # The gate's tests are test cases named ::quantgate::<candidate>::<row> (JUnit writes
     # the node id's path and class as a dotted classname): failed where they fail the run.
-    gate = {k: tc for k, tc in testcases.items() if ".quantgate." in k}
+    gate = {k: tc for k, tc in testcases.items() if k.startswith("quantgate.")}
     assert sorted(gate) == [
-        ".quantgate.cand::ALL",
-        ".quantgate.cand::arith",
-        ".quantgate.cand::load",
-        ".quantgate.cand::recall",
+        "quantgate.cand::ALL",
+        "quantgate.cand::arith",
+        "quantgate.cand::load",
+        "quantgate.cand::recall",
     ]
     assert {k for k, tc in gate.items() if tc.find("failure") is not None} == {
-        ".quantgate.cand::ALL",
-        ".quantgate.cand::arith",
+        "quantgate.cand::ALL",
+        "quantgate.cand::arith",
     }
-    failure = gate[".quantgate.cand::arith"].find("failure")
+    failure = gate["quantgate.cand::arith"].find("failure")
     assert failure is not None and failure.text is not None
     assert "slice 'arith' of candidate cand (fake:cand.json): REGRESSED" in failure.text
     assert "20 regressed, 0 improved\n  (regressed cases: see the quantgate summary" in failure.text
@@ -833,13 +829,14 @@ def test_junit_report(pytester: pytest.Pytester) -> None:
     assert len(cases_) == 70
     for key, tc in cases_.items():
         assert tc.find("failure") is None and tc.find("error") is None, key
-        (prop,) = tc.iter("property")
-        assert prop.get("name") == "quantgate"
-        record = json.loads(prop.get("value") or "")
+        props = {p.get("name"): p.get("value") for p in tc.iter("property")}
+        assert set(props) == {"quantgate", "quantgate_status"}
+        record = json.loads(props["quantgate"] or "")
         assert key.endswith(record["nodeid"].split("::")[1])
         index = int(record["nodeid"].split("-")[-1].rstrip("]"))
         wrong = record["nodeid"].startswith("test_suite.py::test_arith[") and index < 20
         assert record["status"] == {"cand": "regressed" if wrong else "passed"}
+        assert props["quantgate_status"] == record["status"]["cand"]
         assert record["outcomes"]["cand"]["output"] == (
             "wrong" if wrong else record["outcomes"]["ref"]["output"]
         )
@@ -847,9 +844,9 @@ def test_junit_report(pytester: pytest.Pytester) -> None:
 
 def test_junit_gate_failure_carries_its_slice_row(pytester: pytest.Pytester) -> None:
     _, _, testcases = _junit(pytester)
-    props = {p.get("name"): p.get("value") for p in testcases[".quantgate.cand::arith"].iter("property")}
+    props = {p.get("name"): p.get("value") for p in testcases["quantgate.cand::arith"].iter("property")}
     assert json.loads(props["quantgate_slice"] or "")["verdict"] == "REGRESSED"
-    passing = {p.get("name"): p.get("value") for p in testcases[".quantgate.cand::recall"].iter("property")}
+    passing = {p.get("name"): p.get("value") for p in testcases["quantgate.cand::recall"].iter("property")}
     assert json.loads(passing["quantgate_slice"] or "")["verdict"] == "INCONCLUSIVE"
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_quantgate import specs
+from pytest_quantgate.values import specs
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 

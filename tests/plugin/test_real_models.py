@@ -174,8 +174,10 @@ def test_each_worker_loads_its_models_on_its_own_gpu(
         f"""
 import os, pathlib
 
+from pytest_quantgate.integration.worker import WORKER_KEY
+
 def pytest_sessionfinish(session):
-    cases = session.config.stash.get(__import__("pytest_quantgate.plugin").plugin.case_plugin_key, None)
+    cases = session.config.stash.get(WORKER_KEY, None)
     worker = os.environ.get("PYTEST_XDIST_WORKER")
     if cases is not None and worker:
         devices = {{label: f.get("device") for label, f in cases.executor.pool.facts.items()}}

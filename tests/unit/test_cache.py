@@ -15,7 +15,7 @@ import textwrap
 import time
 import types
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,25 +23,30 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from pytest_quantgate import cache as qc
-from pytest_quantgate.cache import (
-    CacheMode,
-    ResultCache,
-    case_fingerprint,
+from pytest_quantgate.core.cases import CaseSpec
+from pytest_quantgate.core.source import case_fingerprint, trajectory_source
+from pytest_quantgate.core.trajectory import Trajectory
+from pytest_quantgate.storage import fingerprint as fingerprint_module
+from pytest_quantgate.storage.fingerprint import (
+    DEFAULT_BLOCK_SIZE,
+    WHOLE_LIMIT,
     device_type,
     environment_versions,
     fingerprint_spec,
+    forget_fingerprints,
     model_fingerprint,
-    parse_cache_mode,
-    payload_to_run,
     run_fingerprint,
-    run_to_payload,
-    trajectory_source,
 )
-from pytest_quantgate.cases import CaseSpec, GenerationSettings, Turn
-from pytest_quantgate.runner import CaseRun
-from pytest_quantgate.specs import SCHEMES, ModelSpec, Scheme, parse_spec
-from pytest_quantgate.trajectory import Trajectory
+from pytest_quantgate.storage.store import (
+    APPLICATION_ID,
+    DB_NAME,
+    CacheMode,
+    ResultCache,
+    parse_cache_mode,
+)
+from pytest_quantgate.values.prompts import GenerationSettings
+from pytest_quantgate.values.specs import SCHEMES, ModelSpec, Scheme, parse_spec
+from pytest_quantgate.values.transcript import CaseRun, Turn, payload_to_run, run_to_payload
 
 # -- a checkpoint of our own ---------------------------------------------------------
 
@@ -86,9 +91,9 @@ def ckpt(tmp_path: Path, tiny_ref: Path) -> Path:
 
 @pytest.fixture(autouse=True)
 def fresh_memo() -> Iterator[None]:
-    qc.forget_fingerprints()
+    forget_fingerprints()
     yield
-    qc.forget_fingerprints()
+    forget_fingerprints()
 
 
 # -- model fingerprint -----------------------------------------------------------------
@@ -99,7 +104,7 @@ def test_same_content_same_fingerprint_anywhere(ckpt: Path, tmp_path: Path) -> N
     assert len(first) == 64 and model_fingerprint(ckpt) == first
     copy = shutil.copytree(ckpt, tmp_path / "elsewhere" / "other-name")
     assert model_fingerprint(copy) == first  # content, not location
-    qc.forget_fingerprints()
+    forget_fingerprints()
     assert model_fingerprint(ckpt) == first  # not an artefact of the memo
 
 
@@ -134,7 +139,7 @@ def test_weights_scaled_by_1_001_with_identical_headers_miss(tmp_path: Path, tin
     b = make_checkpoint(tmp_path / "b", tiny_ref, scale=1.001)
     fa, fb = a / "model.safetensors", b / "model.safetensors"
     assert header(fa) == header(fb)
-    assert fa.stat().st_size == fb.stat().st_size > qc.WHOLE_LIMIT  # sampled, not hashed whole
+    assert fa.stat().st_size == fb.stat().st_size > WHOLE_LIMIT  # sampled, not hashed whole
     assert fa.read_bytes() != fb.read_bytes()
     assert model_fingerprint(a) != model_fingerprint(b)
 
@@ -160,8 +165,8 @@ def test_a_few_weights_outside_the_samples_are_the_stated_residual_risk(
     data = bytearray(path.read_bytes())
     (n,) = struct.unpack("<Q", data[:8])
     begin, end = json.loads(data[8 : 8 + n])["embed.weight"]["data_offsets"]
-    at = 8 + n + begin + 3 * qc.DEFAULT_BLOCK_SIZE + 10  # past the file's first block, before the middle
-    assert at < 8 + n + (begin + end) // 2 - qc.DEFAULT_BLOCK_SIZE
+    at = 8 + n + begin + 3 * DEFAULT_BLOCK_SIZE + 10  # past the file's first block, before the middle
+    assert at < 8 + n + (begin + end) // 2 - DEFAULT_BLOCK_SIZE
     data[at] ^= 0xFF
     path.write_bytes(bytes(data))
     assert model_fingerprint(a, blocks=2) == model_fingerprint(b, blocks=2)
@@ -237,7 +242,7 @@ def test_hub_snapshots_use_blob_names_without_reading_blobs(
         opened.append(str(file))
         return open(file, *args, **kwargs)
 
-    monkeypatch.setattr(qc, "open", recording_open, raising=False)
+    monkeypatch.setattr(fingerprint_module, "open", recording_open, raising=False)
     if hasattr(os, "geteuid") and os.geteuid() != 0:  # root reads anything: the recorder decides then
         for blob in (repo / "blobs").iterdir():
             blob.chmod(0)
@@ -262,7 +267,7 @@ def test_digests_are_memoized_until_a_file_changes(ckpt: Path, monkeypatch: pyte
         opened.append(str(file))
         return open(file, *args, **kwargs)
 
-    monkeypatch.setattr(qc, "open", recording_open, raising=False)
+    monkeypatch.setattr(fingerprint_module, "open", recording_open, raising=False)
     first = model_fingerprint(ckpt)
     assert len(opened) == len(TOKENIZER_FILES) + 1
     opened.clear()
@@ -340,7 +345,7 @@ def test_environment_versions_import_nothing() -> None:
     assert {"torch", "transformers", "tokenizers", "pytest-quantgate", "source"} <= set(versions)
     assert versions["torch"] == importlib.metadata.version("torch")
     assert environment_versions(["no-such-package-here"], [])["no-such-package-here"] == "-"
-    assert environment_versions(modules=["pytest_quantgate.runner"])["source"] != versions["source"]
+    assert environment_versions(modules=["pytest_quantgate.core.runner"])["source"] != versions["source"]
     assert "torch" in already or "torch" not in sys.modules
 
 
@@ -384,7 +389,7 @@ def test_case_fingerprint_covers_key_prompt_and_settings() -> None:
 TRAJECTORY = """
 import collections
 
-from pytest_quantgate.trajectory import Trajectory
+from pytest_quantgate.core.trajectory import Trajectory
 
 LIMIT = {limit}
 Step = collections.namedtuple("Step", "text")  # a helper class without source of its own
@@ -471,8 +476,10 @@ def test_case_fingerprint_covers_a_trajectorys_source(
 FINGERPRINTS_ELSEWHERE = textwrap.dedent(
     """
     import importlib.util, json, sys
-    from pytest_quantgate.cache import case_fingerprint, model_fingerprint
-    from pytest_quantgate.cases import CaseSpec, GenerationSettings
+    from pytest_quantgate.core.source import case_fingerprint
+    from pytest_quantgate.storage.fingerprint import model_fingerprint
+    from pytest_quantgate.core.cases import CaseSpec
+    from pytest_quantgate.values.prompts import GenerationSettings
 
     path, model = sys.argv[1], sys.argv[2]
     spec = importlib.util.spec_from_file_location("qg_walk_elsewhere", path)
@@ -514,10 +521,11 @@ def test_a_trajectory_without_source_is_never_cached(tmp_path: Path) -> None:
     dynamic = type("Dyn", (Trajectory,), {"initial_state": lambda self: {}})
     assert case_fingerprint(made) is None
     assert case_fingerprint(CaseSpec("d", "t.py::d", "x", GenerationSettings(), trajectory=dynamic())) is None
+    cases = fingerprints([made])
     with ResultCache.open(tmp_path / "c") as cache:
-        assert cache.put_runs("run", [made], {"e": CaseRun("e", [Turn("x", "y")], state={})}) == 0
+        assert cache.put_runs("run", cases, {"e": CaseRun("e", [Turn("x", "y")], state={})}) == 0
         assert cache.stats.skipped == 1 and cache.count() == 0
-        assert cache.get_runs("run", [made]) == {} and cache.stats.misses == 1
+        assert cache.get_runs("run", cases) == {} and cache.stats.misses == 1
 
 
 # -- payloads ---------------------------------------------------------------------------
@@ -555,7 +563,8 @@ def test_payloads_round_trip_exactly(run: CaseRun) -> None:
         {"turns": "no"},
         {"turns": [{"prompt": "p"}]},
         {"turns": [{"prompt": 3, "reply": "r"}]},
-        {"turns": [{"prompt": {"messages": [[["role"]]]}, "reply": "r"}]},
+        {"turns": [{"prompt": [{"role": "user"}], "reply": "r"}]},  # a chat message without content
+        {"turns": [{"prompt": {"messages": [[["role", "user"], ["content", "hi"]]]}, "reply": "r"}]},
         {"turns": [{"prompt": "p", "reply": "r", "rendered": 5}]},
         {"turns": [], "failure": 1},
     ],
@@ -568,9 +577,14 @@ def test_malformed_payloads_are_refused(payload: dict[str, Any]) -> None:
 # -- storage ----------------------------------------------------------------------------
 
 
-def specs_and_runs() -> tuple[list[CaseSpec], dict[str, CaseRun]]:
+def fingerprints(cases: Iterable[CaseSpec]) -> dict[str, str | None]:
+    """What the store takes for a list of cases: case key -> case fingerprint."""
+    return {c.key: case_fingerprint(c) for c in cases}
+
+
+def specs_and_runs() -> tuple[dict[str, str | None], dict[str, CaseRun]]:
     runs = {r.key: r for r in sample_runs()}
-    return [spec(key) for key in runs], runs
+    return fingerprints(spec(key) for key in runs), runs
 
 
 def test_a_hit_when_nothing_changed(tmp_path: Path) -> None:
@@ -585,13 +599,13 @@ def test_a_hit_when_nothing_changed(tmp_path: Path) -> None:
         assert (cache.stats.hits, cache.stats.misses) == (len(runs), len(runs))
         assert cache.warnings == []
     assert (tmp_path / "c" / ".gitignore").read_text().splitlines()[-1] == "*"
-    with sqlite3.connect(tmp_path / "c" / qc.DB_NAME) as conn:
+    with sqlite3.connect(tmp_path / "c" / DB_NAME) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     conn.close()
 
 
 def test_errors_and_states_json_would_change_are_not_cached(tmp_path: Path) -> None:
-    cases = [spec("err"), spec("tuple"), spec("intkeys"), spec("ok")]
+    cases = fingerprints([spec("err"), spec("tuple"), spec("intkeys"), spec("ok")])
     runs = {
         "err": CaseRun("err", [], error="generation failed: CUDA out of memory"),
         "tuple": CaseRun("tuple", [Turn("p", "r")], state={"t": (1, 2)}),
@@ -674,26 +688,27 @@ def test_a_miss_on_each_component_of_the_key(
     run, case = world.key(**BASE_WORLD)
     result = CaseRun("walk", [Turn("a", "bc")], state={"text": "abc"})
     with ResultCache.open(tmp_path / "c") as cache:
-        assert cache.put_runs(run, [case], {"walk": result}) == 1
+        assert cache.put_runs(run, fingerprints([case]), {"walk": result}) == 1
         same_run, same_case = world.key(**BASE_WORLD)
-        assert cache.get_runs(same_run, [same_case]) == {"walk": result}  # a hit when nothing changed
+        # A hit when nothing changed.
+        assert cache.get_runs(same_run, fingerprints([same_case])) == {"walk": result}
         other_run, other_case = world.key(**{**BASE_WORLD, **change})
         assert (other_run, case_fingerprint(other_case)) != (run, case_fingerprint(case))
-        assert cache.get_runs(other_run, [other_case]) == {}
+        assert cache.get_runs(other_run, fingerprints([other_case])) == {}
 
 
 def test_a_corrupted_database_is_one_warning_and_a_full_run(tmp_path: Path) -> None:
     directory = tmp_path / "c"
     directory.mkdir()
-    (directory / qc.DB_NAME).write_bytes(b"\x00garbage, not SQLite\xff" * 200)
+    (directory / DB_NAME).write_bytes(b"\x00garbage, not SQLite\xff" * 200)
     cases, runs = specs_and_runs()
     with ResultCache.open(directory) as cache:
         assert len(cache.warnings) == 1 and cache.warning is not None and "\n" not in cache.warning
-        assert cache.warning.startswith(f"quantgate: cache {directory / qc.DB_NAME} was unreadable (")
+        assert cache.warning.startswith(f"quantgate: cache {directory / DB_NAME} was unreadable (")
         assert cache.warning.endswith("); rebuilt it") and "not a database" in cache.warning
         assert cache.get_runs("run", cases) == {}  # everything is generated
         assert cache.put_runs("run", cases, runs) == len(runs)
-    assert (directory / (qc.DB_NAME + ".bad")).read_bytes().startswith(b"\x00garbage")
+    assert (directory / (DB_NAME + ".bad")).read_bytes().startswith(b"\x00garbage")
     with ResultCache.open(directory) as cache:
         assert cache.warnings == [] and cache.get_runs("run", cases) == runs
 
@@ -702,14 +717,14 @@ def test_a_corrupted_database_is_one_warning_and_a_full_run(tmp_path: Path) -> N
     ("prepare", "phrase"),
     [
         ("CREATE TABLE users (name TEXT); INSERT INTO users VALUES ('x')", "another application's database"),
-        (f"PRAGMA application_id = {qc.APPLICATION_ID}; PRAGMA user_version = 99", "another version"),
+        (f"PRAGMA application_id = {APPLICATION_ID}; PRAGMA user_version = 99", "another version"),
     ],
     ids=["foreign", "other-version"],
 )
 def test_a_foreign_database_is_rebuilt_with_a_warning(tmp_path: Path, prepare: str, phrase: str) -> None:
     directory = tmp_path / "c"
     directory.mkdir()
-    conn = sqlite3.connect(directory / qc.DB_NAME)
+    conn = sqlite3.connect(directory / DB_NAME)
     conn.executescript(prepare)
     conn.close()
     cases, runs = specs_and_runs()
@@ -721,7 +736,7 @@ def test_a_foreign_database_is_rebuilt_with_a_warning(tmp_path: Path, prepare: s
 
 def test_an_empty_file_is_simply_initialized(tmp_path: Path) -> None:
     (tmp_path / "c").mkdir()
-    (tmp_path / "c" / qc.DB_NAME).write_bytes(b"")
+    (tmp_path / "c" / DB_NAME).write_bytes(b"")
     with ResultCache.open(tmp_path / "c") as cache:
         assert cache.warnings == [] and cache.usable
 
@@ -730,7 +745,7 @@ def test_a_damaged_row_is_a_miss_never_a_wrong_hit(tmp_path: Path) -> None:
     cases, runs = specs_and_runs()
     with ResultCache.open(tmp_path / "c") as cache:
         cache.put_runs("run", cases, runs)
-    conn = sqlite3.connect(tmp_path / "c" / qc.DB_NAME)
+    conn = sqlite3.connect(tmp_path / "c" / DB_NAME)
     with conn:  # a flipped digit in a stored reply, digest left as it was
         conn.execute("UPDATE results SET payload = replace(payload, '\"42\"', '\"41\"')")
     conn.close()
@@ -738,7 +753,7 @@ def test_a_damaged_row_is_a_miss_never_a_wrong_hit(tmp_path: Path) -> None:
         got = cache.get_runs("run", cases)
         assert set(got) == {"failed", "empty"}
         assert cache.warnings == [
-            f"quantgate: cache {tmp_path / 'c' / qc.DB_NAME}: ignored 2 damaged entries; regenerating"
+            f"quantgate: cache {tmp_path / 'c' / DB_NAME}: ignored 2 damaged entries; regenerating"
         ]
         assert cache.put_runs("run", cases, runs) == len(runs)  # regenerated rows replace them
         assert cache.get_runs("run", cases) == runs
@@ -796,12 +811,12 @@ def test_off_neither_reads_nor_writes(tmp_path: Path) -> None:
     cases, runs = specs_and_runs()
     with ResultCache.open(tmp_path / "c") as cache:
         cache.put_runs("run", cases, runs)
-    before = (tmp_path / "c" / qc.DB_NAME).stat().st_mtime_ns
+    before = (tmp_path / "c" / DB_NAME).stat().st_mtime_ns
     with ResultCache.open(tmp_path / "c", CacheMode.OFF) as cache:
         assert cache.get_runs("run", cases) == {}
         assert cache.put_runs("run", cases, runs) == 0 and cache.put_many("run", {"x": {"turns": []}}) == 0
         assert cache.stats.misses == len(runs) and cache.stats.writes == 0
-    assert (tmp_path / "c" / qc.DB_NAME).stat().st_mtime_ns == before
+    assert (tmp_path / "c" / DB_NAME).stat().st_mtime_ns == before
     with ResultCache.open(tmp_path / "never", "off") as cache:
         assert cache.path is None and not cache.usable and cache.warnings == []
     assert not (tmp_path / "never").exists()
@@ -823,7 +838,7 @@ WRITER = textwrap.dedent(
     """
     import json, sys, time
     from pathlib import Path
-    from pytest_quantgate.cache import ResultCache
+    from pytest_quantgate.storage.store import ResultCache
 
     directory, name, go = sys.argv[1], sys.argv[2], Path(sys.argv[3])
     cache = ResultCache.open(directory)
@@ -845,7 +860,7 @@ def test_two_processes_writing_at_once_lose_no_rows(tmp_path: Path, repo_root: P
     directory = tmp_path / "c"
     if start == "corrupt":  # both find a damaged file at once: one rebuilds it, the other uses that
         directory.mkdir()
-        (directory / qc.DB_NAME).write_bytes(b"garbage" * 1000)
+        (directory / DB_NAME).write_bytes(b"garbage" * 1000)
     go = tmp_path / "go"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     procs = [
@@ -873,7 +888,7 @@ def test_two_processes_writing_at_once_lose_no_rows(tmp_path: Path, repo_root: P
         assert cache.count() == 1000
         got = cache.get_many("run", keys)
         assert len(got) == 1000 and got["b-499"]["state"] == {"by": "b", "i": 499}
-    conn = sqlite3.connect(directory / qc.DB_NAME)
+    conn = sqlite3.connect(directory / DB_NAME)
     spans = dict(
         conn.execute(
             "SELECT substr(case_fp, 1, 1), min(written) || ',' || max(written) FROM results GROUP BY 1"

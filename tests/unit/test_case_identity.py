@@ -9,18 +9,11 @@ from typing import Any
 
 import pytest
 
-from pytest_quantgate.cases import (
-    CaseBuildError,
-    CaseIdentityError,
-    GenerationSettings,
-    case_key,
-    explicit_ids,
-    merge_tolerances,
-    param_identities,
-    parse_quant_case,
-    stable_repr,
-)
-from pytest_quantgate.cases import build_case as _build_case
+from pytest_quantgate.core.cases import CaseBuildError
+from pytest_quantgate.core.cases import build_case as _build_case
+from pytest_quantgate.core.identity import CaseIdentityError, case_key, param_identities, stable_repr
+from pytest_quantgate.core.markers import explicit_ids, merge_tolerances, parse_quant_case
+from pytest_quantgate.values.prompts import GenerationSettings
 
 
 @dataclass(frozen=True)

@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from pytest_quantgate import devices
-from pytest_quantgate.devices import DeviceError, WorkerDevices, describe_plan, plan_devices
+from pytest_quantgate.core import devices
+from pytest_quantgate.core.devices import DeviceError, WorkerDevices, describe_plan, plan_devices
 
 C = "cpu"
 

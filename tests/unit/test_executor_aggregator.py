@@ -9,13 +9,16 @@ from typing import Any
 
 import pytest
 
-from pytest_quantgate.aggregator import Aggregator
 from pytest_quantgate.backends.base import BackendError
-from pytest_quantgate.cases import CaseRecord, CaseSpec, GenerationSettings, ModelOutcome
-from pytest_quantgate.config import GateConfig
-from pytest_quantgate.executor import Executor, ReferenceUnavailable
+from pytest_quantgate.core.cases import CaseSpec
+from pytest_quantgate.core.config import GateConfig
+from pytest_quantgate.core.executor import Executor, ReferenceUnavailable
+from pytest_quantgate.core.records import CaseRecord, ModelOutcome
 from pytest_quantgate.report import json_report, terminal
-from pytest_quantgate.specs import parse_spec
+from pytest_quantgate.report.aggregator import Aggregator
+from pytest_quantgate.storage.store import CacheMode
+from pytest_quantgate.values.prompts import GenerationSettings
+from pytest_quantgate.values.specs import parse_spec
 
 from .test_runner_cases import ScriptedBackend
 
@@ -29,6 +32,7 @@ def config(tmp_path: Path) -> GateConfig:
         reference=parse_spec(f"ref={d}"),
         candidates=(parse_spec(f"bad=rtn2:{d}"), parse_spec(f"broken=bnb-nf4:{d}")),
         report_path=tmp_path / "out" / "gate.json",
+        cache_mode=CacheMode.OFF,
     )
 
 
@@ -163,18 +167,26 @@ def test_gate_terminal_and_json_agree(config: GateConfig) -> None:
         "::quantgate::bad::ALL",
         "::quantgate::broken::load",
     ]
-    assert {t.nodeid for t in report.failures} == {
+    assert {f.test.nodeid for f in report.failures if f.test} == {
         "::quantgate::bad::arith",
         "::quantgate::bad::ALL",
         "::quantgate::broken::load",
     }
+    # The report lists why the run fails, each reason once, in a line.
+    assert [(f.kind.value, f.message) for f in report.failures] == [
+        ("row", "bad: slice 'arith' REGRESSED"),
+        ("row", "bad: ALL REGRESSED"),
+        ("not evaluated", "broken: not evaluated: bitsandbytes is not installed"),
+    ]
     assert report.failed and not aggregator.report(interrupted=True).tests
     # A model that did not load: the report is not complete.
     assert not report.complete and report.models["broken"]["load_error"].startswith("bitsandbytes")
     strict = Aggregator(replace(config, strict=True))
     for record in aggregator.records:
         strict.add(record)
-    strict_failures = {t.name for t in strict.report().failures if t.candidate.label == "bad"}
+    strict_failures = {
+        f.test.name for f in strict.report().failures if f.test and f.test.candidate.label == "bad"
+    }
     assert strict_failures == {"arith", "ALL"} | set(bad.inconclusive)
 
     text = "\n".join(

@@ -10,10 +10,11 @@ from typing import Any
 
 import pytest
 
-from pytest_quantgate.backends.base import Backend, BackendError, GenerationRequest, load_backend
+from pytest_quantgate.backends.base import Backend, BackendError, GenerationRequest
 from pytest_quantgate.backends.fake import FakeBackend
-from pytest_quantgate.cases import GenerationSettings, Prompt, normalize_prompt
-from pytest_quantgate.specs import ModelSpec, parse_spec
+from pytest_quantgate.backends.registry import load_backend
+from pytest_quantgate.values.prompts import GenerationSettings, Prompt, normalize_prompt
+from pytest_quantgate.values.specs import ModelSpec, parse_spec
 
 
 def script_spec(tmp_path: Path, script: Any, label: str = "m") -> ModelSpec:
@@ -122,7 +123,7 @@ def test_log_lines(tmp_path: Path) -> None:
 
 
 def test_oom_above_raises_an_out_of_memory_error_for_larger_batches(tmp_path: Path) -> None:
-    from pytest_quantgate.runner import is_out_of_memory
+    from pytest_quantgate.core.runner import is_out_of_memory
 
     backend = load(tmp_path, {"replies": {"a": "1"}, "oom_above": 2, "log": "log.jsonl"})
     assert backend.generate(requests("a", "a")) == ["1", "1"]

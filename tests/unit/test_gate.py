@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from pytest_quantgate import stats
-from pytest_quantgate.gate import (
+from pytest_quantgate.statistics import stats
+from pytest_quantgate.statistics.gate import (
     GateSettings,
     SliceOutcomes,
     SliceResult,

@@ -15,7 +15,8 @@ from typing import Any, ClassVar
 
 import pytest
 
-from pytest_quantgate.loaders import INSTALL_HINT, CaseFileError, content_id, load_cases, read_cases
+from pytest_quantgate.core.loaders import INSTALL_HINT, CaseFileError, content_id, read_cases
+from pytest_quantgate.integration.loaders import load_cases
 
 needs_datasets = pytest.mark.skipif(find_spec("datasets") is None, reason="needs the datasets extra")
 

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from pytest_quantgate.overlap import NGRAM, WARN_SHARE, overlap, read_calibration
+from pytest_quantgate.core.overlap import NGRAM, WARN_SHARE, overlap
+from pytest_quantgate.values.calibration import read_calibration
 
 LONG = "the quick brown fox jumps over the lazy dog near the river bank"
 

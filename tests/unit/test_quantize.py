@@ -4,18 +4,24 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from pytest_quantgate import quantize
 from pytest_quantgate.backends.base import BackendError, LoadPolicy
-from pytest_quantgate.backends.hf import contained_environment, quantized_format_problem
-from pytest_quantgate.cache import model_fingerprint
-from pytest_quantgate.config import ConfigError, GateConfig
-from pytest_quantgate.quantize import QuantizeError, Recipe, calibration_digest, store_key
-from pytest_quantgate.specs import SpecError, parse_spec
+from pytest_quantgate.backends.hf_loading import (
+    contained_environment,
+    quantized_format_problem,
+    quantized_on_the_fly,
+)
+from pytest_quantgate.core.config import ConfigError, GateConfig
+from pytest_quantgate.storage import quantize
+from pytest_quantgate.storage.fingerprint import model_fingerprint
+from pytest_quantgate.storage.quantize import QuantizeError, Recipe, store_key
+from pytest_quantgate.values.calibration import Calibration, calibration_digest
+from pytest_quantgate.values.specs import SpecError, parse_spec
 
 
 def test_specs_take_gptqmodel_options_and_refuse_what_it_cannot_do(tiny_ref: Path) -> None:
@@ -60,8 +66,10 @@ def test_quantizing_on_the_fly_needs_a_calibration_file(tiny_ref: Path) -> None:
         config(cli)
     calibration = tiny_ref.parent / "calibration.jsonl"
     cfg = config({**cli, "quant_calibration": str(calibration)})
-    policy = LoadPolicy.of(cfg)
-    assert policy.calibration == calibration and policy.store == cfg.cache_dir and not policy.refresh
+    policy = cfg.load_policy()
+    assert policy.calibration is not None and policy.calibration == cfg.calibration
+    assert policy.calibration.path == calibration.resolve()
+    assert policy.store == cfg.cache_dir and not policy.refresh
 
 
 def test_the_store_key_changes_with_every_input() -> None:
@@ -99,14 +107,14 @@ def made(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
 
 
 @pytest.fixture
-def calibration(tmp_path: Path) -> Path:
+def calibration(tmp_path: Path) -> Calibration:
     path = tmp_path / "calib.jsonl"
     path.write_text('{"text": "2+7=9\\n"}\n{"text": "a=1 ; a?1\\n"}\n')
-    return path
+    return Calibration.read(path)
 
 
 def test_a_stored_checkpoint_is_reused_without_gptqmodel_running(
-    tiny_ref: Path, tmp_path: Path, calibration: Path, monkeypatch: pytest.MonkeyPatch
+    tiny_ref: Path, tmp_path: Path, calibration: Calibration, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(quantize, "gptqmodel_version", lambda: "7.6.0")
     monkeypatch.setattr(quantize, "_run_child", lambda *a: pytest.fail("quantized again"))
@@ -130,7 +138,7 @@ def test_a_stored_checkpoint_is_reused_without_gptqmodel_running(
 
 
 def test_quantizing_again_replaces_the_stored_checkpoint_atomically(
-    tiny_ref: Path, tmp_path: Path, calibration: Path, made: list[Path]
+    tiny_ref: Path, tmp_path: Path, calibration: Calibration, made: list[Path]
 ) -> None:
     lines: list[str] = []
     store = tmp_path / "store"
@@ -150,12 +158,12 @@ def test_quantizing_again_replaces_the_stored_checkpoint_atomically(
 
 
 def test_quantizing_fails_in_one_line_naming_the_log(
-    tiny_ref: Path, tmp_path: Path, calibration: Path, monkeypatch: pytest.MonkeyPatch
+    tiny_ref: Path, tmp_path: Path, calibration: Calibration, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(quantize, "gptqmodel_version", lambda: "7.6.0")
 
     def call(command: list[str], cwd: Path, stdout: object, stderr: object) -> int:
-        assert command[1:3] == ["-m", "pytest_quantgate.quantize"] and Path(cwd).is_dir()
+        assert command[1:3] == ["-m", "pytest_quantgate.storage.quantize"] and Path(cwd).is_dir()
         stdout.write(b"Traceback ...\nRuntimeError: out of memory\n\n")  # type: ignore[attr-defined]
         return 1
 
@@ -173,7 +181,7 @@ def test_quantizing_fails_in_one_line_naming_the_log(
 
 
 def test_without_gptqmodel_or_texts_it_says_what_is_missing(
-    tiny_ref: Path, tmp_path: Path, calibration: Path, monkeypatch: pytest.MonkeyPatch
+    tiny_ref: Path, tmp_path: Path, calibration: Calibration, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(quantize, "gptqmodel_version", lambda: None)
     with pytest.raises(QuantizeError, match=r"needs gptqmodel: pip install 'pytest-quantgate\[awq\]'"):
@@ -181,8 +189,9 @@ def test_without_gptqmodel_or_texts_it_says_what_is_missing(
     monkeypatch.setattr(quantize, "gptqmodel_version", lambda: "7.6.0")
     empty = tmp_path / "empty.txt"
     empty.write_text("\n\n")
-    with pytest.raises(QuantizeError, match="has no text to calibrate gptq on"):
-        quantize.quantized_checkpoint(tiny_ref, Recipe("gptq"), empty, store=tmp_path)
+    says = f"^the calibration file {re.escape(str(empty))} has no text to calibrate gptq on$"
+    with pytest.raises(QuantizeError, match=says):
+        quantize.quantized_checkpoint(tiny_ref, Recipe("gptq"), Calibration.read(empty), store=tmp_path)
 
 
 def test_a_quantized_checkpoint_without_its_library_is_one_line_naming_the_extra(
@@ -237,15 +246,13 @@ def test_the_shipped_checkpoints_decode_and_tokenize_as_the_reference(
 
 
 def test_backend_error_when_the_policy_has_no_calibration(tiny_ref: Path) -> None:
-    from pytest_quantgate.backends.hf import _quantized_on_the_fly
-
     with pytest.raises(BackendError, match="gptq: quantizing needs --quant-calibration FILE"):
-        _quantized_on_the_fly(parse_spec(f"gptq:{tiny_ref}"), LoadPolicy())
+        quantized_on_the_fly(parse_spec(f"gptq:{tiny_ref}"), LoadPolicy())
 
 
 @pytest.mark.parametrize("refresh", [False, True])
 def test_two_processes_needing_one_checkpoint_quantize_it_once(
-    tiny_ref: Path, tmp_path: Path, calibration: Path, made: list[Path], refresh: bool
+    tiny_ref: Path, tmp_path: Path, calibration: Calibration, made: list[Path], refresh: bool
 ) -> None:
     """xdist workers share the store: the second waits on the lock, then reuses what the first
     made, also when both were asked to refresh it (threads stand in for the workers)."""
@@ -273,7 +280,7 @@ def test_two_processes_needing_one_checkpoint_quantize_it_once(
 
 
 def test_a_half_written_or_corrupted_stored_checkpoint_is_made_again(
-    tiny_ref: Path, tmp_path: Path, calibration: Path, made: list[Path]
+    tiny_ref: Path, tmp_path: Path, calibration: Calibration, made: list[Path]
 ) -> None:
     stored = quantize.quantized_checkpoint(tiny_ref, Recipe("gptq"), calibration, store=tmp_path)
     (stored / quantize.PROVENANCE).write_text("{not json")
@@ -287,7 +294,7 @@ def test_a_half_written_or_corrupted_stored_checkpoint_is_made_again(
 
 
 def test_a_missing_package_stops_gptq_before_it_quantizes(
-    tiny_ref: Path, calibration: Path, monkeypatch: pytest.MonkeyPatch
+    tiny_ref: Path, calibration: Calibration, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     pytest.importorskip("transformers")
     import importlib.util

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from pytest_quantgate.integration.rerun import Rerun, split_gate_args
 from pytest_quantgate.report.model import gate_test_id, parse_gate_test_id
-from pytest_quantgate.rerun import Rerun, split_gate_args
 
 
 @pytest.mark.parametrize(

@@ -8,27 +8,25 @@ from typing import Any
 
 import pytest
 
-from pytest_quantgate.backends.base import GenerationRequest
-from pytest_quantgate.cases import (
+from pytest_quantgate.backends.base import Backend, GenerationRequest
+from pytest_quantgate.core.cases import CaseSpec
+from pytest_quantgate.core.identity import case_key
+from pytest_quantgate.core.markers import parse_quant_case, parse_slice_marker
+from pytest_quantgate.core.records import (
     CaseRecord,
-    CaseSpec,
-    GenerationSettings,
     ModelOutcome,
     Status,
-    case_key,
     classify,
-    normalize_prompt,
-    parse_quant_case,
-    parse_slice_marker,
     resolve_skips,
     run_check,
     worst_status,
 )
-from pytest_quantgate.runner import run_cases, truncate_at_stop
+from pytest_quantgate.core.runner import run_cases, truncate_at_stop
+from pytest_quantgate.values.prompts import GenerationSettings, normalize_prompt
 
 
 @dataclass
-class ScriptedBackend:
+class ScriptedBackend(Backend):
     """Replies from a dict; records the batches it was given."""
 
     replies: dict[str, str]
@@ -43,14 +41,8 @@ class ScriptedBackend:
             raise ValueError(f"cannot tokenize {prompts}")
         return [self.replies.get(p, "?") for p in prompts]
 
-    def token_logprobs(self, pairs: Sequence[tuple[Any, str]]) -> list[list[float]]:
-        return [[0.0] for _ in pairs]
-
     def describe(self) -> dict[str, Any]:
         return {"label": self.label}
-
-    def close(self) -> None:
-        pass
 
 
 def _case(prompt: str, **settings: Any) -> CaseSpec:
@@ -126,6 +118,7 @@ def test_multi_round_driver_is_step_synchronous() -> None:
     class Twice:
         prompt: str
         step_no: int = 0
+        state: Any = None
 
         def start(self) -> str:
             return self.prompt

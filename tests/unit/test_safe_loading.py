@@ -23,19 +23,20 @@ import pytest
 
 pytest.importorskip("transformers")
 
-from pytest_quantgate.backends.base import BackendError, GenerationRequest, load_backend
-from pytest_quantgate.backends.hf import (
-    HFBackend,
+from pytest_quantgate.backends.base import (
+    BackendError,
+    GenerationRequest,
     LoadPolicy,
     current_load_policy,
     load_policy,
-    reference_fingerprint,
-    tokenizer_differences,
 )
-from pytest_quantgate.cases import GenerationSettings
-from pytest_quantgate.config import ConfigError, GateConfig
-from pytest_quantgate.executor import ModelPool
-from pytest_quantgate.specs import ModelSpec, parse_spec
+from pytest_quantgate.backends.hf import HFBackend
+from pytest_quantgate.backends.hf_tokenizers import reference_fingerprint, tokenizer_differences
+from pytest_quantgate.backends.registry import load_backend
+from pytest_quantgate.core.config import ConfigError, GateConfig
+from pytest_quantgate.core.executor import ModelPool
+from pytest_quantgate.values.prompts import GenerationSettings
+from pytest_quantgate.values.specs import ModelSpec, parse_spec
 
 #: A checkpoint's generation_config that would change every output if it reached decoding.
 HOSTILE_GENERATION = {
@@ -119,7 +120,7 @@ def test_the_flags_come_from_the_command_line_or_the_ini_file(
     assert [
         cfg.to_dict()[k] for k in ("trust_remote_code", "allow_pickle", "allow_tokenizer_mismatch")
     ] == list(expected)
-    policy = LoadPolicy.of(cfg)
+    policy = cfg.load_policy()
     assert (policy.trust_remote_code, policy.allow_pickle, policy.allow_tokenizer_mismatch) == expected
     assert policy.reference == cfg.reference
 
@@ -141,7 +142,7 @@ def test_the_model_pool_loads_under_the_sessions_policy(tiny_ref: Path) -> None:
 
     with pytest.raises(BackendError):
         ModelPool(cfg, loader=loader).get("tiny-ref")
-    assert seen == [LoadPolicy.of(cfg)]
+    assert seen == [cfg.load_policy()]
     assert current_load_policy() == LoadPolicy()  # strict again outside the load
     with load_policy(LoadPolicy(allow_pickle=True)):
         assert current_load_policy().allow_pickle

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_quantgate.sharding import ShardPlan, assign_shards, shard_name
+from pytest_quantgate.core.sharding import ShardPlan, assign_shards, shard_name
 
 
 def test_each_case_gets_one_shard_and_the_costliest_spread_first() -> None:

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from pytest_quantgate.config import (
+from pytest_quantgate.backends.registry import resolve_loader
+from pytest_quantgate.core.config import (
     ConfigError,
     GateConfig,
     parse_alpha,
@@ -16,7 +17,7 @@ from pytest_quantgate.config import (
     parse_slice_tolerances,
     parse_tolerance,
 )
-from pytest_quantgate.specs import SCHEMES, Scheme, SpecError, find_scheme, parse_spec
+from pytest_quantgate.values.specs import HF_LOADER, SCHEMES, Scheme, SpecError, find_scheme, parse_spec
 
 
 @pytest.fixture
@@ -119,17 +120,45 @@ def test_schemes_choose_backends_and_targets(tmp_path: Path) -> None:
     script = tmp_path / "ref.json"
     script.write_text("{}")
     spec = parse_spec(f"fake:{script}")
-    assert spec.kind.backend == "fake" and spec.label == "fake"
+    assert spec.kind.loader == "pytest_quantgate.backends.fake:FakeBackend.load" and spec.label == "fake"
     assert parse_spec(f"rtn3:{script.parent}", check_path=False).kind.name == "rtn"
     assert find_scheme("rtn4g64") == (SCHEMES["rtn"], {"bits": 4, "group_size": 64})
-    assert find_scheme(None)[0].backend == "hf"
+    assert find_scheme(None)[0].loader == HF_LOADER
+
+
+@pytest.mark.parametrize(
+    ("spec", "quantizer", "load_config", "transform", "device"),
+    [
+        ("PATH", None, None, None, True),
+        ("bnb-nf4:PATH", None, "bnb_nf4", None, True),
+        ("bnb-int8:PATH", None, "bnb_int8", None, True),
+        ("torchao-int8:PATH", None, "torchao_int8", None, True),
+        ("torchao-int4:PATH", None, "torchao_int4", None, True),
+        ("rtn2g64:PATH", None, None, "rtn_quantize_", True),
+        ("gptq:PATH", "gptq", None, None, True),
+        ("awq:PATH", "awq", None, None, True),
+        ("fake:PATH", None, None, None, False),
+    ],
+)
+def test_a_scheme_carries_its_behaviour(
+    spec: str, quantizer: str | None, load_config: str | None, transform: str | None, device: bool
+) -> None:
+    """What each built-in scheme does is resolved once, in parse_spec: nobody compares its name."""
+    kind = parse_spec(spec, check_path=False).kind
+    assert kind.quantizer == quantizer and kind.needs_calibration == (quantizer is not None)
+    assert (kind.load_config or ":").rsplit(":", 1)[1] == (load_config or "")
+    assert (kind.transform or ":").rsplit(":", 1)[1] == (transform or "")
+    assert kind.device is device
+    for path in (kind.load_config, kind.transform, kind.loader):
+        if path is not None:  # every function named exists (its module imports no model library)
+            assert callable(resolve_loader(path))
 
 
 def test_a_registered_scheme_takes_urls_and_options(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(
         SCHEMES,
         "myapi",
-        Scheme("myapi", "an endpoint", backend="myapi", target="url", options=("bits", "sym")),
+        Scheme("myapi", "an endpoint", loader="mypkg:load", target="url", options=("bits", "sym")),
     )
     spec = parse_spec("srv=myapi:http://localhost:8000/v1?bits=4&sym=true")
     assert (spec.label, spec.path, spec.options) == (
@@ -137,7 +166,7 @@ def test_a_registered_scheme_takes_urls_and_options(monkeypatch: pytest.MonkeyPa
         "http://localhost:8000/v1",
         {"bits": 4, "sym": True},
     )
-    assert spec.kind.backend == "myapi" and spec.display == "srv (myapi:http://localhost:8000/v1)"
+    assert spec.kind.loader == "mypkg:load" and spec.display == "srv (myapi:http://localhost:8000/v1)"
     assert parse_spec("myapi:https://h/x").label == "myapi"
     with pytest.raises(SpecError, match="'group=3' is not one of bits, sym"):
         parse_spec("myapi:http://h?group=3")
@@ -170,8 +199,8 @@ def test_parse_tolerance_errors(value: str, message: str) -> None:
 @pytest.mark.parametrize("value", [0.0, 0.02, 0.5, 0.999, 1.0, 2.0, -0.01])
 def test_one_tolerance_rule_for_flags_ini_markers_and_the_gate(value: float) -> None:
     """The option, the ini table and the slice marker accept exactly what the gate accepts."""
-    from pytest_quantgate.cases import parse_slice_marker
-    from pytest_quantgate.gate import GateSettings
+    from pytest_quantgate.core.markers import parse_slice_marker
+    from pytest_quantgate.statistics.gate import GateSettings
 
     try:
         GateSettings(tolerance=value)

@@ -13,7 +13,7 @@ from scipy.special import gammaln, xlogy
 from statsmodels.stats.contingency_tables import mcnemar
 from statsmodels.stats.multitest import multipletests
 
-from pytest_quantgate import stats
+from pytest_quantgate.statistics import stats
 
 # --------------------------------------------------------------------------
 # independent helpers (deliberately not sharing code with stats.py)

@@ -44,7 +44,7 @@ import numpy as np
 import pytest
 from scipy import special
 
-from pytest_quantgate import stats
+from pytest_quantgate.statistics import stats
 
 
 def tango_interval(n12: int, n21: int, n: int, level: float) -> tuple[float, float]:

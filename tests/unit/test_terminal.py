@@ -10,12 +10,12 @@ from typing import Any
 
 import pytest
 
-from pytest_quantgate.config import GateConfig
-from pytest_quantgate.gate import GateSettings, SliceOutcomes, SliceResult, Verdict, evaluate
+from pytest_quantgate.core.config import GateConfig
 from pytest_quantgate.report import json_report
 from pytest_quantgate.report.model import CandidateGate, GateReport, MatrixCell, Unevaluated
 from pytest_quantgate.report.terminal import Line, Sep, format_bound, format_bytes, matrix, summary, table
-from pytest_quantgate.specs import parse_spec
+from pytest_quantgate.statistics.gate import GateSettings, SliceOutcomes, SliceResult, Verdict, evaluate
+from pytest_quantgate.values.specs import parse_spec
 
 
 @pytest.mark.parametrize(
@@ -161,7 +161,7 @@ def _gate(label: str, rows: list[SliceResult], verdict: Verdict | None) -> Candi
 def _report(*gates: CandidateGate, models: dict[str, dict[str, Any]] | None = None) -> GateReport:
     specs = [parse_spec(f"{g.label}=rtn4:/m", check_path=False) for g in gates]
     config = GateConfig(reference=parse_spec("ref=/m", check_path=False), candidates=tuple(specs))
-    return GateReport(config, models or {}, gates, (), True, False, (), 0)
+    return GateReport(config, models or {}, gates, (), True, (), 0)
 
 
 def _three() -> GateReport:

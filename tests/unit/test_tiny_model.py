@@ -13,9 +13,9 @@ pytest.importorskip("transformers")
 
 from pytest_quantgate.backends.base import BackendError, GenerationRequest
 from pytest_quantgate.backends.hf import HFBackend
-from pytest_quantgate.cases import GenerationSettings
-from pytest_quantgate.runner import truncate_at_stop
-from pytest_quantgate.specs import parse_spec
+from pytest_quantgate.core.runner import truncate_at_stop
+from pytest_quantgate.values.prompts import GenerationSettings
+from pytest_quantgate.values.specs import parse_spec
 
 SLICES = ("recall", "retention", "arith", "format")
 
@@ -113,9 +113,9 @@ def test_chat_trajectories_are_rendered_with_the_template_identically_for_both_m
 ) -> None:
     """A tokenizer with a chat template: every step is fed through ``apply_chat_template``
     with the generation prompt, and the record holds the exact text each model saw."""
-    from pytest_quantgate.cases import CaseSpec
-    from pytest_quantgate.runner import run_cases
-    from pytest_quantgate.trajectory import Trajectory
+    from pytest_quantgate.core.cases import CaseSpec
+    from pytest_quantgate.core.runner import run_cases
+    from pytest_quantgate.core.trajectory import Trajectory
 
     chat = tmp_path / "chat"
     shutil.copytree(tiny_ref, chat)
@@ -158,8 +158,8 @@ def test_chat_trajectories_are_rendered_with_the_template_identically_for_both_m
 def test_outcomes_do_not_depend_on_the_batch_size(backend: HFBackend, example_data: Path) -> None:
     """Batch 1 and batch 32 give the same outputs (left padding, greedy): a back-off after an
     out-of-memory error, or another --quant-batch-size, cannot change a verdict."""
-    from pytest_quantgate.cases import CaseSpec
-    from pytest_quantgate.runner import run_cases
+    from pytest_quantgate.core.cases import CaseSpec
+    from pytest_quantgate.core.runner import run_cases
 
     settings = GenerationSettings(max_new_tokens=5, stop=("\n",))
     rows = _rows(example_data, "arith", 16) + _rows(example_data, "recall", 16)

@@ -10,19 +10,14 @@ from typing import Any
 
 import pytest
 
-from pytest_quantgate.backends.base import GenerationRequest
-from pytest_quantgate.cases import (
-    CaseRecord,
-    CaseSpec,
-    GenerationSettings,
-    ModelOutcome,
-    Prompt,
-    divergence,
-    parse_quant_case,
-    stable_repr,
-)
-from pytest_quantgate.runner import run_cases
-from pytest_quantgate.trajectory import Trajectory, TrajectoryDriver
+from pytest_quantgate.backends.base import Backend, GenerationRequest
+from pytest_quantgate.core.cases import CaseSpec
+from pytest_quantgate.core.identity import stable_repr
+from pytest_quantgate.core.markers import parse_quant_case
+from pytest_quantgate.core.records import CaseRecord, ModelOutcome, divergence
+from pytest_quantgate.core.runner import run_cases
+from pytest_quantgate.core.trajectory import Trajectory, TrajectoryDriver
+from pytest_quantgate.values.prompts import GenerationSettings
 
 
 class Count(Trajectory):
@@ -52,7 +47,7 @@ class Count(Trajectory):
         return bool(state["n"] >= self.steps)
 
 
-class Recorder:
+class Recorder(Backend):
     """A backend that records every batch and replies by a rule."""
 
     label = "rec"
@@ -66,14 +61,8 @@ class Recorder:
         self.batches.append(prompts)
         return [self.reply(p) for p in prompts]
 
-    def token_logprobs(self, pairs: Sequence[tuple[Prompt, str]]) -> list[list[float]]:
-        return [[] for _ in pairs]
-
     def describe(self) -> dict[str, Any]:
         return {}
-
-    def close(self) -> None:
-        pass
 
 
 def spec(key: str, trajectory: Trajectory) -> CaseSpec:
@@ -187,7 +176,7 @@ def test_a_trajectory_has_a_stable_identity_from_its_attributes() -> None:
     assert stable_repr(Count("a", 2)) != stable_repr(Count("a", 3))
     code = (
         "import sys; sys.path.insert(0, 'tests/unit'); "
-        "from test_trajectory import Count; from pytest_quantgate.cases import stable_repr; "
+        "from test_trajectory import Count; from pytest_quantgate.core.identity import stable_repr; "
         "print(stable_repr(Count('a', 2)))"
     )
     outs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout for _ in "12"}

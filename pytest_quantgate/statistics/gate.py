@@ -21,9 +21,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
-from .cases import ALL
-
 __all__ = [
+    "ALL",
     "GateSettings",
     "SliceOutcomes",
     "SliceResult",
@@ -31,6 +30,10 @@ __all__ = [
     "evaluate",
     "overall_verdict",
 ]
+
+
+#: The name of the row (and pseudo-slice) of all cases together; no slice may take it.
+ALL = "ALL"
 
 
 class Verdict(str, enum.Enum):
@@ -118,7 +121,7 @@ class SliceResult:
     slice does not have.
 
     Attributes:
-        slice: Slice name (:data:`~.cases.ALL` for the total row).
+        slice: Slice name (:data:`ALL` for the total row).
         n: Paired cases.
         ref_accuracy: Reference pass rate.
         cand_accuracy: Candidate pass rate.
@@ -206,7 +209,7 @@ class _Tested:
 
 
 def _test(outcomes: SliceOutcomes, settings: GateSettings) -> _Tested:
-    from . import stats  # numpy and scipy: imported when a gate is computed, not with the plugin
+    from . import stats
 
     tolerance = settings.tolerance if outcomes.tolerance is None else outcomes.tolerance
     n = len(outcomes.reference)

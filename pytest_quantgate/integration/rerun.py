@@ -16,8 +16,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .cases import ALL
-from .report.model import LOAD, parse_gate_test_id
+from ..report.model import LOAD, parse_gate_test_id
+from ..statistics.gate import ALL
 
 __all__ = ["Rerun", "split_gate_args"]
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 from typing import Any, ClassVar
 
-from .cases import Prompt, normalize_prompt
+from ..values.prompts import Prompt, normalize_prompt
 
 __all__ = ["DEFAULT_MAX_STEPS", "StepFailed", "Trajectory", "TrajectoryDriver", "checked_state"]
 

@@ -10,7 +10,7 @@ the calibration texts, the gptqmodel version — and the next run reuses it
 (``--quant-cache=refresh`` quantizes again, ``off`` quantizes into a
 temporary directory that goes at the end of the session).
 
-Quantizing runs in a child process (``python -m pytest_quantgate.quantize``)
+Quantizing runs in a child process (``python -m pytest_quantgate.storage.quantize``)
 in a scratch directory: gptqmodel sets environment variables when it is
 imported, writes a ``logs/`` folder into the working directory, starts
 worker pools and holds the whole model in memory; none of that reaches the
@@ -45,9 +45,7 @@ The same child, run by hand, makes the shipped checkpoints
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
-import hashlib
 import json
 import os
 import shutil
@@ -55,17 +53,19 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .specs import ON_THE_FLY
+from ..values.calibration import Calibration, read_calibration
+from ..values.digest import json_digest
+from ..values.files import file_lock
+from .fingerprint import model_fingerprint
 
 __all__ = [
     "METHODS",
     "QuantizeError",
     "Recipe",
-    "calibration_digest",
     "gptqmodel_version",
     "quantize_checkpoint",
     "quantized_checkpoint",
@@ -73,7 +73,7 @@ __all__ = [
 ]
 
 #: The methods gptqmodel quantizes with, as spec schemes.
-METHODS = ON_THE_FLY
+METHODS = ("gptq", "awq")
 #: The child's output, in its scratch directory while it runs (named on the "quantizing" line).
 LOG_NAME = "quantize.log"
 #: The name of the provenance file written into every stored checkpoint.
@@ -144,15 +144,6 @@ def gptqmodel_version() -> str | None:
         return None
 
 
-def calibration_digest(texts: Sequence[str]) -> str:
-    """A hash of the calibration texts, in order (the file's layout does not matter)."""
-    h = hashlib.sha256()
-    for text in texts:
-        data = text.encode("utf-8")
-        h.update(len(data).to_bytes(8, "little") + data)
-    return h.hexdigest()
-
-
 def store_key(source_fingerprint: str, recipe: Recipe, calibration: str, version: str) -> str:
     """The content address of a quantized checkpoint: what, how, on what, by which gptqmodel."""
     canonical = {
@@ -162,7 +153,7 @@ def store_key(source_fingerprint: str, recipe: Recipe, calibration: str, version
         "calibration": calibration,
         "gptqmodel": version,
     }
-    return hashlib.sha256(json.dumps(canonical, sort_keys=True).encode()).hexdigest()
+    return json_digest(canonical)
 
 
 # -- the stored checkpoint -----------------------------------------------------
@@ -176,27 +167,10 @@ def _remove_scratch() -> None:
         shutil.rmtree(_SCRATCH.pop(), ignore_errors=True)
 
 
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """An exclusive lock on ``path`` (xdist workers quantizing the same model wait for the first)."""
-    try:
-        import fcntl
-    except ImportError:  # no fcntl: the atomic rename below still keeps the store whole
-        yield
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 def quantized_checkpoint(
     source: str | os.PathLike[str],
     recipe: Recipe,
-    calibration: Path,
+    calibration: Calibration,
     *,
     store: Path | None,
     refresh: bool = False,
@@ -208,8 +182,7 @@ def quantized_checkpoint(
     Args:
         source: the checkpoint directory to quantize.
         recipe: method and options.
-        calibration: the calibration file (JSONL with a ``text`` field, or
-            one text per line), as read by :func:`.overlap.read_calibration`.
+        calibration: the calibration texts (``--quant-calibration``, read once).
         store: the cache directory (the checkpoint goes to
             ``store/quantized/<key>``); None: a temporary directory removed at exit.
         refresh: quantize again even when a stored checkpoint exists, unless it
@@ -222,22 +195,18 @@ def quantized_checkpoint(
         QuantizeError: gptqmodel is not installed, the calibration file has
             no text, or quantizing failed (the message names the log).
     """
-    from .cache import model_fingerprint
-    from .overlap import read_calibration
-
     version = gptqmodel_version()
     if version is None:
         raise QuantizeError(
             f"{recipe.method}: quantizing needs gptqmodel: pip install 'pytest-quantgate[{recipe.method}]'"
         )
-    try:
-        texts = read_calibration(calibration)
-    except ValueError as exc:
-        raise QuantizeError(str(exc)) from None
+    texts = calibration.texts
     if not texts:
-        raise QuantizeError(f"the calibration file {calibration} has no text to calibrate {recipe.method} on")
+        raise QuantizeError(
+            f"the calibration file {calibration.path} has no text to calibrate {recipe.method} on"
+        )
     source_path = Path(source)
-    key = store_key(model_fingerprint(source_path), recipe, calibration_digest(texts), version)
+    key = store_key(model_fingerprint(source_path), recipe, calibration.digest, version)
     name = label or recipe.method
     if store is None:
         import atexit
@@ -250,7 +219,7 @@ def quantized_checkpoint(
         root = Path(store) / "quantized"
     final = root / key[:32]
     asked = time.time()
-    with _locked(root / f"{key[:32]}.lock"):
+    with file_lock(root / f"{key[:32]}.lock"):
         made = _provenance(final)
         # Made while this call waited for the lock: another xdist worker's refresh, not an old one.
         fresh = made is not None and float(made.get("stored_at", 0.0)) >= asked
@@ -267,15 +236,15 @@ def quantized_checkpoint(
             f"{version} on {len(texts)} calibration texts (its log: {work / LOG_NAME}) ..."
         )
         try:
-            _run_child(source_path, recipe, calibration, work)
+            _run_child(source_path, recipe, calibration.path, work)
             provenance = {
                 "format": STORE_FORMAT,
                 "source": str(source_path),
                 "recipe": recipe.to_dict(),
                 "calibration": {
-                    "file": str(calibration),
+                    "file": str(calibration.path),
                     "texts": len(texts),
-                    "sha256": calibration_digest(texts),
+                    "sha256": calibration.digest,
                 },
                 "gptqmodel": version,
                 "key": key,
@@ -314,7 +283,7 @@ def _run_child(source: Path, recipe: Recipe, calibration: Path, work: Path) -> N
     command = [
         sys.executable,
         "-m",
-        "pytest_quantgate.quantize",
+        "pytest_quantgate.storage.quantize",
         f"--source={source}",
         f"--out={work / 'checkpoint'}",
         f"--calibration={calibration.resolve()}",
@@ -430,7 +399,7 @@ def tidy_checkpoint(source: Path, out: Path, dtype_name: str) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m pytest_quantgate.quantize",
+        prog="python -m pytest_quantgate.storage.quantize",
         description="Quantize a checkpoint with gptqmodel (GPTQ or AWQ), as gptq:/awq: specs do.",
     )
     parser.add_argument("--source", type=Path, required=True, help="the checkpoint directory to quantize")
@@ -445,8 +414,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--desc-act", action="store_true")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    from .overlap import read_calibration
-
     recipe = Recipe(args.method, args.bits, args.group_size, args.sym, args.desc_act)
     texts = read_calibration(args.calibration)
     if not texts:

@@ -7,7 +7,7 @@ way in every worker (the assignment depends only on the cases, never on the
 order a worker happens to see them).
 
 The workers write the plan (node id -> shard) to a file the controller
-named; the controller's scheduler (:func:`make_scheduler`) reads it and
+named; the controller's scheduler (:func:`~..integration._compat.shard_scheduler`) reads it and
 sends each shard whole to one worker, every other test one at a time as
 ``--dist load`` does. (xdist's own ``loadgroup`` cannot carry this: it
 appends the group to node ids, which pytest 9 no longer reports.)
@@ -18,16 +18,15 @@ from __future__ import annotations
 import heapq
 import json
 import os
-import secrets
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+
+from ..values.files import atomic_write_text
 
 __all__ = [
     "SHARD_PREFIX",
     "ShardPlan",
     "assign_shards",
-    "make_scheduler",
     "shard_name",
 ]
 
@@ -72,10 +71,7 @@ class ShardPlan:
 
     def write(self, shards: Mapping[str, str]) -> None:
         """Write atomically: the controller never reads half a plan."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.{secrets.token_hex(6)}.tmp")
-        tmp.write_text(json.dumps(dict(shards), sort_keys=True), encoding="utf-8")
-        os.replace(tmp, self.path)
+        atomic_write_text(self.path, json.dumps(dict(shards), sort_keys=True))
 
     @property
     def shards(self) -> dict[str, str]:
@@ -86,25 +82,3 @@ class ShardPlan:
             except (OSError, ValueError):
                 return {}
         return self._shards
-
-
-def make_scheduler(config: Any, log: Any, plan: ShardPlan) -> Any:
-    """xdist's scope scheduler with quant cases scoped by shard, every other test on its own.
-
-    Uses xdist's ``LoadScopeScheduling`` and its ``_split_scope`` the way
-    xdist's own ``loadfile`` and ``loadgroup`` schedulers do; returns None
-    (xdist's default scheduling, every worker generating what it runs) if
-    that ever changes.
-    """
-    try:
-        from xdist.scheduler import LoadScopeScheduling
-    except ImportError:
-        return None
-    if not callable(getattr(LoadScopeScheduling, "_split_scope", None)):
-        return None
-
-    class ShardScheduling(LoadScopeScheduling):
-        def _split_scope(self, nodeid: str) -> str:
-            return plan.shards.get(nodeid, nodeid)
-
-    return ShardScheduling(config, log)

@@ -11,12 +11,13 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from .cases import ALL, CaseRecord, Status, merge_tolerances
-from .config import GateConfig
-from .gate import GateSettings, SliceOutcomes, Verdict, evaluate, overall_verdict
-from .overlap import CalibrationOverlap, overlap, read_calibration
-from .report.model import CandidateGate, GateReport, GateTest, Selection
-from .specs import ModelSpec
+from ..core.config import GateConfig
+from ..core.markers import merge_tolerances
+from ..core.overlap import CalibrationOverlap, overlap
+from ..core.records import CaseRecord, Status
+from ..statistics.gate import ALL, GateSettings, SliceOutcomes, Verdict, evaluate, overall_verdict
+from ..values.specs import ModelSpec
+from .model import CandidateGate, Failure, FailureKind, GateReport, GateTest, Selection
 
 __all__ = ["Aggregator", "gate_candidate"]
 
@@ -105,7 +106,6 @@ class Aggregator:
                 candidates=(),
                 records=(),
                 complete=False,
-                failed=False,
                 tests=(),
                 reference_passed=0,
                 interrupted=interrupted,
@@ -139,8 +139,8 @@ class Aggregator:
             candidates=candidates,
             records=tuple(sorted(records, key=lambda r: r.nodeid)),
             complete=not interrupted and selection.whole and not self.load_failures and not lost,
-            failed=any(r.verdict is Verdict.REGRESSED for c in candidates for r in c.rows),
             tests=tuple(tests),
+            failures=_failures(tests, records, reference.label, reference_error),
             reference_passed=sum(r.outcomes[r.reference].outcome == "pass" for r in records),
             interrupted=interrupted,
             selection=selection,
@@ -149,14 +149,10 @@ class Aggregator:
         )
 
     def _calibration_overlap(self, records: Sequence[CaseRecord]) -> CalibrationOverlap | None:
-        path = self.config.calibration
-        if path is None:
+        calibration = self.config.calibration
+        if calibration is None:
             return None
-        try:
-            texts = read_calibration(path)
-        except ValueError:  # readable when the run began (checked); gone since: nothing to say
-            return None
-        return overlap({r.nodeid: r.prompt for r in records}, texts, str(path))
+        return overlap({r.nodeid: r.prompt for r in records}, calibration.texts, str(calibration.path))
 
     def _models(self) -> dict[str, dict[str, Any]]:
         assert self.config.reference is not None
@@ -172,6 +168,39 @@ class Aggregator:
             if spec.label in self.load_failures:
                 out[spec.label]["load_error"] = self.load_failures[spec.label]
         return out
+
+
+def _failures(
+    tests: Sequence[GateTest], records: Sequence[CaseRecord], reference: str, reference_error: str | None
+) -> tuple[Failure, ...]:
+    """Why the run fails: the reference's load, each failing gate test, quant cases whose test failed."""
+    out: list[Failure] = []
+    if reference_error is not None:
+        first = reference_error.strip().splitlines()[0] if reference_error.strip() else "no reason given"
+        out.append(Failure(FailureKind.REFERENCE, f"the reference {reference} could not be loaded: {first}"))
+    for test in tests:
+        if not test.failed:
+            continue
+        label = test.candidate.label
+        if test.row is None:
+            why = (test.candidate.not_evaluated or "").strip().splitlines()
+            message = f"{label}: not evaluated: {why[0] if why else 'no reason given'}"
+            out.append(Failure(FailureKind.NOT_EVALUATED, message, test))
+        else:
+            row = "ALL" if test.row.is_total else f"slice {test.row.slice!r}"
+            strict = " (--quant-strict)" if test.row.verdict is Verdict.INCONCLUSIVE else ""
+            out.append(Failure(FailureKind.ROW, f"{label}: {row} {test.row.verdict}{strict}", test))
+    failing = [r for r in records if r.fails_test]
+    if failing:
+        errors = sum(r.worst is Status.ERROR for r in failing)
+        out.append(
+            Failure(
+                FailureKind.CASE_TESTS,
+                f"{len(failing)} quant case test(s) failed ({errors} errored; the rest regressed on a "
+                "critical case, or failed on the reference with no candidate)",
+            )
+        )
+    return tuple(out)
 
 
 def _lost_message(lost: Sequence[str]) -> str:

@@ -12,16 +12,17 @@ from __future__ import annotations
 
 import traceback
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
-from .backends.base import Backend, GenerationRequest, refusals, rendered_text
-from .cases import CaseSpec, GenerationSettings, Prompt, Turn
+from ..backends.base import Backend, GenerationRequest, refusals, rendered_text
+from ..values.prompts import GenerationSettings, Prompt
+from ..values.transcript import CaseRun, Turn
+from .cases import CaseSpec
 from .trajectory import StepFailed, TrajectoryDriver
 
 __all__ = [
     "BatchSize",
-    "CaseRun",
     "Driver",
     "SinglePrompt",
     "driver_of",
@@ -36,8 +37,13 @@ class Driver(Protocol):
 
     A driver that raises :class:`~.trajectory.StepFailed` from ``step`` says
     the model failed the case there; any other exception is an error of the
-    case. A driver may keep a ``state`` attribute: the case's final state.
+    case.
+
+    Attributes:
+        state: The case's state after the last step (None for a case without one).
     """
+
+    state: Any
 
     def start(self) -> Prompt | None:
         """The first prompt (None: nothing to generate)."""
@@ -53,6 +59,7 @@ class SinglePrompt:
     """A case of one prompt and one reply."""
 
     prompt: Prompt
+    state: Any = None
 
     def start(self) -> Prompt | None:
         return self.prompt
@@ -66,30 +73,6 @@ def driver_of(case: CaseSpec) -> Driver:
     if case.trajectory is not None:
         return TrajectoryDriver(case.trajectory)
     return SinglePrompt(case.prompt)
-
-
-@dataclass
-class CaseRun:
-    """The transcript of one case on one model.
-
-    Attributes:
-        turns: Prompt and reply of every step, in order.
-        error: Why the case could not be run (an error of the case).
-        failure: Why the model failed the case before its end (a step
-            its trajectory rejected); the test body is not asked then.
-        state: A trajectory's state after its last step (None otherwise).
-    """
-
-    key: str
-    turns: list[Turn] = field(default_factory=list)
-    error: str | None = None
-    failure: str | None = None
-    state: Any = None
-
-    @property
-    def output(self) -> str:
-        """The last reply (the output a single-prompt check receives)."""
-        return self.turns[-1].reply if self.turns else ""
 
 
 def truncate_at_stop(text: str, stop: Sequence[str]) -> str:
@@ -191,7 +174,7 @@ def run_cases(
     def finish(key: str) -> None:
         nonlocal done
         pending.pop(key, None)
-        runs[key].state = getattr(drivers.get(key), "state", None)
+        runs[key].state = drivers[key].state if key in drivers else None
         done += 1
         if on_progress is not None:
             on_progress(done, total, round_no)
@@ -226,7 +209,7 @@ def run_cases(
             runs[key].error = _describe(exc)
             first = None
         if first is None:
-            runs[key].state = getattr(drivers.get(key), "state", None)
+            runs[key].state = drivers[key].state if key in drivers else None
             done += 1
         else:
             pending[key] = (first, case.settings)
@@ -287,10 +270,8 @@ def _generate(
 
 
 def _free(backend: Backend) -> None:
-    """Let the backend release cached memory after an out-of-memory error, if it can."""
-    free = getattr(backend, "free_memory", None)
-    if free is not None:
-        free()
+    """Let the backend release cached memory after an out-of-memory error."""
+    backend.free_memory()
 
 
 def _describe(exc: BaseException) -> str:

@@ -41,12 +41,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 __all__ = [
+    "HF_LOADER",
     "SCHEMES",
+    "Loader",
     "ModelSpec",
     "Scheme",
     "SpecError",
@@ -55,6 +57,12 @@ __all__ = [
     "parse_spec",
     "register_scheme",
 ]
+
+
+#: A backend's factory: ``loader(spec, device, dtype)`` returns a loaded backend.
+Loader = Callable[["ModelSpec", str, str], Any]
+#: The loader of local transformers checkpoints (a plain spec's, and most schemes').
+HF_LOADER = "pytest_quantgate.backends.hf:HFBackend.load"
 
 
 class SpecError(ValueError):
@@ -72,7 +80,10 @@ class Scheme:
         name: the scheme as written before ``:`` (or a family name, with
             ``pattern``).
         description: one line for ``--help`` and error messages.
-        backend: the backend kind that loads it (see :mod:`.backends`).
+        loader: what loads a spec of this scheme: ``factory(spec, device,
+            dtype)`` returning a :class:`~..backends.base.Backend`, or the
+            ``"module:attr"`` path of one, imported when a model first loads
+            (:mod:`..backends.registry`). Default: the transformers backend.
         extra: the pip extra that provides what it needs, for error messages.
         target: what ``TARGET`` is: a checkpoint directory, a file, a URL.
         pattern: for a family of schemes (``rtn2g64``), a regex whose named
@@ -80,17 +91,36 @@ class Scheme:
         defaults: values of the pattern's optional groups when absent.
         usage: how a family is written, for the list of known schemes.
         options: the ``?KEY=VALUE`` options the scheme accepts.
+        quantizer: the method gptqmodel quantizes the checkpoint with before
+            it loads (``gptq``, ``awq``), from the calibration texts; None
+            for a scheme that needs no quantizing step.
+        load_config: ``"module:function"`` that builds the transformers
+            ``quantization_config`` applied at load time, from the torch
+            dtype (bitsandbytes, torchao); imported when a model loads.
+        transform: ``"module:function"`` applied to the loaded model with
+            the scheme's options as keywords (rtn's fake quantization).
+        device: whether the model runs on a torch device of this machine
+            (checked before any model loads; resolved for the cache key).
     """
 
     name: str
     description: str
-    backend: str = "hf"
+    loader: str | Loader = HF_LOADER
     extra: str | None = None
     target: Target = "checkpoint"
     pattern: str | None = None
     usage: str | None = None
     options: tuple[str, ...] = ()
     defaults: Mapping[str, int] = field(default_factory=dict)
+    quantizer: str | None = None
+    load_config: str | None = None
+    transform: str | None = None
+    device: bool = True
+
+    @property
+    def needs_calibration(self) -> bool:
+        """Whether a spec of this scheme needs ``--quant-calibration`` (it is quantized on the fly)."""
+        return self.quantizer is not None
 
     def match(self, text: str) -> dict[str, Any] | None:
         """Options of the scheme named ``text``, or None when it is not this scheme."""
@@ -110,11 +140,20 @@ def register_scheme(scheme: Scheme) -> None:
     SCHEMES[scheme.name] = scheme
 
 
+_LOADING = "pytest_quantgate.backends.hf_loading"
+
 for _scheme in (
-    Scheme("bnb-nf4", "bitsandbytes 4-bit NF4", extra="bnb"),
-    Scheme("bnb-int8", "bitsandbytes LLM.int8()", extra="bnb"),
-    Scheme("torchao-int8", "torchao int8 weight-only", extra="torchao"),
-    Scheme("torchao-int4", "torchao int4 weight-only (groups of 32)", extra="torchao"),
+    Scheme("bnb-nf4", "bitsandbytes 4-bit NF4", extra="bnb", load_config=f"{_LOADING}:bnb_nf4"),
+    Scheme("bnb-int8", "bitsandbytes LLM.int8()", extra="bnb", load_config=f"{_LOADING}:bnb_int8"),
+    Scheme(
+        "torchao-int8", "torchao int8 weight-only", extra="torchao", load_config=f"{_LOADING}:torchao_int8"
+    ),
+    Scheme(
+        "torchao-int4",
+        "torchao int4 weight-only (groups of 32)",
+        extra="torchao",
+        load_config=f"{_LOADING}:torchao_int4",
+    ),
     Scheme(
         "rtn",
         "round-to-nearest fake quantization",
@@ -122,25 +161,31 @@ for _scheme in (
         pattern=r"rtn(?P<bits>[1-8])(?:g(?P<group_size>[1-9]\d*))?",
         usage="rtn<bits 1-8>[g<group>]",
         defaults={"group_size": 32},
+        transform="pytest_quantgate.backends.rtn:rtn_quantize_",
     ),
     Scheme(
         "gptq",
         "GPTQ with gptqmodel, quantized on the fly from --quant-calibration",
         extra="gptq",
         options=("bits", "group_size", "sym", "desc_act"),
+        quantizer="gptq",
     ),
     Scheme(
         "awq",
         "AWQ with gptqmodel, quantized on the fly from --quant-calibration",
         extra="awq",
         options=("bits", "group_size", "sym"),
+        quantizer="awq",
     ),
-    Scheme("fake", "a scripted model from a JSON file", backend="fake", target="file"),
+    Scheme(
+        "fake",
+        "a scripted model from a JSON file",
+        loader="pytest_quantgate.backends.fake:FakeBackend.load",
+        target="file",
+        device=False,
+    ),
 ):
     register_scheme(_scheme)
-
-#: Schemes whose checkpoint is quantized on the fly by gptqmodel (:mod:`.quantize`).
-ON_THE_FLY = ("gptq", "awq")
 
 #: The scheme of a spec without one: a checkpoint loaded as it is.
 PLAIN = Scheme("", "a local checkpoint, loaded as it is", extra="hf")
@@ -174,11 +219,13 @@ class ModelSpec:
     scheme: str | None = None  # None = load the checkpoint as it is
     options: dict[str, Any] = field(default_factory=dict)
     text: str = ""  # the spec as the user wrote it
+    #: The scheme's entry in :data:`SCHEMES` (``PLAIN`` without a scheme), resolved once: by
+    #: :func:`parse_spec`, or from ``scheme`` when the spec is made directly.
+    kind: Scheme = field(default=None, compare=False, repr=False)  # type: ignore[assignment]
 
-    @property
-    def kind(self) -> Scheme:
-        """The scheme's entry in :data:`SCHEMES` (``PLAIN`` without a scheme)."""
-        return find_scheme(self.scheme)[0]
+    def __post_init__(self) -> None:
+        if self.kind is None:
+            object.__setattr__(self, "kind", find_scheme(self.scheme)[0])
 
     @property
     def display(self) -> str:
@@ -188,7 +235,13 @@ class ModelSpec:
         return source if self.label == auto_label(self.scheme, where) else f"{self.label} ({source})"
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {
+            "label": self.label,
+            "path": self.path,
+            "scheme": self.scheme,
+            "options": dict(self.options),
+            "text": self.text,
+        }
 
 
 def parse_spec(text: str, *, base_dir: Path | str | None = None, check_path: bool = True) -> ModelSpec:
@@ -228,8 +281,8 @@ def parse_spec(text: str, *, base_dir: Path | str | None = None, check_path: boo
     if scheme.options:
         target, _, query = rest.partition("?")
     options.update(_parse_query(query, scheme, raw))
-    if scheme.name in ON_THE_FLY:
-        _check_gptqmodel_options(scheme.name, options, raw)
+    if scheme.quantizer is not None:
+        _check_gptqmodel_options(scheme.quantizer, options, raw)
     target = target.strip()
     if not target:
         raise SpecError(f"empty model spec: no {'URL' if scheme.target == 'url' else 'path'} in {raw!r}")
@@ -245,7 +298,7 @@ def parse_spec(text: str, *, base_dir: Path | str | None = None, check_path: boo
         where, name = str(path), path.name
     if label is None:
         label = auto_label(scheme_name, name)
-    return ModelSpec(label=label, path=where, scheme=scheme_name, options=options, text=raw)
+    return ModelSpec(label=label, path=where, scheme=scheme_name, options=options, text=raw, kind=scheme)
 
 
 def auto_label(scheme: str | None, name: str) -> str:

@@ -16,16 +16,18 @@ import time
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from .backends.base import Backend, BackendError, LoadPolicy, load_backend, load_policy
-from .cases import CaseRecord, CaseSpec, ModelOutcome, Outcome, resolve_skips
+from ..backends.base import Backend, BackendError, load_policy
+from ..backends.registry import load_backend
+from ..storage.fingerprint import environment_versions, fingerprint_spec
+from ..storage.store import DEFAULT_DIR_NAME, CacheMode, ResultCache
+from ..values.transcript import CaseRun
+from .cases import CaseSpec
 from .config import GateConfig
-from .runner import BatchSize, CaseRun, run_cases
-from .specs import ON_THE_FLY
-
-if TYPE_CHECKING:
-    from .cache import ResultCache
+from .records import CaseRecord, ModelOutcome, Outcome, resolve_skips
+from .runner import BatchSize, run_cases
+from .source import case_fingerprint
 
 __all__ = ["DEFAULT_GROUP", "Executor", "ModelPool", "Progress", "ReferenceUnavailable"]
 
@@ -73,7 +75,7 @@ class ModelPool:
         self._emit(f"quantgate: loading {spec.display} ...")
         try:
             # The safe-loading flags (backends.base), and where a loader says what takes long.
-            with load_policy(LoadPolicy.of(self.config, notify=self._emit)):
+            with load_policy(self.config.load_policy(notify=self._emit)):
                 model = self._loader(spec, device=self.config.device, dtype=self.config.dtype)
         except BackendError as exc:
             self._fail(label, exc)
@@ -179,13 +181,8 @@ class Progress:
 
 
 def _token_counter(backend: Backend) -> Callable[[], int | None]:
-    """Reads the backend's count of generated tokens, when it keeps one."""
-
-    def count() -> int | None:
-        value = getattr(backend, "generated_tokens", None)
-        return value if isinstance(value, int) else None
-
-    return count
+    """Reads the backend's count of generated tokens (None when it keeps none)."""
+    return lambda: backend.generated_tokens
 
 
 #: The group of cases generated together when nothing divides them.
@@ -327,8 +324,6 @@ class Executor:
     @property
     def cache(self) -> ResultCache:
         """The reference cache, opened on first use (a damaged file is rebuilt, with one line)."""
-        from .cache import DEFAULT_DIR_NAME, ResultCache
-
         if self._cache is None:
             directory = self.config.cache_dir or Path(DEFAULT_DIR_NAME)
             self._cache = ResultCache.open(directory, self.config.cache_mode)
@@ -340,21 +335,12 @@ class Executor:
         """What the model's results depend on: its files, how it loads, the software; None: uncacheable."""
         if label not in self._fingerprints:
             spec = self.pool.specs[label]
-            device = self.config.device
-            if device == "auto":
-                device = _auto_device() if spec.kind.backend == "hf" else "cpu"
+            device = self.config.resolved_device if spec.kind.device else "cpu"
             exclude = [self.config.cache_dir] if self.config.cache_dir else []
-            from .cache import fingerprint_spec
-
             versions = None
-            if spec.scheme in ON_THE_FLY and self.config.calibration is not None:
+            if spec.kind.needs_calibration and self.config.calibration is not None:
                 # Quantized on the fly: its results depend on the texts it was calibrated on.
-                from .cache import environment_versions
-                from .overlap import read_calibration
-                from .quantize import calibration_digest
-
-                texts = read_calibration(self.config.calibration)
-                versions = {**environment_versions(), "calibration": calibration_digest(texts)}
+                versions = {**environment_versions(), "calibration": self.config.calibration.digest}
             self._fingerprints[label] = fingerprint_spec(
                 spec, dtype=self.config.dtype, device=device, exclude=exclude, versions=versions
             )
@@ -362,10 +348,10 @@ class Executor:
 
     def _cached(self, label: str, cases: list[CaseSpec]) -> dict[str, CaseRun]:
         """The cases whose results the cache holds for this model, by key (none when it is off)."""
-        if self.config.cache_mode == "off":
+        if self.config.cache_mode is CacheMode.OFF:
             return {}
         fingerprint = self._run_fingerprint(label)
-        found = self.cache.get_runs(fingerprint, cases) if fingerprint is not None else {}
+        found = self.cache.get_runs(fingerprint, _fingerprints(cases)) if fingerprint is not None else {}
         facts = self.pool.facts.setdefault(label, self._spec_facts(label))
         facts["cached_cases"] = facts.get("cached_cases", 0) + len(found)
         if found and not self.pool.is_loaded(label):
@@ -380,11 +366,11 @@ class Executor:
         return found
 
     def _store(self, label: str, cases: list[CaseSpec], runs: dict[str, CaseRun]) -> None:
-        if self.config.cache_mode == "off":
+        if not self.config.cache_mode.writes:
             return
         fingerprint = self._run_fingerprint(label)
         if fingerprint is not None:
-            self.cache.put_runs(fingerprint, cases, runs)
+            self.cache.put_runs(fingerprint, _fingerprints(cases), runs)
             facts = self.pool.facts.get(label, {})
             self.cache.put_facts(fingerprint, {k: facts[k] for k in CACHED_FACTS if k in facts})
 
@@ -412,9 +398,8 @@ class Executor:
             facts["generated_tokens"] = facts.get("generated_tokens", 0) + tokens - tokens_before
             if facts["generate_seconds"] > 0:
                 facts["tokens_per_second"] = round(facts["generated_tokens"] / facts["generate_seconds"], 1)
-        peak = getattr(backend, "peak_memory", None)
-        value = peak() if callable(peak) else None
-        if isinstance(value, int):
+        value = backend.peak_memory()
+        if value is not None:
             facts["peak_memory_mib"] = round(value / 2**20, 1)
 
     def _batch_size(self, label: str) -> BatchSize:
@@ -505,8 +490,6 @@ class Executor:
             self._cache.close()
 
 
-def _auto_device() -> str:
-    """What ``--quant-device=auto`` resolves to here (torch imported only to ask)."""
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
+def _fingerprints(cases: list[CaseSpec]) -> dict[str, str | None]:
+    """Case key -> the case's cache fingerprint (None: not cacheable)."""
+    return {c.key: case_fingerprint(c) for c in cases}

@@ -7,6 +7,7 @@ plugin turns that into a pytest usage error (exit status 4).
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from collections.abc import Callable, Iterable, Sequence
@@ -14,8 +15,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from .cases import ALL, check_tolerance
-from .specs import ON_THE_FLY, ModelSpec, SpecError, parse_spec
+from ..backends.base import LoadPolicy
+from ..backends.torch_device import auto_device, device_problem
+from ..statistics.gate import ALL
+from ..storage.store import DEFAULT_DIR_NAME, CacheMode, parse_cache_mode
+from ..values.calibration import Calibration
+from ..values.specs import ModelSpec, SpecError, parse_spec
+from .markers import check_tolerance
 
 __all__ = [
     "AUTO_BATCH_CPU",
@@ -23,7 +29,6 @@ __all__ = [
     "DTYPES",
     "ConfigError",
     "GateConfig",
-    "device_problem",
     "parse_alpha",
     "parse_batch_size",
     "parse_cache",
@@ -77,31 +82,6 @@ def parse_device(value: str, name: str = "--quant-device") -> str:
     return device
 
 
-def device_problem(device: str) -> str | None:
-    """Why torch cannot use ``device`` on this machine, or None.
-
-    ``auto`` and ``cpu`` always work. torch is imported only to check
-    ``cuda``/``mps``; without torch there is nothing to check here (a
-    backend that needs torch says so when it loads).
-    """
-    if device in ("auto", "cpu"):
-        return None
-    try:
-        import torch
-    except ImportError:
-        return None
-    if device.startswith("cuda"):
-        if not torch.cuda.is_available():
-            return f"device {device} was asked for, but torch sees no CUDA device"
-        index = int(device.split(":", 1)[1]) if ":" in device else 0
-        count = torch.cuda.device_count()
-        if index >= count:
-            return f"device {device} was asked for, but torch sees {count} CUDA device(s)"
-    if device == "mps" and not torch.backends.mps.is_available():
-        return "device mps was asked for, but MPS is not available"
-    return None
-
-
 def parse_dtype(value: str, name: str = "--quant-dtype") -> str:
     """One of :data:`DTYPES`."""
     dtype = str(value).strip().lower()
@@ -129,12 +109,12 @@ def parse_batch_size(value: str | int | None, name: str = "--quant-batch-size") 
     return size
 
 
-def parse_cache(value: str, name: str = "--quant-cache") -> str:
+def parse_cache(value: str, name: str = "--quant-cache") -> CacheMode:
     """``on``, ``off`` or ``refresh`` (regenerate and overwrite)."""
-    mode = str(value).strip().lower()
-    if mode not in ("on", "off", "refresh"):
-        raise ConfigError(f"{name} must be on, off or refresh, got {value!r}")
-    return mode
+    try:
+        return parse_cache_mode(value)
+    except ValueError:
+        raise ConfigError(f"{name} must be on, off or refresh, got {value!r}") from None
 
 
 def parse_slice_tolerances(lines: Sequence[str], name: str = "quant_slice_tolerance") -> dict[str, float]:
@@ -185,11 +165,13 @@ class GateConfig:
     alpha: float = 0.05
     strict: bool = False
     report_path: Path | None = None
-    calibration: Path | None = None  # the candidates' calibration texts, checked for eval overlap
+    #: The candidates' calibration texts, read once: quantizing on the fly calibrates on them,
+    #: and the report counts eval cases found in them.
+    calibration: Calibration | None = None
     batch_size: int | None = None  # None: auto (see parse_batch_size)
     slice_tolerances: dict[str, float] = field(default_factory=dict)
     keep_loaded: bool = False  # every model resident for the whole session
-    cache_mode: str = "off"  # on, off or refresh: the reference's results on disk
+    cache_mode: CacheMode = CacheMode.ON  # the reference's results on disk
     cache_dir: Path | None = None
     #: xdist worker -> its devices (``WorkerDevices.to_dict()``), decided by the controller.
     workers: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -205,6 +187,24 @@ class GateConfig:
         if self.batch_size is not None:
             return self.batch_size
         return AUTO_BATCH_CPU if device.split(":")[0] == "cpu" else AUTO_BATCH_GPU
+
+    @functools.cached_property
+    def resolved_device(self) -> str:
+        """The device models run on: ``auto`` resolved (torch imported then, and only then), once."""
+        return auto_device() if self.device == "auto" else self.device
+
+    def load_policy(self, notify: Callable[[str], None] | None = None) -> LoadPolicy:
+        """What this session lets a checkpoint do while it loads (the ``--quant-*`` safety flags)."""
+        return LoadPolicy(
+            trust_remote_code=self.trust_remote_code,
+            allow_pickle=self.allow_pickle,
+            allow_tokenizer_mismatch=self.allow_tokenizer_mismatch,
+            reference=self.reference,
+            calibration=self.calibration,
+            store=self.cache_dir if self.cache_mode is not CacheMode.OFF else None,
+            refresh=self.cache_mode is CacheMode.REFRESH,
+            notify=notify,
+        )
 
     @property
     def enabled(self) -> bool:
@@ -243,11 +243,11 @@ class GateConfig:
             "alpha": self.alpha,
             "strict": self.strict,
             "report_path": str(self.report_path) if self.report_path else None,
-            "calibration": str(self.calibration) if self.calibration else None,
+            "calibration": str(self.calibration.path) if self.calibration else None,
             "batch_size": "auto" if self.batch_size is None else self.batch_size,
             "slice_tolerances": dict(self.slice_tolerances),
             "keep_loaded": self.keep_loaded,
-            "cache": self.cache_mode,
+            "cache": str(self.cache_mode),
             "cache_dir": str(self.cache_dir) if self.cache_dir else None,
             "workers": {k: dict(v) for k, v in self.workers.items()},
             "trust_remote_code": self.trust_remote_code,
@@ -305,10 +305,12 @@ class GateConfig:
             return parse(default if value in (None, "") else value, source)
 
         report, report_dir, report_src = pick("quant_report")
-        cache_mode = parsed("quant_cache", parse_cache, "on")
+        cache_mode = parsed("quant_cache", parse_cache, str(CacheMode.ON))
         cache_text, cache_base, _ = pick("quant_cache_dir")
         cache_dir = (
-            (cache_base / Path(cache_text).expanduser()).resolve() if cache_text else ini_dir / ".quantgate"
+            (cache_base / Path(cache_text).expanduser()).resolve()
+            if cache_text
+            else ini_dir / DEFAULT_DIR_NAME
         )
         strict_opt = option("quant_strict")
         strict = bool(strict_opt) if strict_opt else _ini_bool(ini("quant_strict"), "quant_strict")
@@ -322,13 +324,13 @@ class GateConfig:
         device = parsed("quant_device", parse_device, "auto")
         models = (reference, *candidates) if reference is not None else ()
         calibration = _calibration(*pick("quant_calibration"))
-        on_the_fly = [m for m in models if m.scheme in ON_THE_FLY]
+        on_the_fly = [m for m in models if m.kind.needs_calibration]
         if on_the_fly and calibration is None:
             raise ConfigError(
                 f"{on_the_fly[0].text!r} quantizes on the fly and needs texts to calibrate on: "
                 "--quant-calibration FILE (JSONL with a text field, or one text per line)"
             )
-        if any(m.kind.backend == "hf" for m in models):
+        if any(m.kind.device for m in models):
             problem = device_problem(device)
             if problem:
                 raise ConfigError(f"{pick('quant_device')[2]}: {problem}")
@@ -353,20 +355,17 @@ class GateConfig:
         )
 
 
-def _calibration(value: Any, base_dir: Path, name: str) -> Path | None:
-    """The calibration file, which must exist and be readable (checked before any model loads)."""
+def _calibration(value: Any, base_dir: Path, name: str) -> Calibration | None:
+    """The calibration file's texts, read once, before any model loads (it must exist and be readable)."""
     if not value:
         return None
     path = (base_dir / Path(str(value)).expanduser()).resolve()
     if not path.is_file():
         raise ConfigError(f"{name}: no such file: {path}")
-    from .overlap import read_calibration
-
     try:
-        read_calibration(path)
+        return Calibration.read(path)
     except ValueError as exc:
         raise ConfigError(f"{name}: {exc}") from None
-    return path
 
 
 def _ini_bool(value: Any, name: str) -> bool:

@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING
 import pytest
 
 if TYPE_CHECKING:
-    from .backends.base import Backend
-    from .specs import ModelSpec
+    from ..backends.base import Backend
+    from ..values.specs import ModelSpec
 
 
 @pytest.hookspec(firstresult=True)

@@ -12,55 +12,18 @@ Pure standard library; no pytest.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-__all__ = ["NGRAM", "WARN_SHARE", "CalibrationOverlap", "overlap", "read_calibration"]
+__all__ = ["NGRAM", "WARN_SHARE", "CalibrationOverlap", "overlap"]
 
 #: Words in the n-grams compared: long enough that sharing one is no accident.
 NGRAM = 8
 #: Above this share of overlapping cases, the report warns.
 WARN_SHARE = 0.01
 _WORD = re.compile(r"\w+|[^\w\s]", re.UNICODE)
-
-
-def read_calibration(path: Path) -> list[str]:
-    """The calibration texts of a file: JSONL (a ``text`` field, else every string value) or plain text.
-
-    Raises:
-        ValueError: the file cannot be read; one line naming it.
-    """
-    try:
-        raw = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ValueError(f"cannot read the calibration file {path}: {exc}") from None
-    if path.suffix.lower() not in (".jsonl", ".json", ".ndjson"):
-        return [line for line in raw.splitlines() if line.strip()]
-    texts: list[str] = []
-    for number, line in enumerate(raw.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except ValueError as exc:
-            raise ValueError(f"{path}: line {number}: not valid JSON ({exc})") from None
-        texts.extend(_strings(row.get("text", row) if isinstance(row, dict) else row))
-    return texts
-
-
-def _strings(value: Any) -> Iterable[str]:
-    if isinstance(value, str):
-        yield value
-    elif isinstance(value, Mapping):
-        for v in value.values():
-            yield from _strings(v)
-    elif isinstance(value, (list, tuple)):
-        for v in value:
-            yield from _strings(v)
 
 
 def _tokens(text: str) -> list[str]:

@@ -1,0 +1,1 @@
+"""The core: markers, case identity, records, prompts run, trajectories, executor, configuration."""

@@ -1,0 +1,127 @@
+"""A collected quant case as the runner takes it: :class:`CaseSpec`, built once per item."""
+
+from __future__ import annotations
+
+import json
+import traceback
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..values.prompts import GenerationSettings, Prompt, normalize_prompt, prompt_messages
+from .identity import CaseIdentityError, case_key, param_identities
+from .markers import QuantCaseMarker, merge_tolerances, parse_slice_marker
+from .trajectory import Trajectory, TrajectoryDriver
+
+__all__ = ["CaseBuildError", "CaseSpec", "build_case"]
+
+
+@dataclass(frozen=True)
+class CaseSpec:
+    """What the runner needs to produce one case's transcript."""
+
+    key: str
+    nodeid: str
+    prompt: Prompt
+    settings: GenerationSettings
+    slices: tuple[str, ...] = ()
+    cluster: str | None = None
+    critical: bool = False
+    tolerances: dict[str, float] = field(default_factory=dict)  # set by slice markers
+    params: dict[str, str] = field(default_factory=dict)  # the other arguments, shortened, for reports
+    trajectory: Any = None  # the case's Trajectory; ``prompt`` is then its first prompt
+
+    @property
+    def prompt_text(self) -> str:
+        """The prompt as one string (chat messages as JSON), for reports."""
+        messages = prompt_messages(self.prompt)
+        return self.prompt if isinstance(self.prompt, str) else json.dumps(messages)
+
+
+#: Longest repr of an argument kept in a record (reports show arguments, not data sets).
+PARAM_WIDTH = 200
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= PARAM_WIDTH else text[: PARAM_WIDTH - 1] + "…"
+
+
+class CaseBuildError(ValueError):
+    """A collected case that cannot become a :class:`CaseSpec`; one line."""
+
+
+def build_case(
+    marker: QuantCaseMarker,
+    *,
+    test_id: str,
+    nodeid: str,
+    params: Mapping[str, Any],
+    index: int | None,
+    slice_markers: Iterable[tuple[Sequence[Any], Mapping[str, Any]]],
+    cluster_mark: Any = None,
+) -> CaseSpec:
+    """The case of one collected item.
+
+    Args:
+        marker: the test's parsed ``quant_case``.
+        test_id: the test's node id without its parameters.
+        nodeid: the item's node id.
+        params: every parameter of the item (``callspec.params``).
+        index: the item's position in ``marker.argvalues``.
+        slice_markers: ``(args, kwargs)`` of the ``slice`` markers, closest first.
+        cluster_mark: the item's ``quant_cluster`` marker value, the cluster
+            when the marker has no ``cluster=`` (set by :func:`~.loaders.load_cases`).
+
+    Raises:
+        CaseBuildError: the prompt or cluster cannot be built, or a parameter
+            has no stable identity.
+    """
+
+    own = {n: params[n] for n in marker.argnames}
+    trajectory = None
+    try:
+        raw_prompt = params[marker.prompt] if isinstance(marker.prompt, str) else marker.prompt(**own)
+        if isinstance(raw_prompt, Trajectory):
+            trajectory = raw_prompt
+            first = TrajectoryDriver(trajectory).start()
+            prompt = "" if first is None else first
+        else:
+            prompt = normalize_prompt(raw_prompt)
+        cluster = None
+        if marker.cluster is not None:
+            value = params[marker.cluster] if isinstance(marker.cluster, str) else marker.cluster(**own)
+            cluster = None if value is None else str(value)
+        elif cluster_mark is not None:
+            cluster = str(cluster_mark)
+        explicit = (
+            marker.explicit_ids[index] if index is not None and index < len(marker.explicit_ids) else None
+        )
+        key = case_key(test_id, param_identities(params, explicit), prompt, marker.settings)
+    except CaseIdentityError as exc:
+        raise CaseBuildError(f"{nodeid}: {exc}") from None
+    except Exception as exc:  # the user's prompt= or cluster= callable, or a missing argument
+        raise CaseBuildError(f"{nodeid}: cannot build the quant case: {_describe(exc)}") from exc
+    slices: list[str] = []
+    tolerances: list[dict[str, float]] = []
+    for args, kwargs in slice_markers:
+        names, tol = parse_slice_marker(args, kwargs)
+        slices.extend(n for n in names if n not in slices)
+        if tol is not None:
+            tolerances.append(dict.fromkeys(names, tol))
+    return CaseSpec(
+        key=key,
+        nodeid=nodeid,
+        prompt=prompt,
+        settings=marker.settings,
+        slices=tuple(slices),
+        cluster=cluster,
+        critical=marker.critical,
+        tolerances=merge_tolerances(*tolerances),
+        params={n: _shown(v) for n, v in own.items() if n != marker.prompt},
+        trajectory=trajectory,
+    )
+
+
+def _describe(exc: BaseException) -> str:
+    return "".join(traceback.format_exception_only(type(exc), exc)).strip().splitlines()[-1]

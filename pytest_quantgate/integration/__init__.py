@@ -1,0 +1,1 @@
+"""The pytest integration: hook bodies, options, fixtures, the worker and controller plugins, xdist."""

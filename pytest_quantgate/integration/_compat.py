@@ -1,0 +1,141 @@
+"""Every use of a private (or undocumented) pytest or pytest-xdist attribute, in one place.
+
+Each function says what it relies on and what breaks if a release changes
+it; each falls back to a public, slightly worse behaviour rather than
+failing. The oldest versions the project claims (``pyproject.toml``) are run
+in CI, so a break shows there first.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn
+
+import pytest
+
+__all__ = [
+    "count_as_failed",
+    "is_crash_report",
+    "junit_writers",
+    "replace_args",
+    "requesting_fixture",
+    "shard_scheduler",
+    "skip_at_item",
+    "terminal_width",
+]
+
+
+def replace_args(config: pytest.Config, args: Sequence[str]) -> None:
+    """Collect ``args`` instead of the command line's (a gate test id replaced by its path).
+
+    ``config.args`` is public to read, not documented to assign; pytest
+    reads it when the session collects (``Session.perform_collect``), after
+    ``pytest_configure``. Should that change, the gate id reaches collection
+    as an argument and pytest says it found no such file: the re-run of a
+    gate row stops working, nothing else.
+    """
+    config.args = list(args)
+
+
+def skip_at_item(reason: str) -> NoReturn:
+    """Skip the running test, reported at the test's own line, not at the plugin's.
+
+    Relies on ``pytest.skip.Exception``'s private ``_use_item_location``
+    keyword (pytest's own skip markers use it). Without it the skip still
+    happens; the summary then places it in this module.
+    """
+    try:
+        exc = pytest.skip.Exception(reason, pytrace=False, _use_item_location=True)
+    except TypeError:
+        exc = pytest.skip.Exception(reason, pytrace=False)
+    raise exc
+
+
+def count_as_failed(tr: pytest.TerminalReporter, report: pytest.TestReport) -> None:
+    """Count a report as failed in the terminal's summary line and FAILURES section.
+
+    Relies on ``TerminalReporter._add_stats``, which also marks the summary
+    colour as stale so that the final line turns red. If a release renames
+    it, the failure is still counted (and the exit status is unaffected);
+    only the colour of the last line may stay green.
+    """
+    add = getattr(tr, "_add_stats", None)
+    if add is not None:
+        add("failed", [report])
+    else:
+        tr.stats.setdefault("failed", []).append(report)
+
+
+def terminal_width(tr: pytest.TerminalReporter) -> int:
+    """The width pytest's terminal writer wraps at.
+
+    Relies on ``TerminalReporter._tw`` (its ``TerminalWriter``); without it
+    the width of the terminal the process sees.
+    """
+    tw = getattr(tr, "_tw", None)
+    return int(getattr(tw, "fullwidth", 0) or shutil.get_terminal_size().columns)
+
+
+def is_crash_report(report: pytest.TestReport) -> bool:
+    """Whether xdist made ``report`` for a test its worker crashed in.
+
+    xdist's ``DSession.handle_crashitem`` reports the lost test with
+    ``when="???"``, an undocumented marker. If that changes, a crashed
+    worker's lost quant case is no longer named, but xdist still fails the
+    run and the gate, missing the case's record, counts the run incomplete.
+    """
+    return report.when == "???"
+
+
+def shard_scheduler(config: pytest.Config, log: Any, scope_of: Callable[[str], str]) -> Any:
+    """xdist's scope scheduler with each test's scope given by ``scope_of(nodeid)``.
+
+    Subclasses xdist's ``LoadScopeScheduling`` and overrides its private
+    ``_split_scope``, as xdist's own ``loadfile`` and ``loadgroup`` schedulers
+    do. Returns None (xdist's default scheduling: every worker generates
+    what it runs, correct but slower) if the class or the method is gone.
+    """
+    try:
+        from xdist.scheduler import LoadScopeScheduling
+    except ImportError:
+        return None
+    if not callable(getattr(LoadScopeScheduling, "_split_scope", None)):
+        return None
+
+    class ShardScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return scope_of(nodeid)
+
+    return ShardScheduling(config, log)
+
+
+def requesting_fixture(request: pytest.FixtureRequest) -> str | None:
+    """The fixture that requested the fixture ``request`` serves, or None when the test itself did.
+
+    Relies on ``SubRequest._parent_request`` (the request of whoever asked
+    for this fixture). Without it every request looks like the test's own,
+    and a fixture that takes ``output`` gets the placeholder instead of an
+    error naming it.
+    """
+    parent = getattr(request, "_parent_request", None)
+    name = getattr(parent, "fixturename", None)
+    return name if isinstance(name, str) else None
+
+
+def junit_writers(config: pytest.Config) -> list[Any]:
+    """pytest's JUnit writers registered in this session (``--junitxml``), to be fed apart.
+
+    Relies on the private module ``_pytest.junitxml`` and its ``LogXML``
+    class. JUnit makes a test's classname from its node id's path: a gate
+    test's id ``::quantgate::<candidate>::<row>`` starts with ``::`` (so that
+    the terminal prints it as a path that re-runs the row) and would become
+    ``.quantgate.<candidate>``; the writers are given the id without it. If
+    the class moves, none is found: the gate rows still reach JUnit with the
+    other reporters, with the leading dot in their classname.
+    """
+    try:
+        from _pytest.junitxml import LogXML
+    except ImportError:
+        return []
+    return [p for p in config.pluginmanager.get_plugins() if isinstance(p, LogXML)]

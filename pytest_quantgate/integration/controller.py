@@ -1,0 +1,183 @@
+"""The process that reports (the only one without xdist, the controller with it).
+
+:class:`GatePlugin` feeds every test report's case record to the
+:class:`~..report.aggregator.Aggregator`, and at the end of the session has
+it build the report, hands each gate test (``::quantgate::<candidate>::<row>``)
+to pytest's reporters, sets the exit status from the report's failures and
+writes the JSON report.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from ..core.config import GateConfig
+from ..core.records import RECORD_KEY, CaseRecord
+from ..report import json_report, terminal
+from ..report.aggregator import Aggregator
+from ..report.model import GateReport, GateTest, parse_gate_test_id
+from . import _compat
+from .worker import CasePlugin
+from .xdist import add_facts
+
+__all__ = ["GatePlugin", "record_of"]
+
+
+def record_of(report: pytest.TestReport) -> CaseRecord | None:
+    """The case record a test report carries, if it is a quant case's."""
+    for name, value in getattr(report, "user_properties", ()):
+        if name == RECORD_KEY:
+            return CaseRecord.from_json(value)
+    return None
+
+
+class GatePlugin:
+    """Gathers the records of every test report and gates them: the controller."""
+
+    def __init__(self, config: pytest.Config, gate_config: GateConfig, cases: CasePlugin):
+        self.config = config
+        self.gate_config = gate_config
+        self.aggregator = Aggregator(gate_config)
+        self._cases = cases  # this process's own, when it runs tests too
+        self.report: GateReport | None = None
+        self.write_error: str | None = None
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if report.when == "call":
+            record = record_of(report)
+            if record is not None:
+                self.aggregator.add(record)
+        elif report.when == "setup" and report.skipped and "quant_case" in report.keywords:
+            self.aggregator.add_skipped()
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
+        add_facts(self.aggregator, self._cases.facts)  # this process's own, if it ran tests
+        narrowed_by, uncounted = _narrowing(self.config)
+        self.report = self.aggregator.report(
+            interrupted=exitstatus == pytest.ExitCode.INTERRUPTED,
+            narrowed_by=[*narrowed_by, *self._cases.rerun.given],
+            stopped=str(session.shouldstop or session.shouldfail or "") or None,
+            counted=not uncounted and not self._cases.rerun,
+        )
+        for test in self.report.tests:
+            self._log_gate_test(test)
+        if self.report.failed and session.exitstatus == pytest.ExitCode.OK:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        path = self.gate_config.report_path
+        if path is not None:
+            # Always, even interrupted or with nothing run: a stale report
+            # must never stand in for this run's.
+            try:
+                json_report.write(self.report, path)
+            except OSError as exc:  # checked up front, but the disk can still fill up
+                self.write_error = f"quantgate: could not write the JSON report to {path}: {exc}"
+                if session.exitstatus == pytest.ExitCode.OK:
+                    session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+    def _log_gate_test(self, test: GateTest) -> None:
+        """Hand a gate test to every reporter (JUnit, the --lf cache, ...) and the summary.
+
+        A call report (failed or passed: a passing row clears its earlier
+        failure from the --lf cache), then a teardown report, which is where
+        JUnit writes a test's properties. The terminal reporter is left out
+        of the hook call: its progress line is finished by then, and a stray
+        ``F`` after ``[100%]`` reads badly. A failure still counts in the
+        summary line and FAILURES section. JUnit gets the reports under the
+        id without its leading ``::`` (:func:`~._compat.junit_writers`).
+        """
+        assert self.report is not None
+        pm = self.config.pluginmanager
+        tr = pm.get_plugin("terminalreporter")
+        junit = _compat.junit_writers(self.config)
+        log = pm.subset_hook_caller(
+            "pytest_runtest_logreport", remove_plugins=[*junit, *([tr] if tr else [])]
+        )
+        call, teardown = _gate_reports(self.report, test, test.nodeid)
+        log(report=call)
+        log(report=teardown)
+        for writer, report in (
+            (w, r) for w in junit for r in _gate_reports(self.report, test, test.name_in_junit)
+        ):
+            writer.pytest_runtest_logreport(report)
+        if tr is not None and test.failed:
+            _compat.count_as_failed(tr, call)
+
+    def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
+        if self.report is None:
+            return
+        width = _compat.terminal_width(terminalreporter)
+        for line in terminal.summary(self.report, width=width, write_error=self.write_error):
+            if isinstance(line, terminal.Sep):
+                terminalreporter.write_sep("=", line.title, **line.markup)
+                continue
+            for text, markup in line:
+                terminalreporter.write(text, **markup)
+            terminalreporter.line("")
+
+
+def _narrowing(config: pytest.Config) -> tuple[list[str], bool]:
+    """The options that narrow the quant cases a run selects (or can stop it early).
+
+    Returns:
+        The options as written, and whether one of them narrowed what was
+        collected in the first place (``--lf`` with earlier test failures,
+        ``--sw``, node ids): the deselections of ``-k``, ``-m`` and
+        ``--deselect`` are counted, those are not.
+    """
+    opt = config.option
+    out: list[str] = []
+    uncounted = False
+    if getattr(opt, "keyword", ""):
+        out.append(f"-k {opt.keyword}")
+    if getattr(opt, "markexpr", ""):
+        out.append(f"-m {opt.markexpr}")
+    if getattr(opt, "deselect", None):
+        out.append("--deselect")
+    if getattr(opt, "lf", False) and _earlier_test_failures(config):
+        out.append("--lf")
+        uncounted = True
+    if getattr(opt, "stepwise", False):
+        out.append("--sw")
+        uncounted = True
+    maxfail = getattr(opt, "maxfail", 0) or 0
+    if maxfail:
+        out.append("-x" if maxfail == 1 else f"--maxfail={maxfail}")
+    node_ids = [a for a in config.args if "::" in a]
+    out.extend(node_ids)
+    return out, uncounted or bool(node_ids)
+
+
+def _earlier_test_failures(config: pytest.Config) -> bool:
+    """Whether the --lf cache holds failures of tests (not only of gate rows), which --lf re-runs alone."""
+    cache = getattr(config, "cache", None)
+    lastfailed = cache.get("cache/lastfailed", {}) if cache is not None else {}
+    return any(parse_gate_test_id(str(k)) is None for k in lastfailed)
+
+
+def _gate_reports(
+    report: GateReport, test: GateTest, nodeid: str
+) -> tuple[pytest.TestReport, pytest.TestReport]:
+    """The call and teardown reports of a gate test, under ``nodeid``."""
+    if test.row is not None:
+        props = [("quantgate_slice", json.dumps(test.row.to_dict(), sort_keys=True))]
+    else:
+        gate = test.candidate
+        load = {"label": gate.label, "evaluated": gate.evaluated, "not_evaluated": gate.not_evaluated}
+        props = [("quantgate_load", json.dumps(load, sort_keys=True))]
+    common: dict[str, Any] = {
+        "nodeid": nodeid,
+        "location": ("quantgate", None, test.nodeid),
+        "keywords": {"quantgate": 1},
+        "user_properties": props,
+    }
+    call = pytest.TestReport(
+        outcome="failed" if test.failed else "passed",
+        longrepr="\n".join(terminal.gate_test_lines(report, test)) if test.failed else None,
+        when="call",
+        **common,
+    )
+    return call, pytest.TestReport(outcome="passed", longrepr=None, when="teardown", **common)

@@ -1,0 +1,181 @@
+"""The process that runs tests (the only one without xdist, each worker with it).
+
+:class:`CasePlugin` plans the collected quant cases once collection is
+final, has the :class:`~..core.executor.Executor` generate them, runs each
+test body once per model as the check, and puts the case's record into the
+test's ``user_properties`` (with its status beside it, flat), whence it
+reaches the process that reports, with or without xdist.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from ..backends.base import Backend
+from ..backends.registry import checked, load_backend
+from ..core.cases import CaseBuildError, CaseSpec
+from ..core.config import GateConfig
+from ..core.executor import DEFAULT_GROUP, Executor, ReferenceUnavailable
+from ..core.records import RECORD_KEY, STATUS_KEY, CaseRecord
+from ..core.sharding import ShardPlan, assign_shards, shard_name
+from ..report import terminal
+from ..values.specs import ModelSpec
+from . import _compat
+from .collection import body_check, case_of, cost_of, is_quant_case, slices_of
+from .progress import ProgressWriter
+from .rerun import Rerun
+from .xdist import FACTS_KEY, SHARD_KEY
+
+__all__ = ["CASE_ERROR_KEY", "CASE_KEY", "WORKER_KEY", "CasePlugin"]
+
+#: The session's :class:`CasePlugin`.
+WORKER_KEY = pytest.StashKey["CasePlugin"]()
+#: An item's case, once planned.
+CASE_KEY = pytest.StashKey[CaseSpec]()
+#: Why an item's case could not be built (its test then fails with this line).
+CASE_ERROR_KEY = pytest.StashKey[str]()
+_SHARD_ITEM_KEY = pytest.StashKey[str]()
+NO_REFERENCE = "quantgate: no reference model given (--quant-reference)"
+
+
+class CasePlugin:
+    """Plans the collected cases, generates them, checks them: any process that runs tests."""
+
+    def __init__(self, config: pytest.Config, gate_config: GateConfig, rerun: Rerun | None = None):
+        self.config = config
+        self.gate_config = gate_config
+        self.rerun = rerun or Rerun()
+        self.terminal = ProgressWriter(config)
+        self.executor = Executor(gate_config, emit=self.terminal.emit, loader=self._load)
+        self.executor.quiet = config.get_verbosity() < 0  # -q: only each model's last progress line
+        self.deselected = 0  # quant cases deselected (-k, -m, --lf, --deselect, a gate row re-run)
+        self.selected = 0
+        self.collected = False  # whether this process collected (an xdist controller does not)
+
+    def _load(self, spec: ModelSpec, *, device: str, dtype: str) -> Backend:
+        made = self.config.hook.pytest_quantgate_make_backend(spec=spec, device=device, dtype=dtype)
+        return (
+            checked(made, spec.label) if made is not None else load_backend(spec, device=device, dtype=dtype)
+        )
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_collection_modifyitems(self, config: pytest.Config, items: list[pytest.Item]) -> None:
+        if self.rerun:
+            kept = [i for i in items if is_quant_case(i) and self.rerun.keeps(slices_of(i))]
+            if len(kept) < len(items):
+                config.hook.pytest_deselected(items=[i for i in items if i not in kept])
+                items[:] = kept
+
+    def pytest_deselected(self, items: list[pytest.Item]) -> None:
+        self.deselected += sum(map(is_quant_case, items))
+
+    @pytest.hookimpl(tryfirst=True)  # before xdist sends the collection to the controller
+    def pytest_collection_finish(self, session: pytest.Session) -> None:
+        # session.items is final here: -k, -m and --lf have deselected what
+        # this process will not run, so nothing deselected is generated.
+        self._shard(session.items)
+        for item in session.items:
+            self._plan(item)
+            self._pin_fixture_models(item)
+        self.selected = sum(map(is_quant_case, session.items))
+        self.collected = True
+
+    def _shard(self, items: list[pytest.Item]) -> None:
+        """On an xdist worker told to shard: cut the quant cases into one shard per worker.
+
+        Every worker computes the same shards (from the selected cases alone)
+        and writes them where the controller's scheduler reads them, before
+        xdist reports the collection; the scheduler then sends each shard
+        whole to one worker, which generates it once per model.
+        """
+        workerinput = getattr(self.config, "workerinput", None)
+        plan = workerinput.get(SHARD_KEY) if workerinput else None
+        workers = int(workerinput.get("workercount", 1)) if workerinput else 1
+        if not plan or workers < 2 or not self.gate_config.enabled:
+            return
+        costs = {item.nodeid: cost for item in items if (cost := cost_of(item)) is not None}
+        names = {nodeid: shard_name(k) for nodeid, k in assign_shards(costs, workers).items()}
+        for item in items:
+            if item.nodeid in names:
+                item.stash[_SHARD_ITEM_KEY] = names[item.nodeid]
+        ShardPlan(plan).write(names)
+
+    def _pin_fixture_models(self, item: pytest.Item) -> None:
+        """Models a test takes as fixtures stay loaded once loaded: freed, they would load twice."""
+        names = getattr(item, "fixturenames", ())
+        if not self.gate_config.enabled:
+            return
+        if "quant_reference" in names:
+            self.executor.pool.pin(self.executor.labels[0])
+        if "quant_candidates" in names:
+            for label in self.executor.labels[1:]:
+                self.executor.pool.pin(label)
+
+    def _plan(self, item: pytest.Item) -> None:
+        if not is_quant_case(item):
+            return
+        if not self.gate_config.enabled:
+            if isinstance(item, pytest.Function) and hasattr(item, "callspec"):
+                item.add_marker(pytest.mark.skip(reason=NO_REFERENCE))
+            return
+        try:
+            case = case_of(item)
+        except CaseBuildError as exc:
+            item.stash[CASE_ERROR_KEY] = str(exc)
+            return
+        if case is None:
+            return
+        item.stash[CASE_KEY] = case
+        self.executor.plan(case, group=item.stash.get(_SHARD_ITEM_KEY, DEFAULT_GROUP))
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_pyfunc_call(self, pyfuncitem: pytest.Function) -> bool | None:
+        if CASE_ERROR_KEY in pyfuncitem.stash:
+            pytest.fail(pyfuncitem.stash[CASE_ERROR_KEY], pytrace=False)
+        case = pyfuncitem.stash.get(CASE_KEY, None)
+        if case is None:
+            return None
+        generates = not self.executor.is_generated(case.key)
+        try:
+            record = self.executor.record(case, body_check(pyfuncitem))
+        except ReferenceUnavailable:
+            # Nothing can be gated: stop the run (the summary shows the whole error).
+            pytest.exit(f"quantgate: the reference {self.executor.labels[0]} could not be loaded")
+        if generates:
+            self.terminal.resume_progress_line(pyfuncitem.nodeid)
+        pyfuncitem.user_properties.append((RECORD_KEY, record.to_json()))
+        pyfuncitem.user_properties.append((STATUS_KEY, record.worst.value))
+        _end_test(record)
+        return True
+
+    @property
+    def facts(self) -> dict[str, Any]:
+        """What this process learnt, for the process that reports."""
+        facts: dict[str, Any] = {
+            "models": self.executor.pool.facts,
+            "load_failures": self.executor.unavailable,
+        }
+        if self.collected:
+            facts.update(collected=self.selected + self.deselected, selected=self.selected)
+        return facts
+
+    def pytest_sessionfinish(self) -> None:
+        if hasattr(self.config, "workerinput"):
+            self.config.workeroutput[FACTS_KEY] = json.dumps(self.facts)  # type: ignore[attr-defined]
+
+    def pytest_unconfigure(self) -> None:
+        self.executor.close()
+
+
+def _end_test(record: CaseRecord) -> None:
+    """Fail, skip or xfail the running test as its record's ``test_outcome`` says."""
+    outcome, reason = record.test_outcome
+    if outcome == "fail":
+        pytest.fail("\n".join(terminal.case_lines(record)), pytrace=False)
+    if outcome == "skip":
+        _compat.skip_at_item(reason or "")
+    if outcome == "xfail":
+        pytest.xfail(reason or "")

@@ -1,0 +1,1 @@
+"""The statistics: paired exact tests (``stats``) and per-slice verdicts (``gate``); pure numpy/scipy."""

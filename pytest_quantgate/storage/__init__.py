@@ -1,0 +1,1 @@
+"""Storage: model fingerprints, the reference cache store, quantized checkpoints."""

@@ -1,0 +1,1 @@
+"""Plain values every layer shares: prompts, transcripts, model specs, calibration, digests, files."""
