@@ -1,69 +1,62 @@
 """The terminal report: pure iterators of lines; the plugin prints them.
 
-One table per candidate, slices as rows and an ALL row, fitted to the
-terminal's width (columns dropped in a fixed order when it is narrow),
-verdicts coloured; under it, in short lines, what the INCONCLUSIVE rows would
-need and what the columns mean; then the regressed cases, each once, with
-its prompt, arguments and every model's output. With two candidates or
-more, a matrix last: slices × candidates, each cell the change in accuracy
-and the verdict's letter, and each model's weight footprint.
+pytest's report header, each case's status letter and word, the failure
+text of a case and of a gate test, and the quantgate section: one table per
+candidate, slices as rows and an ALL row, fitted to the terminal's width
+(columns dropped in a fixed order when it is narrow), verdicts coloured;
+under it, in short lines, what the INCONCLUSIVE rows would need and what the
+columns mean; then the regressed cases, each once, with its prompt,
+arguments and every model's output. With two candidates or more, the
+matrix of :mod:`.matrix` last. The text primitives (lines, markup, numbers)
+are in :mod:`.text`.
 """
 
 from __future__ import annotations
 
 import math
-import textwrap
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from ..core.overlap import NGRAM, CalibrationOverlap
 from ..core.records import Status
-from ..statistics.gate import ALL, SliceResult, Verdict
+from ..statistics.gate import SliceResult, Verdict
+from .matrix import matrix
+from .text import (
+    DEFAULT_WIDTH,
+    VERDICT_MARKUP,
+    Line,
+    Markup,
+    Sep,
+    cut,
+    format_bound,
+    format_p,
+    format_percent,
+    format_points,
+    format_tolerance,
+    partial_note,
+    short_repr,
+    wrapped,
+)
 
 if TYPE_CHECKING:
     from ..core.config import GateConfig
     from ..core.records import CaseRecord
-    from .model import CandidateGate, GateReport, GateTest, MatrixCandidate, MatrixCell
+    from .model import CandidateGate, GateReport, GateTest
 
 __all__ = [
-    "DEFAULT_WIDTH",
-    "Line",
+    # Sep is text's, named here too: the plugin tells headings from lines by it.
     "Sep",
     "case_lines",
-    "format_bound",
-    "format_bytes",
     "gate_test_lines",
     "header_lines",
-    "matrix",
     "summary",
     "table",
     "teststatus",
 ]
 
-Markup = dict[str, bool]
-#: A line is a list of (text, markup) segments.
-Line = list[tuple[str, Markup]]
-
-VERDICT_MARKUP: dict[Verdict, Markup] = {
-    Verdict.REGRESSED: {"red": True, "bold": True},
-    Verdict.PASS: {"green": True},
-    Verdict.INCONCLUSIVE: {"yellow": True},
-    Verdict.IMPROVED: {"cyan": True},
-}
 MAX_CASES_SHOWN = 10
-#: The width used when the terminal's is unknown.
-DEFAULT_WIDTH = 80
 #: Longest message of a load error shown, in lines (the JSON report has it all).
 MAX_ERROR_LINES = 40
-
-
-@dataclass(frozen=True)
-class Sep:
-    """A section heading (``=== title ===``)."""
-
-    title: str
-    markup: Markup = field(default_factory=dict)
 
 
 def header_lines(config: GateConfig) -> Iterator[str]:
@@ -74,7 +67,7 @@ def header_lines(config: GateConfig) -> Iterator[str]:
     cands = ", ".join(c.display for c in config.candidates) or "none"
     yield f"quantgate: candidates {cands}"
     yield (
-        f"quantgate: tolerance {_tol(config.tolerance)} pts, alpha {config.alpha:g}, "
+        f"quantgate: tolerance {format_tolerance(config.tolerance)} pts, alpha {config.alpha:g}, "
         f"device {config.device}, dtype {config.dtype}, "
         f"batch {'auto' if config.batch_size is None else config.batch_size}"
         + (", strict" if config.strict else "")
@@ -106,66 +99,6 @@ def teststatus(status: Status, *, failed: bool) -> tuple[str, str, tuple[str, Ma
     return status.value, letter, (word, markup)
 
 
-# -- numbers -------------------------------------------------------------------
-
-
-def _pts(x: float | None, signed: bool = False) -> str:
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return "-"
-    if math.isinf(x):
-        return "inf"
-    value = round(100 * x, 1) + 0.0  # + 0.0 turns -0.0 into 0.0
-    return f"{value:+.1f}" if signed else f"{value:.1f}"
-
-
-def _tol(x: float) -> str:
-    """A margin in points, exactly as far as 4 decimals go, at least one decimal (2.0, 1.25)."""
-    text = f"{100 * x:.4f}".rstrip("0")
-    return text + "0" if text.endswith(".") else text
-
-
-def format_bound(upper: float, tolerance: float) -> str:
-    """The upper bound of a drop, in points, rounded up, never on the wrong side of the margin.
-
-    Rounded up at 0.1 points, so that the bound shown is never below the
-    true one. A bound below the margin (a PASS) that this rounding would
-    show at or above the margin gets more digits, up to 4 (``1.999``); past
-    that it is shown as ``<`` the margin. A bound at or above the margin is
-    shown at or above it by the rounding up alone.
-    """
-    if math.isnan(upper):
-        return "-"
-    if math.isinf(upper):
-        return "inf"
-    pts = 100 * upper
-    tol_shown = float(_tol(tolerance))
-    below = upper < tolerance
-    for digits in range(1, 5):
-        scale = 10**digits
-        # The 1e-6 keeps float noise (4.9 stored as 4.9000000001) from rounding up a whole step.
-        shown = math.ceil(pts * scale - 1e-6) / scale + 0.0
-        if not below or shown < tol_shown:
-            return f"{shown:.{digits}f}"
-    return f"<{_tol(tolerance)}"
-
-
-def format_bytes(n: int | None) -> str:
-    """A footprint: MiB with one decimal, KiB under 1 MiB; ``?`` when unknown."""
-    if n is None:
-        return "?"
-    return f"{n / 1024:.1f} KiB" if n < 2**20 else f"{n / 2**20:.1f} MiB"
-
-
-def _pct(x: float | None) -> str:
-    return "-" if x is None or math.isnan(x) else f"{100 * x:.1f}%"
-
-
-def _p(x: float | None) -> str:
-    if x is None or math.isnan(x):
-        return "-"
-    return f"{x:.2g}" if x < 0.001 else f"{x:.3f}"
-
-
 # -- the table -----------------------------------------------------------------
 
 COLUMNS = ("slice", "n", "ref", "cand", "Δ pts", "SE", "drop≤", "tol", "−/+", "p", "verdict")
@@ -179,14 +112,14 @@ def _cells(row: SliceResult) -> dict[str, str]:
     return {
         "slice": row.slice,
         "n": str(row.n),
-        "ref": _pct(row.ref_accuracy),
-        "cand": _pct(row.cand_accuracy),
-        "Δ pts": _pts(-row.drop if not math.isnan(row.drop) else row.drop, signed=True),
-        "SE": _pts(row.se),
+        "ref": format_percent(row.ref_accuracy),
+        "cand": format_percent(row.cand_accuracy),
+        "Δ pts": format_points(-row.drop if not math.isnan(row.drop) else row.drop, signed=True),
+        "SE": format_points(row.se),
         "drop≤": format_bound(row.upper, row.tolerance),
-        "tol": _tol(row.tolerance),
+        "tol": format_tolerance(row.tolerance),
         "−/+": f"{row.regressions}/{row.improvements}",
-        "p": _p(row.p_adjusted),
+        "p": format_p(row.p_adjusted),
         "verdict": row.verdict.value,
     }
 
@@ -210,10 +143,6 @@ def _fit(body: Sequence[dict[str, str]], width: int) -> tuple[list[str], dict[st
     return columns, widths
 
 
-def _cut(text: str, width: int) -> str:
-    return text if len(text) <= width else text[: max(width - 1, 0)] + "…"
-
-
 def table(rows: Sequence[SliceResult], alpha: float, width: int = DEFAULT_WIDTH) -> Iterator[Line]:
     """The per-slice table of one candidate, fitted to ``width``, then its notes and legend."""
     body = [_cells(r) for r in rows]
@@ -221,9 +150,9 @@ def table(rows: Sequence[SliceResult], alpha: float, width: int = DEFAULT_WIDTH)
 
     def fmt(cells: dict[str, str]) -> list[str]:
         return [
-            _cut(cells[h], widths[h]).rjust(widths[h])
+            cut(cells[h], widths[h]).rjust(widths[h])
             if h in _RIGHT
-            else _cut(cells[h], widths[h]).ljust(widths[h])
+            else cut(cells[h], widths[h]).ljust(widths[h])
             for h in columns
         ]
 
@@ -239,7 +168,7 @@ def table(rows: Sequence[SliceResult], alpha: float, width: int = DEFAULT_WIDTH)
     for row in rows:
         note = _note(row)
         if note:
-            yield from _wrapped(f"{row.slice}: {note}", width, {})
+            yield from wrapped(f"{row.slice}: {note}", width, {})
     level = round(100 * (1 - alpha))
     legend = {
         "Δ pts": "Δ: candidate − reference accuracy",
@@ -249,12 +178,7 @@ def table(rows: Sequence[SliceResult], alpha: float, width: int = DEFAULT_WIDTH)
         "−/+": "−/+: regressed/improved cases",
         "p": "p: one-sided, Holm-adjusted",
     }
-    yield from _wrapped("; ".join(text for h, text in legend.items() if h in columns), width, {})
-
-
-def _wrapped(text: str, width: int, markup: Markup) -> Iterator[Line]:
-    for line in textwrap.wrap(text, width=max(width, 20), subsequent_indent="  ", break_on_hyphens=False):
-        yield [(line, markup)]
+    yield from wrapped("; ".join(text for h, text in legend.items() if h in columns), width, {})
 
 
 def _note(row: SliceResult) -> str:
@@ -267,21 +191,17 @@ def _note(row: SliceResult) -> str:
     if row.mdd is None or math.isnan(row.mdd) or math.isinf(row.mdd):
         bits.append("too few cases to detect any drop")
     else:
-        bits.append(f"detects drops ≥ {_pts(row.mdd)} pts")
+        bits.append(f"detects drops ≥ {format_points(row.mdd)} pts")
     if row.n_needed is None:
-        bits.append(f"no number of cases would show the drop < {_tol(row.tolerance)} pts")
+        bits.append(f"no number of cases would show the drop < {format_tolerance(row.tolerance)} pts")
     elif row.n_needed_for == Verdict.REGRESSED.value:
-        bits.append(f"~{row.n_needed} cases would confirm a drop > {_tol(row.tolerance)} pts")
+        bits.append(f"~{row.n_needed} cases would confirm a drop > {format_tolerance(row.tolerance)} pts")
     else:
-        bits.append(f"~{row.n_needed} cases would show the drop < {_tol(row.tolerance)} pts")
+        bits.append(f"~{row.n_needed} cases would show the drop < {format_tolerance(row.tolerance)} pts")
     return "; ".join(bits)
 
 
 # -- cases ---------------------------------------------------------------------
-
-
-def _short(text: str, width: int) -> str:
-    return _cut(repr(text), max(width, 12))
 
 
 def case_lines(record: CaseRecord, width: int = DEFAULT_WIDTH) -> Iterator[str]:
@@ -296,10 +216,11 @@ def case_lines(record: CaseRecord, width: int = DEFAULT_WIDTH) -> Iterator[str]:
         critical = " (critical)" if record.critical else ""
         yield f"quantgate: case regressed{critical}: the reference passes, a candidate fails"
     if record.prompt:
-        yield f"  prompt: {_short(record.prompt, width - 10)}"
+        yield f"  prompt: {short_repr(record.prompt, width - 10)}"
     for label, outcome in record.outcomes.items():
         role = "reference" if label == record.reference else f"candidate {statuses[label]}"
-        yield f"  {label} [{role.strip()}]: {outcome.outcome}  output={_short(outcome.output, width - 30)}"
+        shown = short_repr(outcome.output, width - 30)
+        yield f"  {label} [{role.strip()}]: {outcome.outcome}  output={shown}"
         if outcome.message:
             for i, line in enumerate(outcome.message.splitlines()[:6]):
                 yield f"      {'' if i else '→ '}{line}"
@@ -311,7 +232,7 @@ def case_lines(record: CaseRecord, width: int = DEFAULT_WIDTH) -> Iterator[str]:
 def _case_block(rec: CaseRecord, labels: Sequence[str], width: int) -> Iterator[Line]:
     """One regressed case: its id, prompt, arguments and every model's output, aligned."""
     crit = " [critical]" if rec.critical else ""
-    yield [(_cut(f"  R {rec.nodeid}{crit}", width), {"yellow": True})]
+    yield [(cut(f"  R {rec.nodeid}{crit}", width), {"yellow": True})]
     fields = [("prompt", rec.prompt)] if rec.prompt else []
     fields += [(name, value) for name, value in rec.params.items()]
     fields += [(label, repr(rec.outcomes[label].output)) for label in labels if label in rec.outcomes]
@@ -322,7 +243,7 @@ def _case_block(rec: CaseRecord, labels: Sequence[str], width: int) -> Iterator[
     room = width - 6 - key_width - 2
     for key, value in fields:
         shown = repr(value) if key == "prompt" else value
-        yield [(f"      {_cut(key, key_width).ljust(key_width)}  {_cut(shown, max(room, 12))}", {})]
+        yield [(f"      {cut(key, key_width).ljust(key_width)}  {cut(shown, max(room, 12))}", {})]
 
 
 def _parted(rec: CaseRecord, candidate: str) -> str | None:
@@ -357,12 +278,12 @@ def gate_test_lines(report: GateReport, test: GateTest) -> Iterator[str]:
     name = "all cases" if row.is_total else f"slice {row.slice!r}"
     yield f"{name} of candidate {gate.display}: {row.verdict.value}"
     yield (
-        f"  accuracy {_pct(row.ref_accuracy)} → {_pct(row.cand_accuracy)} "
-        f"(Δ {_pts(-row.drop, signed=True)} pts, SE {_pts(row.se)}) on {row.n} cases"
+        f"  accuracy {format_percent(row.ref_accuracy)} → {format_percent(row.cand_accuracy)} "
+        f"(Δ {format_points(-row.drop, signed=True)} pts, SE {format_points(row.se)}) on {row.n} cases"
     )
     yield (
         f"  drop ≤ {format_bound(row.upper, row.tolerance)} pts at {round(100 * (1 - row.alpha))}% "
-        f"confidence; tolerance {_tol(row.tolerance)} pts; p = {_p(row.p_adjusted)}"
+        f"confidence; tolerance {format_tolerance(row.tolerance)} pts; p = {format_p(row.p_adjusted)}"
         + (" (Holm)" if not row.is_total else "")
     )
     yield f"  {row.regressions} regressed, {row.improvements} improved"
@@ -394,175 +315,7 @@ def _load_error_lines(display: str, path: str, message: str) -> Iterator[str]:
         yield f"  ... {len(lines) - MAX_ERROR_LINES} more lines in the JSON report"
 
 
-# -- the matrix ----------------------------------------------------------------
-
-#: A verdict in a matrix cell: one letter.
-VERDICT_LETTER: dict[Verdict, str] = {
-    Verdict.REGRESSED: "R",
-    Verdict.PASS: "P",
-    Verdict.INCONCLUSIVE: "?",
-    Verdict.IMPROVED: "I",
-}
-#: A matrix cell with nothing in it: the candidate has no such row.
-NO_CELL = "—"
-#: Candidate labels longer than this are cut in a matrix column's heading...
-MATRIX_LABEL = 16
-#: ... and down to this many characters when that saves a block of columns.
-MATRIX_LABEL_MIN = 8
-#: Slice names longer than this are cut in the matrix (the tables have them whole)...
-MATRIX_SLICE = 24
-#: ... and down to this many characters when that saves a block of columns.
-MATRIX_SLICE_MIN = 12
-_WEIGHTS = "weights"
-_SEPARATORS = "-_./: "
-
-
-def _matrix_cell(cell: MatrixCell | None) -> tuple[str, Markup]:
-    if cell is None:
-        return NO_CELL, {}
-    return f"Δ {_pts(-cell.drop, signed=True)} {VERDICT_LETTER[cell.verdict]}", VERDICT_MARKUP[cell.verdict]
-
-
-def _abbreviated(labels: Sequence[str], width: int) -> list[str]:
-    """Labels in ``width`` characters: what all of them start with goes first, then the middle.
-
-    Labels made from checkpoint names (``Qwen2.5-7B-Instruct-GPTQ-Int4``,
-    ``Qwen2.5-7B-Instruct-AWQ``) differ at their ends: a prefix that every
-    label shares, up to a separator, is dropped from the long ones
-    (``…GPTQ-Int4``); one still too long loses its middle.
-    """
-    common = labels[0] if len(labels) > 1 else ""
-    for label in labels[1:]:
-        while not label.startswith(common):
-            common = common[:-1]
-    cut = max((i + 1 for i, ch in enumerate(common) if ch in _SEPARATORS), default=0)
-    out = []
-    for label in labels:
-        if len(label) > width and 0 < cut < len(label):
-            label = "…" + label[cut:]
-        if len(label) > width:
-            tail = (width - 1) // 2
-            label = label[: width - 1 - tail] + "…" + (label[-tail:] if tail else "")
-        out.append(label)
-    return out
-
-
-def _blocks(widths: Sequence[int], room: int) -> list[list[int]]:
-    """Column indexes in blocks that each fit ``room`` (two spaces before each column)."""
-    blocks: list[list[int]] = []
-    used = 0
-    for j, w in enumerate(widths):
-        if not blocks or used + 2 + w > room:
-            blocks.append([])
-            used = 0
-        blocks[-1].append(j)
-        used += 2 + w
-    return blocks
-
-
-@dataclass(frozen=True)
-class _Layout:
-    """How a matrix fits a width: its slice column, headings and columns, in blocks."""
-
-    slice_width: int
-    headings: list[str]
-    widths: list[int]
-    blocks: list[list[int]]
-
-
-def _layout(
-    names: Sequence[str], candidates: Sequence[MatrixCandidate], texts: Sequence[Sequence[str]], width: int
-) -> _Layout:
-    """The fewest blocks of columns that fit ``width``; for that, the least cut names and labels.
-
-    ``texts[j]`` are the cells and the footer of column ``j``. Slice names are
-    cut first (to :data:`MATRIX_SLICE_MIN`), then labels, a character at a
-    time (to :data:`MATRIX_LABEL_MIN`); then columns wrap into blocks.
-    """
-    natural = min(max(len(n) for n in (*names, _WEIGHTS)), MATRIX_SLICE)
-    labels = [c.label for c in candidates]
-    options = []
-    for label_width in range(MATRIX_LABEL, MATRIX_LABEL_MIN - 1, -1):
-        headings = [
-            label if c.unevaluated is None else f"{label} ({c.unevaluated})"
-            for label, c in zip(_abbreviated(labels, label_width), candidates, strict=True)
-        ]
-        widths = [max(len(h), *(len(t) for t in col)) for h, col in zip(headings, texts, strict=True)]
-        for slice_width in dict.fromkeys((natural, min(natural, MATRIX_SLICE_MIN))):
-            # A single column beside the slices must fit, whatever it costs the slice names.
-            fitted = max(min(slice_width, width - 2 - max(widths)), len(_WEIGHTS))
-            options.append(_Layout(fitted, headings, widths, _blocks(widths, width - fitted)))
-    return min(options, key=lambda layout: len(layout.blocks))  # the first of the fewest: the least cut
-
-
-def matrix(report: GateReport, width: int = DEFAULT_WIDTH) -> Iterator[Line | Sep]:
-    """Slices × candidates: each cell ``Δ -3.1 R`` (points, verdict letter), then each weight footprint.
-
-    Rendered from :meth:`~.model.GateReport.matrix` alone. A candidate that
-    was not evaluated has ``—`` cells and says why in its heading. What does
-    not fit ``width`` is cut (slice names, then labels), then wraps into
-    further blocks of columns, each with the slice column again.
-    """
-    data = report.matrix()
-    if not data.candidates:
-        return
-    cells = [[_matrix_cell(c) for c in row] for row in data.cells]
-    footer = [format_bytes(c.weight_bytes) for c in data.candidates]
-    texts = [[*(row[j][0] for row in cells), footer[j]] for j in range(len(data.candidates))]
-    layout = _layout(data.slices, data.candidates, texts, width)
-    sw, widths = layout.slice_width, layout.widths
-
-    ref = f"reference {data.reference} (weights {format_bytes(data.reference_weight_bytes)})"
-    yield Sep(f"quantgate: {len(data.candidates)} candidates vs {ref}")
-    partial = _partial(report)
-    if partial:
-        yield [(partial, {"yellow": True, "bold": True})]
-    for b, block in enumerate(layout.blocks):
-        if b:
-            yield []
-        headings = [layout.headings[j].rjust(widths[j]) for j in block]
-        yield [("  ".join(["slice".ljust(sw), *headings]), {"bold": True})]
-        for name, row in zip(data.slices, cells, strict=True):
-            if name == ALL:
-                yield [("  ".join("─" * w for w in [sw, *(widths[j] for j in block)]), {})]
-            line: Line = [(_cut(name, sw).ljust(sw), {"bold": name == ALL})]
-            for j in block:
-                text, markup = row[j]
-                line += [("  ", {}), (text.rjust(widths[j]), markup)]
-            yield line
-        yield [("  ".join([_WEIGHTS.ljust(sw), *(footer[j].rjust(widths[j]) for j in block)]), {})]
-    yield from _wrapped(
-        "Δ: candidate − reference accuracy, pts; R regressed, P pass, ? inconclusive, I improved; "
-        f"{NO_CELL}: not gated; weights: parameters and buffers in memory",
-        width,
-        {},
-    )
-
-
 # -- the whole section -----------------------------------------------------------
-
-
-def _partial(report: GateReport) -> str | None:
-    """Why the tables below are not the gate of the whole suite, or None."""
-    sel = report.selection
-    ran = f"{sel.ran} quant case(s) ran"
-    if report.interrupted:
-        return f"interrupted: {ran} before the run stopped; these rows are not the gate's verdict"
-    if report.complete:
-        return None
-    why = ", ".join(sel.narrowed_by)
-    of = f" of {sel.collected} collected" if sel.collected is not None and sel.counted else ""
-    if sel.stopped:
-        return f"partial run: {ran}{of}; stopped early ({sel.stopped})"
-    narrowed = not sel.counted or (sel.collected or 0) > (sel.selected or 0)
-    if narrowed:
-        return f"partial run: {ran}{of}" + (f", selected by {why}" if why else "")
-    if sel.selected is not None and sel.ran + sel.skipped < sel.selected:
-        return f"partial run: {ran} of {sel.selected} selected"
-    unloaded = [label for label, facts in report.models.items() if "load_error" in facts]
-    if unloaded:
-        return f"partial run: {', '.join(unloaded)} could not be loaded"
-    return f"partial run: {ran}"
 
 
 def summary(
@@ -594,7 +347,7 @@ def _calibration_lines(found: CalibrationOverlap | None, width: int) -> Iterator
     if not found.warns:
         yield [(f"quantgate: calibration file {found.file}: {share} found in its texts", {})]
         return
-    yield from _wrapped(
+    yield from wrapped(
         f"warning: {share} appear in the calibration file (a shared {NGRAM}-word run, or the whole "
         "prompt): the candidates were fitted to cases that judge them, and their verdicts may be "
         "optimistic",
@@ -603,7 +356,7 @@ def _calibration_lines(found: CalibrationOverlap | None, width: int) -> Iterator
     )
     yield [(f"  file: {found.file}", {"yellow": True})]
     for nodeid in found.overlapping[:MAX_CASES_SHOWN]:
-        yield [(_cut(f"  {nodeid}", width), {"yellow": True})]
+        yield [(cut(f"  {nodeid}", width), {"yellow": True})]
     if len(found.overlapping) > MAX_CASES_SHOWN:
         yield [(f"  ... and {len(found.overlapping) - MAX_CASES_SHOWN} more (all in the JSON report)", {})]
 
@@ -612,7 +365,7 @@ def _body(report: GateReport, width: int) -> Iterator[Line | Sep]:
     ref = report.config.reference
     if ref is None or not report.has_results:
         return
-    partial = _partial(report)
+    partial = partial_note(report)
     partial_line: Line = [(partial, {"yellow": True, "bold": True})] if partial else []
     if report.reference_error is not None:
         yield Sep(f"quantgate: reference {ref.label} could not be loaded", {"red": True})
@@ -656,7 +409,7 @@ def _candidate(report: GateReport, gate: CandidateGate, partial: Line, width: in
         yield [(f"{gate.skipped} case(s) skipped by their check on the reference are left out", {})]
     if gate.inconclusive and not report.config.strict:
         names = ", ".join(gate.inconclusive)
-        yield from _wrapped(
+        yield from wrapped(
             f"warning: INCONCLUSIVE ({names}): too few cases to rule out a drop beyond the "
             "tolerance; passing for now, --quant-strict fails them",
             width,

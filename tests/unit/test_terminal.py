@@ -12,8 +12,10 @@ import pytest
 
 from pytest_quantgate.core.config import GateConfig
 from pytest_quantgate.report import json_report
+from pytest_quantgate.report.matrix import matrix
 from pytest_quantgate.report.model import CandidateGate, GateReport, MatrixCell, Unevaluated
-from pytest_quantgate.report.terminal import Line, Sep, format_bound, format_bytes, matrix, summary, table
+from pytest_quantgate.report.terminal import summary, table
+from pytest_quantgate.report.text import Line, Sep, format_bound, format_bytes
 from pytest_quantgate.statistics.gate import GateSettings, SliceOutcomes, SliceResult, Verdict, evaluate
 from pytest_quantgate.values.specs import parse_spec
 
