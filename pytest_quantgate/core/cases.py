@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import traceback
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -11,7 +10,8 @@ from typing import Any
 from ..values.prompts import GenerationSettings, Prompt, normalize_prompt, prompt_messages
 from .identity import CaseIdentityError, case_key, param_identities
 from .markers import QuantCaseMarker, merge_tolerances, parse_slice_marker
-from .trajectory import Trajectory, TrajectoryDriver
+from .records import describe_exception
+from .trajectory import Started, Trajectory, TrajectoryDriver
 
 __all__ = ["CaseBuildError", "CaseSpec", "build_case"]
 
@@ -30,6 +30,9 @@ class CaseSpec:
     tolerances: dict[str, float] = field(default_factory=dict)  # set by slice markers
     params: dict[str, str] = field(default_factory=dict)  # the other arguments, shortened, for reports
     trajectory: Any = None  # the case's Trajectory; ``prompt`` is then its first prompt
+    #: How the trajectory began when the case was built (first prompt, initial state): each
+    #: model's run begins from it, so ``initial_state()`` runs once per case.
+    started: Started | None = None
 
     @property
     def prompt_text(self) -> str:
@@ -80,11 +83,14 @@ def build_case(
 
     own = {n: params[n] for n in marker.argnames}
     trajectory = None
+    started: Started | None = None
     try:
         raw_prompt = params[marker.prompt] if isinstance(marker.prompt, str) else marker.prompt(**own)
         if isinstance(raw_prompt, Trajectory):
             trajectory = raw_prompt
-            first = TrajectoryDriver(trajectory).start()
+            driver = TrajectoryDriver(trajectory)
+            first = driver.start()  # once: every model's driver begins from what it made
+            started = (first, driver.state)
             prompt = "" if first is None else first
         else:
             prompt = normalize_prompt(raw_prompt)
@@ -101,7 +107,9 @@ def build_case(
     except CaseIdentityError as exc:
         raise CaseBuildError(f"{nodeid}: {exc}") from None
     except Exception as exc:  # the user's prompt= or cluster= callable, or a missing argument
-        raise CaseBuildError(f"{nodeid}: cannot build the quant case: {_describe(exc)}") from exc
+        raise CaseBuildError(
+            f"{nodeid}: cannot build the quant case: {describe_exception(exc).splitlines()[-1]}"
+        ) from exc
     slices: list[str] = []
     tolerances: list[dict[str, float]] = []
     for args, kwargs in slice_markers:
@@ -120,8 +128,5 @@ def build_case(
         tolerances=merge_tolerances(*tolerances),
         params={n: _shown(v) for n, v in own.items() if n != marker.prompt},
         trajectory=trajectory,
+        started=started,
     )
-
-
-def _describe(exc: BaseException) -> str:
-    return "".join(traceback.format_exception_only(type(exc), exc)).strip().splitlines()[-1]

@@ -23,6 +23,7 @@ __all__ = [
     "Outcome",
     "Status",
     "classify",
+    "describe_exception",
     "divergence",
     "own_status",
     "resolve_skips",
@@ -360,8 +361,13 @@ def run_check(
     except fail_types as exc:
         return "fail", _short_message(exc)
     except Exception as exc:
-        return "error", "".join(traceback.format_exception_only(type(exc), exc)).strip()
+        return "error", describe_exception(exc)
     return "pass", None
+
+
+def describe_exception(exc: BaseException) -> str:
+    """``Type: message`` of an exception, as Python prints its last line (no traceback)."""
+    return "".join(traceback.format_exception_only(type(exc), exc)).strip()
 
 
 def _short_message(exc: BaseException) -> str:

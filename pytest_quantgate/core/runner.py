@@ -10,7 +10,6 @@ more rounds, so step k of every live case shares one batch.
 
 from __future__ import annotations
 
-import traceback
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -19,6 +18,7 @@ from ..backends.base import Backend, GenerationRequest, refusals, rendered_text
 from ..values.prompts import GenerationSettings, Prompt
 from ..values.transcript import CaseRun, Turn
 from .cases import CaseSpec
+from .records import describe_exception
 from .trajectory import StepFailed, TrajectoryDriver
 
 __all__ = [
@@ -71,7 +71,7 @@ class SinglePrompt:
 def driver_of(case: CaseSpec) -> Driver:
     """A fresh driver of a case: its trajectory's, or a single prompt's."""
     if case.trajectory is not None:
-        return TrajectoryDriver(case.trajectory)
+        return TrajectoryDriver(case.trajectory, case.started)
     return SinglePrompt(case.prompt)
 
 
@@ -183,7 +183,7 @@ def run_cases(
         """Hand each reply of a batch to its case's driver; queue its next prompt."""
         for key, req, reply in zip(keys, requests, replies, strict=True):
             if isinstance(reply, BaseException):
-                runs[key].error = f"generation failed: {_describe(reply)}"
+                runs[key].error = f"generation failed: {describe_exception(reply)}"
                 finish(key)
                 continue
             text = truncate_at_stop(reply, req.settings.stop)
@@ -194,7 +194,7 @@ def run_cases(
                 runs[key].failure = str(exc)
                 nxt = None
             except Exception as exc:
-                runs[key].error = _describe(exc)
+                runs[key].error = describe_exception(exc)
                 nxt = None
             if nxt is None:
                 finish(key)
@@ -206,7 +206,7 @@ def run_cases(
             drivers[key] = make(case)
             first = drivers[key].start()
         except Exception as exc:
-            runs[key].error = _describe(exc)
+            runs[key].error = describe_exception(exc)
             first = None
         if first is None:
             runs[key].state = drivers[key].state if key in drivers else None
@@ -222,7 +222,7 @@ def run_cases(
         try:
             refused = refusals(backend, [GenerationRequest(*round_items[k]) for k in keys])
         except Exception as exc:
-            refused = [f"cannot check the request: {_describe(exc)}"] * len(keys)
+            refused = [f"cannot check the request: {describe_exception(exc)}"] * len(keys)
         for key, problem in zip(keys, refused, strict=True):
             if problem is not None:
                 runs[key].error = problem
@@ -272,7 +272,3 @@ def _generate(
 def _free(backend: Backend) -> None:
     """Let the backend release cached memory after an out-of-memory error."""
     backend.free_memory()
-
-
-def _describe(exc: BaseException) -> str:
-    return "".join(traceback.format_exception_only(type(exc), exc)).strip()

@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 
 from ..values.prompts import Prompt, normalize_prompt
 
-__all__ = ["DEFAULT_MAX_STEPS", "StepFailed", "Trajectory", "TrajectoryDriver", "checked_state"]
+__all__ = ["DEFAULT_MAX_STEPS", "Started", "StepFailed", "Trajectory", "TrajectoryDriver", "checked_state"]
 
 #: Replies a trajectory may take when its class does not say.
 DEFAULT_MAX_STEPS = 8
@@ -97,6 +97,10 @@ def max_steps_of(trajectory: Trajectory) -> int:
     return cap
 
 
+#: How a trajectory began: its first prompt (None: done at once) and its initial state.
+Started = tuple["Prompt | None", Any]
+
+
 class TrajectoryDriver:
     """Runs one trajectory on one model for the runner (a :class:`~.runner.Driver`).
 
@@ -105,14 +109,21 @@ class TrajectoryDriver:
         steps: Replies applied so far.
     """
 
-    def __init__(self, trajectory: Trajectory):
+    def __init__(self, trajectory: Trajectory, started: Started | None = None):
+        """``started``: how the case began when it was collected (:meth:`start` of a first driver);
+        given, the trajectory's ``initial_state``, ``done`` and ``render`` are not asked again."""
         self.trajectory = trajectory
         self.cap = max_steps_of(trajectory)
         self.steps = 0
         self.state: Any = None
+        self._started = started
 
     def start(self) -> Prompt | None:
         """The first prompt; None when the initial state is already done."""
+        if self._started is not None:
+            first, state = self._started
+            self.state = checked_state(state, "of initial_state()")  # each model's own copy
+            return first
         self.state = checked_state(self.trajectory.initial_state(), "of initial_state()")
         return self._next()
 

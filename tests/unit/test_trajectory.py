@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from pytest_quantgate.backends.base import Backend, GenerationRequest
-from pytest_quantgate.core.cases import CaseSpec
+from pytest_quantgate.core.cases import CaseSpec, build_case
 from pytest_quantgate.core.identity import stable_repr
 from pytest_quantgate.core.markers import parse_quant_case
 from pytest_quantgate.core.records import CaseRecord, ModelOutcome, divergence
@@ -159,6 +159,30 @@ def test_each_model_starts_from_a_fresh_state() -> None:
     first = run_cases(Recorder(), [case])["a"].state
     second = run_cases(Recorder(), [case])["a"].state
     assert first == second == {"n": 2, "said": ["1", "2"]}
+
+
+def test_initial_state_runs_once_per_case_whatever_the_models() -> None:
+    """The case is begun once, when it is built; every model's run starts from a copy of that."""
+    calls: list[str] = []
+
+    class Counted(Count):
+        def initial_state(self) -> Any:
+            calls.append(self.name)
+            return super().initial_state()
+
+    case = build_case(
+        parse_quant_case(("case", [Counted("a", 2)]), {}),
+        test_id="t.py::test",
+        nodeid="t.py::test[a]",
+        params={"case": Counted("a", 2)},
+        index=0,
+        slice_markers=[],
+    )
+    assert calls == ["a"] and case.prompt == "a:0"
+    runs = [run_cases(Recorder(), [case])[case.key] for _ in range(3)]  # the reference, two candidates
+    assert calls == ["a"]
+    assert [r.state for r in runs] == [{"n": 2, "said": ["1", "2"]}] * 3
+    assert [t.prompt for t in runs[0].turns] == ["a:0", "a:1"]
 
 
 def test_a_bad_max_steps_is_an_error_of_the_case() -> None:
