@@ -10,16 +10,19 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, NoReturn
 
 import pytest
+from _pytest._code.code import TerminalRepr
 
 __all__ = [
+    "FailureText",
     "count_as_failed",
+    "fixtures_taking",
     "is_crash_report",
     "junit_writers",
     "replace_args",
-    "requesting_fixture",
     "shard_scheduler",
     "skip_at_item",
     "terminal_width",
@@ -110,17 +113,20 @@ def shard_scheduler(config: pytest.Config, log: Any, scope_of: Callable[[str], s
     return ShardScheduling(config, log)
 
 
-def requesting_fixture(request: pytest.FixtureRequest) -> str | None:
-    """The fixture that requested the fixture ``request`` serves, or None when the test itself did.
+def fixtures_taking(item: pytest.Item, names: Sequence[str]) -> list[tuple[str, str]]:
+    """``(fixture, name)`` for each fixture of ``item`` whose function takes one of ``names``.
 
-    Relies on ``SubRequest._parent_request`` (the request of whoever asked
-    for this fixture). Without it every request looks like the test's own,
-    and a fixture that takes ``output`` gets the placeholder instead of an
-    error naming it.
+    Relies on ``Function._fixtureinfo.name2fixturedefs`` (the fixtures the
+    test's closure resolved to) and each definition's ``argnames``. If that
+    changes, nothing is found: a fixture taking ``output`` then gets the
+    placeholder instead of a collection error naming it.
     """
-    parent = getattr(request, "_parent_request", None)
-    name = getattr(parent, "fixturename", None)
-    return name if isinstance(name, str) else None
+    info = getattr(item, "_fixtureinfo", None)
+    found: list[tuple[str, str]] = []
+    for fixture, defs in dict(getattr(info, "name2fixturedefs", None) or {}).items():
+        taken = set(getattr(defs[-1], "argnames", ()) or ()) if defs else set()
+        found.extend((fixture, name) for name in names if name in taken and fixture != name)
+    return found
 
 
 def junit_writers(config: pytest.Config) -> list[Any]:
@@ -139,3 +145,38 @@ def junit_writers(config: pytest.Config) -> list[Any]:
     except ImportError:
         return []
     return [p for p in config.pluginmanager.get_plugins() if isinstance(p, LogXML)]
+
+
+@dataclass(frozen=True)
+class _Crash:
+    """Where a failure happened and its one-line message (the shape of pytest's ``reprcrash``)."""
+
+    path: str
+    lineno: int
+    message: str
+
+
+class FailureText(TerminalRepr):
+    """The ``longrepr`` of a report pytest never ran (a gate test): its text, and its first line
+    as the message the short test summary shows (``FAILED <id> - <message>``).
+
+    A subclass of the private ``_pytest._code.code.TerminalRepr`` (what a
+    report's ``longrepr`` may be, besides a string); pytest reads the message
+    from ``longrepr.reprcrash.message`` (the shape of its own
+    ``ReprFileLocation``). A plain string has neither, and pytest before 9
+    then shows no message at all. The text is written with ``toterminal``
+    and ``str``, which every reporter (terminal, JUnit) uses. If pytest stops
+    reading ``reprcrash``, the summary line loses its message, nothing else.
+    """
+
+    def __init__(self, text: str, where: str):
+        self.text = text
+        first = text.strip().splitlines()[0] if text.strip() else ""
+        self.reprcrash = _Crash(where, 0, first)
+
+    def toterminal(self, tw: Any) -> None:
+        for line in self.text.splitlines():
+            tw.line(line)
+
+    def __str__(self) -> str:
+        return self.text

@@ -17,6 +17,7 @@ from ..core.markers import QuantCaseMarker, parse_quant_case, parse_slice_marker
 from ..core.records import Outcome, run_check
 from ..core.trajectory import Trajectory, max_steps_of
 from ..values.transcript import CaseRun
+from . import _compat
 
 __all__ = [
     "MARKERS_KEY",
@@ -26,6 +27,7 @@ __all__ = [
     "cost_of",
     "is_quant_case",
     "parametrize",
+    "run_arg_problem",
     "slices_of",
 ]
 
@@ -124,6 +126,22 @@ def case_of(item: pytest.Item) -> CaseSpec | None:
         index=item.callspec.indices.get(marker.argnames[0]),
         slice_markers=[(m.args, m.kwargs) for m in item.iter_markers("slice")],
         cluster_mark=_cluster_mark(item),
+    )
+
+
+def run_arg_problem(item: pytest.Item) -> str | None:
+    """Why a quant case cannot run: a fixture of it takes ``output`` (or another run argument).
+
+    Only the test function is called once per model with that model's run;
+    a fixture is set up once per test and would see a placeholder.
+    """
+    taken = _compat.fixtures_taking(item, RUN_ARGS)
+    if not taken:
+        return None
+    fixture, name = taken[0]
+    return (
+        f"{item.nodeid}: the fixture `{fixture}` requests `{name}`, which only the test function of a "
+        "@quant_case test receives (once per model); take it as an argument of the test instead"
     )
 
 

@@ -176,7 +176,11 @@ def _gate_reports(
     }
     call = pytest.TestReport(
         outcome="failed" if test.failed else "passed",
-        longrepr="\n".join(terminal.gate_test_lines(report, test)) if test.failed else None,
+        longrepr=(
+            _compat.FailureText("\n".join(terminal.gate_test_lines(report, test)), test.nodeid)
+            if test.failed
+            else None
+        ),
         when="call",
         **common,
     )

@@ -15,26 +15,20 @@ import pytest
 from ..backends.base import Backend
 from ..core.config import GateConfig
 from ..values.transcript import Turn
-from . import _compat
 from .worker import CASE_ERROR_KEY, CASE_KEY, WORKER_KEY
 
 __all__ = ["final_state", "output", "quant_candidates", "quant_config", "quant_reference", "transcript"]
 
 
 def _placeholder(request: pytest.FixtureRequest, name: str) -> None:
-    """Fail with one line unless the test function of a quant case asked for ``name`` itself."""
+    """Fail with one line unless a quant case asked for ``name`` (whose body the plugin calls
+    with each model's value; another fixture asking for it fails at collection, see
+    :func:`~.collection.run_arg_problem`)."""
     node = request.node
     if CASE_KEY not in node.stash and CASE_ERROR_KEY not in node.stash:
         pytest.fail(
             f"{node.nodeid}: the `{name}` fixture is only given to @quant_case tests "
             "(it is one model's run of the case, set per model)",
-            pytrace=False,
-        )
-    by = _compat.requesting_fixture(request)
-    if by is not None:
-        pytest.fail(
-            f"{node.nodeid}: the fixture `{by}` requests `{name}`, which only the test function of a "
-            "@quant_case test receives (once per model); take it as an argument of the test instead",
             pytrace=False,
         )
 

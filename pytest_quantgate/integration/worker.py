@@ -24,7 +24,7 @@ from ..core.sharding import ShardPlan, assign_shards, shard_name
 from ..report import terminal
 from ..values.specs import ModelSpec
 from . import _compat
-from .collection import body_check, case_of, cost_of, is_quant_case, slices_of
+from .collection import body_check, case_of, cost_of, is_quant_case, run_arg_problem, slices_of
 from .progress import ProgressWriter
 from .rerun import Rerun
 from .xdist import FACTS_KEY, SHARD_KEY
@@ -120,6 +120,10 @@ class CasePlugin:
         if not self.gate_config.enabled:
             if isinstance(item, pytest.Function) and hasattr(item, "callspec"):
                 item.add_marker(pytest.mark.skip(reason=NO_REFERENCE))
+            return
+        problem = run_arg_problem(item)
+        if problem is not None:
+            item.stash[CASE_ERROR_KEY] = problem
             return
         try:
             case = case_of(item)
