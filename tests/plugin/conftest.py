@@ -6,6 +6,8 @@ one. That is harmless for Python modules but not for torch's C extension,
 which cannot be initialised twice in one process. Importing the model stack
 here, in the outer process, keeps it loaded across inner runs.
 
+numpy and scipy are the same (the statistics import them when a gate is
+computed): without the model stack, nothing else would load them first.
 The model stack is optional: the runs on ``fake:`` models
 (``test_plugin.py``) need none of it, and ``test_real_models.py`` skips
 itself without it.
@@ -15,7 +17,9 @@ from __future__ import annotations
 
 import contextlib
 
+import numpy  # noqa: F401  (the gate's statistics import it, and scipy, in the first inner run)
 import pytest
+import scipy.special  # noqa: F401
 
 with contextlib.suppress(ImportError):
     import tokenizers  # noqa: F401
