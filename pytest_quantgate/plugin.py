@@ -16,7 +16,7 @@ import pytest
 
 from .core.devices import WorkerDevices, describe_plan
 from .core.records import STATUS_KEY, Status
-from .integration import collection, hookspecs, options, xdist
+from .integration import collection, hookspecs, options, threads, xdist
 from .integration.controller import GatePlugin
 from .integration.fixtures import (
     final_state,
@@ -60,7 +60,8 @@ def pytest_configure(config: pytest.Config) -> None:
     if config.option.help or config.option.version:
         return
     gate_config, rerun = options.gate_config(config)
-    gate_config = xdist.place(config, gate_config)
+    plan = threads.configure(config, gate_config, workers=xdist.xdist_workers(config))
+    gate_config = xdist.place(config, gate_config, plan.threads if plan else None)
     cases = CasePlugin(config, gate_config, rerun)
     config.stash[WORKER_KEY] = cases
     config.pluginmanager.register(cases, "quantgate-cases")
@@ -79,7 +80,7 @@ def pytest_report_header(config: pytest.Config) -> list[str] | None:
     cases = config.stash.get(WORKER_KEY, None)
     if cases is None or not cases.gate_config.enabled:
         return None
-    lines = list(terminal.header_lines(cases.gate_config))
+    lines = list(terminal.header_lines(cases.gate_config)) + threads.header_lines(config)
     if cases.gate_config.workers:
         lines += describe_plan({k: WorkerDevices.from_dict(v) for k, v in cases.gate_config.workers.items()})
     return lines

@@ -94,10 +94,14 @@ class Backend(abc.ABC):
         label: The model's label in reports (the spec's).
         generated_tokens: Tokens generated so far (padding not counted), for
             tokens-per-second figures; None when the backend does not count.
+        library_messages: Warnings its libraries logged while it loaded, one
+            line each, held back from the terminal: the run shows them in its
+            one line of library warnings.
     """
 
     label: str
     generated_tokens: int | None = None
+    library_messages: tuple[str, ...] = ()
 
     @abc.abstractmethod
     def generate(self, requests: Sequence[GenerationRequest]) -> list[str]:

@@ -37,6 +37,7 @@ from .base import (
 from .hf_loading import (
     contained_environment,
     format_problem,
+    library_log,
     load_error,
     pickle_problem,
     quantization_config,
@@ -128,8 +129,18 @@ class HFBackend(Backend):
 
         ``policy`` defaults to the one the model pool set (:func:`load_policy`),
         else the strict default. Everything the policy refuses is refused
-        before any weight is read.
+        before any weight is read. What torch, torchao and bitsandbytes log
+        meanwhile is held (:func:`~.hf_loading.library_log`): its warnings
+        become the backend's :attr:`library_messages`.
         """
+        device = resolve_device(device)  # torch imported, its loggers set up, before they are held
+        with library_log(device) as logged:
+            backend = cls._load(spec, device, dtype, policy)
+        backend.library_messages = tuple(logged)
+        return backend
+
+    @classmethod
+    def _load(cls, spec: ModelSpec, device: str, dtype: str, policy: LoadPolicy | None) -> HFBackend:
         import transformers
         from transformers import AutoModelForCausalLM, AutoTokenizer
 

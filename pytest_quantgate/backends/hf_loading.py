@@ -5,7 +5,8 @@ here before any weight is read: code shipped with a checkpoint, pickled
 weights, a quantized format whose package is missing. The load-time
 quantization configs (bitsandbytes, torchao) are built here from the
 scheme's ``load_config``; ``gptq:``/``awq:`` checkpoints are made by
-:mod:`..storage.quantize`.
+:mod:`..storage.quantize`. What the model libraries log while a checkpoint
+loads is held here (:func:`library_log`), not printed.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import contextlib
 import importlib
 import importlib.util
 import json
+import logging
 import os
 import re
 from collections.abc import Iterator
@@ -27,6 +29,7 @@ from .base import BackendError, LoadPolicy
 __all__ = [
     "contained_environment",
     "format_problem",
+    "library_log",
     "load_error",
     "pickle_problem",
     "quantization_config",
@@ -206,3 +209,102 @@ def load_error(spec: ModelSpec, exc: Exception) -> BackendError:
     # ("Couldn't instantiate the backend tokenizer from one of:").
     text = str(exc).strip() or type(exc).__name__
     return BackendError(f"cannot load {spec.label} from {spec.path}: {text}")
+
+
+# -- what the model libraries log while a checkpoint loads ------------------------
+
+#: The loggers held while a model loads: the libraries whose import logs warnings at everyone.
+LIBRARY_LOGGERS = ("torch", "torchao", "bitsandbytes")
+
+#: Warnings those libraries log when they are imported, known to be harmless: (logger, what the
+#: message says, harmless on the CPU only). Dropped; any other warning is summarised.
+_HARMLESS: tuple[tuple[str, re.Pattern[str], bool], ...] = (
+    # torchao's compiled CUDA kernels (mxfp8, the sm90a cutlass ones) cannot load without CUDA;
+    # its CPU paths do not use them.
+    ("torchao", re.compile(r"^Failed to load \S*torchao\S*_C\S*\.so\b"), True),
+    # Triton compiles GPU kernels only.
+    ("torchao.kernel", re.compile(r"Detected no triton"), True),
+    # An optional faster CPU kernel fetched with the `kernels` package; bitsandbytes uses its own.
+    ("bitsandbytes", re.compile(r"^Failed to load CPU gemm_4bit_forward from kernels-community"), False),
+    # torch deprecating what torchao calls (register_constant on its enums): a note to torchao.
+    ("torch.utils._pytree", re.compile(r"is an Enum subclass and is now natively supported"), False),
+)
+
+
+class _Held(logging.Handler):
+    """Keeps the records it is handed, to be sorted out when the load is over."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+def _harmless(record: logging.LogRecord, message: str, device: str) -> bool:
+    return record.levelno == logging.WARNING and any(
+        (record.name == name or record.name.startswith(name + "."))
+        and pattern.search(message)
+        and (device == "cpu" or not cpu_only)
+        for name, pattern, cpu_only in _HARMLESS
+    )
+
+
+def _message(record: logging.LogRecord) -> str:
+    try:
+        return record.getMessage()
+    except Exception:  # a library's malformed call: its format string says enough
+        return str(record.msg)
+
+
+@contextlib.contextmanager
+def library_log(device: str) -> Iterator[list[str]]:
+    """Hold what torch, torchao and bitsandbytes log inside the block (a model's load).
+
+    Importing them logs warnings about kernels that cannot load where they
+    are not needed (``Failed to load ..._C_mxfp8...so`` on a CPU) and about
+    deprecations meant for other libraries' authors; printed raw they read
+    as a broken install, at the start of a run or under whichever test
+    happened to load a model. Here the known-harmless ones
+    (:data:`_HARMLESS`) are dropped and every other warning becomes one
+    line, ``logger: message``, in the list yielded (filled when the block
+    ends), for the one line of library warnings the run prints. Nothing
+    else is hidden: records above WARNING, those below it that a logger
+    was set to let through, and every other record held when the block
+    raises (a failed load, which they may explain) go on to the loggers'
+    own handlers when the block ends, as if never held.
+
+    Args:
+        device: The resolved device of the load (``cpu``, ``cuda:0``): some
+            warnings are harmless on the CPU only.
+    """
+    held = _Held()
+    saved = []
+    for name in LIBRARY_LOGGERS:
+        logger = logging.getLogger(name)
+        saved.append((logger, list(logger.handlers), logger.propagate))
+        for handler in saved[-1][1]:
+            logger.removeHandler(handler)
+        logger.addHandler(held)
+        logger.propagate = False
+    lines: list[str] = []
+    raised = True
+    try:
+        yield lines
+        raised = False
+    finally:
+        for logger, handlers, propagate in saved:
+            logger.removeHandler(held)
+            for handler in handlers:
+                logger.addHandler(handler)  # beside any the library set up meanwhile
+            logger.propagate = propagate
+        for record in held.records:
+            message = _message(record)
+            if _harmless(record, message, device):
+                continue
+            if raised or record.levelno != logging.WARNING:
+                logging.getLogger(record.name).handle(record)
+            else:
+                first = message.strip().splitlines()[0] if message.strip() else ""
+                lines.append(f"{record.name}: {first}")

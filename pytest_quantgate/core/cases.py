@@ -28,7 +28,7 @@ class CaseSpec:
     cluster: str | None = None
     critical: bool = False
     tolerances: dict[str, float] = field(default_factory=dict)  # set by slice markers
-    params: dict[str, str] = field(default_factory=dict)  # the other arguments, shortened, for reports
+    params: dict[str, Any] = field(default_factory=dict)  # the other arguments, for reports (_shown)
     trajectory: Any = None  # the case's Trajectory; ``prompt`` is then its first prompt
     #: How the trajectory began when the case was built (first prompt, initial state): each
     #: model's run begins from it, so ``initial_state()`` runs once per case.
@@ -45,8 +45,19 @@ class CaseSpec:
 PARAM_WIDTH = 200
 
 
-def _shown(value: Any) -> str:
-    text = repr(value)
+def _shown(value: Any) -> Any:
+    """An argument for reports: the value itself when it is JSON and short, else its text, cut.
+
+    JSON values (numbers, strings, lists, dicts) stay JSON in the report,
+    where a consumer reads them as data; anything else is its ``repr``.
+    """
+    try:
+        text = json.dumps(value, allow_nan=False, ensure_ascii=False)
+    except (TypeError, ValueError):
+        text = repr(value)
+    else:
+        if len(text) <= PARAM_WIDTH:
+            return value
     return text if len(text) <= PARAM_WIDTH else text[: PARAM_WIDTH - 1] + "…"
 
 

@@ -7,9 +7,11 @@ plugin turns that into a pytest usage error (exit status 4).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import re
+import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -36,6 +38,7 @@ __all__ = [
     "parse_dtype",
     "parse_report_path",
     "parse_slice_tolerances",
+    "parse_threads",
     "parse_tolerance",
 ]
 
@@ -109,6 +112,23 @@ def parse_batch_size(value: str | int | None, name: str = "--quant-batch-size") 
     return size
 
 
+def parse_threads(value: str | int | None, name: str = "--quant-threads") -> int | None:
+    """A positive number of torch CPU threads per process, or ``auto`` (None).
+
+    ``auto`` is decided by :func:`~.threads.plan_threads`: ``OMP_NUM_THREADS``
+    when set, else an xdist worker's share of the cores, else one thread.
+    """
+    if value is None or (isinstance(value, str) and value.strip().lower() == "auto"):
+        return None
+    try:
+        threads = int(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name} must be a positive integer or auto, got {value!r}") from None
+    if threads < 1:
+        raise ConfigError(f"{name} must be a positive integer or auto, got {value!r}")
+    return threads
+
+
 def parse_cache(value: str, name: str = "--quant-cache") -> CacheMode:
     """``on``, ``off`` or ``refresh`` (regenerate and overwrite)."""
     try:
@@ -148,9 +168,28 @@ def parse_report_path(value: str, base_dir: Path, name: str = "--quant-report") 
         parent = parent.parent
     if not parent.is_dir():
         raise ConfigError(f"{name}: cannot write {path}: {parent} is not a directory")
-    if not os.access(parent, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
+    if path.exists() and not os.access(path, os.W_OK):
         raise ConfigError(f"{name}: cannot write {path}: permission denied")
+    problem = _write_probe(parent)
+    if problem is not None:
+        raise ConfigError(f"{name}: cannot write {path}: {problem}")
     return path
+
+
+def _write_probe(directory: Path) -> str | None:
+    """Why no file can be made in ``directory``, found by making one and removing it; None if one can.
+
+    Permission bits are not enough: root passes every access check, yet
+    ``/proc`` or a read-only mount refuse the file.
+    """
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".quantgate-probe-", dir=directory)
+    except OSError as exc:
+        return exc.strerror or type(exc).__name__
+    os.close(fd)
+    with contextlib.suppress(OSError):
+        os.unlink(probe)
+    return None
 
 
 @dataclass(frozen=True)
@@ -169,6 +208,7 @@ class GateConfig:
     #: and the report counts eval cases found in them.
     calibration: Calibration | None = None
     batch_size: int | None = None  # None: auto (see parse_batch_size)
+    threads: int | None = None  # torch CPU threads per process; None: auto (see core.threads.plan_threads)
     slice_tolerances: dict[str, float] = field(default_factory=dict)
     keep_loaded: bool = False  # every model resident for the whole session
     cache_mode: CacheMode = CacheMode.ON  # the reference's results on disk
@@ -181,6 +221,9 @@ class GateConfig:
     allow_pickle: bool = False
     #: Gate a candidate whose tokenizer differs from the reference's.
     allow_tokenizer_mismatch: bool = False
+    #: Quant cases collected without a reference are a usage error, not skips (a CI job that
+    #: forgets the flags would otherwise go green: issue 17). Not in ``to_dict``: it changes no verdict.
+    require_reference: bool = False
 
     def first_batch_size(self, device: str) -> int:
         """The batch size to start with on ``device`` (the one given, or auto's)."""
@@ -245,6 +288,7 @@ class GateConfig:
             "report_path": str(self.report_path) if self.report_path else None,
             "calibration": str(self.calibration.path) if self.calibration else None,
             "batch_size": "auto" if self.batch_size is None else self.batch_size,
+            "threads": "auto" if self.threads is None else self.threads,
             "slice_tolerances": dict(self.slice_tolerances),
             "keep_loaded": self.keep_loaded,
             "cache": str(self.cache_mode),
@@ -273,6 +317,8 @@ class GateConfig:
         def pick(name: str) -> tuple[Any, Path, str]:
             """The value, the directory its paths are relative to, and its source's name."""
             value = option(name)
+            if name == "quant_reference":
+                value = _one_reference(value)
             if value not in (None, [], ""):
                 return value, cli_dir, "--" + name.replace("_", "-")
             return ini(name), ini_dir, name
@@ -345,6 +391,7 @@ class GateConfig:
             report_path=parse_report_path(report, report_dir, report_src) if report else None,
             calibration=calibration,
             batch_size=parsed("quant_batch_size", parse_batch_size, "auto"),
+            threads=parsed("quant_threads", parse_threads, "auto"),
             slice_tolerances=parse_slice_tolerances(ini("quant_slice_tolerance") or []),
             keep_loaded=keep_loaded,
             cache_mode=cache_mode,
@@ -352,7 +399,24 @@ class GateConfig:
             trust_remote_code=flag("quant_trust_remote_code"),
             allow_pickle=flag("quant_allow_pickle"),
             allow_tokenizer_mismatch=flag("quant_allow_tokenizer_mismatch"),
+            require_reference=_ini_bool(ini("quant_require_reference"), "quant_require_reference"),
         )
+
+
+def _one_reference(value: Any) -> Any:
+    """The one reference of ``--quant-reference`` (a list: the flag appends, so that a second is seen).
+
+    A second flag once replaced the first silently, and a model was gated
+    against another than the one meant (issue 17). An ini value and one flag
+    are fine: the flag wins.
+    """
+    if not isinstance(value, list):
+        return value
+    if len(value) > 1:
+        given = ", ".join(map(repr, value[:-1])) + f" and {value[-1]!r}"
+        times = "twice" if len(value) == 2 else f"{len(value)} times"
+        raise ConfigError(f"--quant-reference given {times} ({given}): give one reference model")
+    return value[0] if value else None
 
 
 def _calibration(value: Any, base_dir: Path, name: str) -> Calibration | None:

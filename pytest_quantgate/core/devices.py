@@ -27,6 +27,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from .threads import plan_threads
+
 __all__ = ["DeviceError", "WorkerDevices", "describe_plan", "plan_devices"]
 
 _CUDA = re.compile(r"^cuda:(\d+)$")
@@ -108,6 +110,7 @@ def plan_devices(
     allow_shared: bool = False,
     cpus: int,
     requested: str = "auto",
+    threads: int | None = None,
 ) -> dict[str, WorkerDevices]:
     """The devices of workers ``gw0`` .. ``gw{workers-1}``.
 
@@ -123,6 +126,9 @@ def plan_devices(
         requested: ``--quant-device``: ``auto`` (the GPUs when there are any,
             else the CPU), ``cpu``, ``cuda`` (all GPUs), ``cuda:N`` (every
             worker on GPU N) or ``mps``.
+        threads: torch threads of each CPU worker, decided by the caller
+            (:func:`~.threads.plan_threads`); None: that of an unset environment,
+            ``cpus // workers``.
 
     Raises:
         DeviceError: a combination that cannot run, with a one-line message
@@ -167,8 +173,12 @@ def plan_devices(
                 "drop it to run on the CPU"
             )
         # One thread per core in every worker would oversubscribe the cores n times.
-        threads = max(1, cpus // workers)
-        return {w: WorkerDevices(w, ("cpu",), threads) for w in names}
+        per_worker = (
+            threads
+            if threads is not None
+            else plan_threads(None, environ={}, cpus=cpus, workers=workers).threads
+        )
+        return {w: WorkerDevices(w, ("cpu",), per_worker) for w in names}
 
     if device == "mps" or fixed:
         if fixed and int(fixed.group(1)) >= gpus:

@@ -59,6 +59,8 @@ class ModelPool:
         self.failures: dict[str, str] = {}
         self.loads: dict[str, int] = {}
         self.pinned: set[str] = set()
+        #: label -> the warnings its libraries logged as it loaded, until the executor's line shows them.
+        self.library_messages: dict[str, list[str]] = {}
 
     @property
     def specs(self) -> dict[str, Any]:
@@ -85,6 +87,7 @@ class ModelPool:
             self._fail(label, err)
             raise err from exc
         self._models[label] = model
+        self.library_messages[label] = list(model.library_messages)
         self.loads[label] = self.loads.get(label, 0) + 1
         self.facts[label] = {**self.facts.get(label, {}), **model.describe(), "loads": self.loads[label]}
         f = self.facts[label]
@@ -224,6 +227,7 @@ class Executor:
         self._group_of: dict[str, str] = {}
         self._generated: set[str] = set()
         self._runs: dict[str, dict[str, CaseRun]] = {}
+        self._recorded: set[str] = set()  # keys of the cases whose record was made
         self._batch_sizes: dict[str, BatchSize] = {}
         self._cache: ResultCache | None = None
         self._fingerprints: dict[str, str | None] = {}
@@ -415,12 +419,16 @@ class Executor:
 
         They are not the suite's warnings: under ``filterwarnings = error``
         they would fail whichever test happened to trigger generation. They
-        are summarised in one line instead.
+        are summarised in one line instead, with the warnings the libraries
+        logged while the model loaded (:attr:`Backend.library_messages`).
         """
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             yield
-        seen = sorted({f"{w.category.__name__}: {str(w.message).splitlines()[0]}" for w in caught})
+        seen = sorted(
+            {f"{w.category.__name__}: {str(w.message).splitlines()[0]}" for w in caught}
+            | set(self.pool.library_messages.pop(label, ()))
+        )
         if seen:
             more = f" (+{len(seen) - 1} more)" if len(seen) > 1 else ""
             self.emit(f"quantgate: {label}: library warning {seen[0]}{more}")
@@ -469,6 +477,7 @@ class Executor:
             else:
                 result, message = check(run)
             outcomes[label] = ModelOutcome(result, run.output, message, transcript, run.state)
+        self._recorded.add(case.key)
         return CaseRecord(
             key=case.key,
             nodeid=case.nodeid,
@@ -483,6 +492,36 @@ class Executor:
             unavailable=unavailable,
             trajectory=case.trajectory is not None,
         )
+
+    def unchecked(self) -> list[dict[str, Any]]:
+        """The planned cases generated on some model but never checked (an interrupted run).
+
+        Each with what every model that finished it replied, so that work
+        done before an interruption is not lost from the report: builtins,
+        by node id.
+        """
+        out = []
+        for cases in self._groups.values():
+            for key, case in cases.items():
+                if key in self._recorded:
+                    continue
+                runs = {
+                    label: self._runs[label][key] for label in self.labels if key in self._runs.get(label, {})
+                }
+                if not runs:
+                    continue
+                outputs = {
+                    label: {
+                        "output": run.output,
+                        "error": run.error,
+                        "transcript": [t.to_dict() for t in run.turns],
+                    }
+                    for label, run in runs.items()
+                }
+                out.append(
+                    {"nodeid": case.nodeid, "key": key, "slices": list(case.slices), "outputs": outputs}
+                )
+        return sorted(out, key=lambda entry: entry["nodeid"])
 
     def close(self) -> None:
         self.pool.close()

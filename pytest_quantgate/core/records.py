@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import inspect
 import json
+import os
 import traceback
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -22,6 +24,7 @@ __all__ = [
     "ModelOutcome",
     "Outcome",
     "Status",
+    "check_location",
     "classify",
     "describe_exception",
     "divergence",
@@ -215,7 +218,7 @@ class CaseRecord:
     outcomes: dict[str, ModelOutcome]  # label -> outcome, reference included
     tolerances: dict[str, float] = field(default_factory=dict)  # set by slice markers
     prompt: str = ""  # the (first) prompt, chat messages as JSON
-    params: dict[str, str] = field(default_factory=dict)  # the other arguments, as reprs
+    params: dict[str, Any] = field(default_factory=dict)  # the other arguments: JSON values, else text
     #: Candidates that could not be loaded -> why; they have no outcome.
     unavailable: dict[str, str] = field(default_factory=dict)
     trajectory: bool = False  # a multi-step case
@@ -361,8 +364,31 @@ def run_check(
     except fail_types as exc:
         return "fail", _short_message(exc)
     except Exception as exc:
-        return "error", describe_exception(exc)
+        return "error", _located(describe_exception(exc), check_location(check, exc))
     return "pass", None
+
+
+def check_location(check: Callable[..., Any], exc: BaseException) -> str | None:
+    """``file.py:42``: the innermost frame of ``exc``'s traceback in the check's own file.
+
+    What a reader needs to find the line of the check that raised (a
+    ``KeyError`` says which key, not where); frames in libraries the check
+    called are passed over. None when no frame of the traceback is in that
+    file, or the check is no Python function.
+    """
+    code = getattr(inspect.unwrap(check), "__code__", None)
+    if code is None:
+        return None
+    lines = [n for f, n in traceback.walk_tb(exc.__traceback__) if f.f_code.co_filename == code.co_filename]
+    return f"{os.path.basename(code.co_filename)}:{lines[-1]}" if lines else None
+
+
+def _located(message: str, location: str | None) -> str:
+    """``message`` with `` (file.py:42)`` after its first line."""
+    if location is None:
+        return message
+    first, newline, rest = message.partition("\n")
+    return f"{first} ({location}){newline}{rest}"
 
 
 def describe_exception(exc: BaseException) -> str:

@@ -18,10 +18,11 @@ from _pytest._code.code import TerminalRepr
 
 __all__ = [
     "FailureText",
-    "count_as_failed",
+    "count_in_summary",
     "fixtures_taking",
     "is_crash_report",
     "junit_writers",
+    "lf_narrowed",
     "replace_args",
     "shard_scheduler",
     "skip_at_item",
@@ -55,19 +56,20 @@ def skip_at_item(reason: str) -> NoReturn:
     raise exc
 
 
-def count_as_failed(tr: pytest.TerminalReporter, report: pytest.TestReport) -> None:
-    """Count a report as failed in the terminal's summary line and FAILURES section.
+def count_in_summary(tr: pytest.TerminalReporter, report: pytest.TestReport) -> None:
+    """Count a report under its outcome (failed or passed) in the terminal's summary line.
 
-    Relies on ``TerminalReporter._add_stats``, which also marks the summary
-    colour as stale so that the final line turns red. If a release renames
-    it, the failure is still counted (and the exit status is unaffected);
-    only the colour of the last line may stay green.
+    A failed one also lands in the FAILURES section and the short test
+    summary, as any failed test's. Relies on ``TerminalReporter._add_stats``,
+    which also marks the summary colour as stale so that the final line turns
+    red. If a release renames it, the report is still counted (and the exit
+    status is unaffected); only the colour of the last line may stay green.
     """
     add = getattr(tr, "_add_stats", None)
     if add is not None:
-        add("failed", [report])
+        add(report.outcome, [report])
     else:
-        tr.stats.setdefault("failed", []).append(report)
+        tr.stats.setdefault(report.outcome, []).append(report)
 
 
 def terminal_width(tr: pytest.TerminalReporter) -> int:
@@ -180,3 +182,21 @@ class FailureText(TerminalRepr):
 
     def __str__(self) -> str:
         return self.text
+
+
+def lf_narrowed(config: pytest.Config) -> bool | None:
+    """Whether ``--lf`` narrowed what was collected: it found earlier failures among the tests
+    (and collected only those), or skipped files; False when they were all elsewhere and it ran
+    every test collected.
+
+    Relies on the cache plugin's ``LFPlugin`` (registered as ``lfplugin``)
+    and its private ``_previously_failed_count`` and ``_skipped_files``.
+    None when they cannot be read: the caller then assumes ``--lf`` narrowed
+    collection (the report says "partial" rather than claim a whole run).
+    """
+    plugin = config.pluginmanager.get_plugin("lfplugin")
+    failed = getattr(plugin, "_previously_failed_count", None)
+    skipped = getattr(plugin, "_skipped_files", None)
+    if not isinstance(failed, int) or not isinstance(skipped, int):
+        return None
+    return failed > 0 or skipped > 0

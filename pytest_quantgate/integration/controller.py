@@ -55,10 +55,11 @@ class GatePlugin:
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
-        add_facts(self.aggregator, self._cases.facts)  # this process's own, if it ran tests
+        interrupted = exitstatus == pytest.ExitCode.INTERRUPTED
+        add_facts(self.aggregator, self._cases.facts(interrupted=interrupted))  # this process's own
         narrowed_by, uncounted = _narrowing(self.config)
         self.report = self.aggregator.report(
-            interrupted=exitstatus == pytest.ExitCode.INTERRUPTED,
+            interrupted=interrupted,
             narrowed_by=[*narrowed_by, *self._cases.rerun.given],
             stopped=str(session.shouldstop or session.shouldfail or "") or None,
             counted=not uncounted and not self._cases.rerun,
@@ -74,7 +75,9 @@ class GatePlugin:
             try:
                 json_report.write(self.report, path)
             except OSError as exc:  # checked up front, but the disk can still fill up
-                self.write_error = f"quantgate: could not write the JSON report to {path}: {exc}"
+                # The error's own file name is the temporary file beside it: name the user's path.
+                why = exc.strerror or type(exc).__name__
+                self.write_error = f"quantgate: could not write the JSON report to {path}: {why}"
                 if session.exitstatus == pytest.ExitCode.OK:
                     session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
@@ -85,8 +88,9 @@ class GatePlugin:
         failure from the --lf cache), then a teardown report, which is where
         JUnit writes a test's properties. The terminal reporter is left out
         of the hook call: its progress line is finished by then, and a stray
-        ``F`` after ``[100%]`` reads badly. A failure still counts in the
-        summary line and FAILURES section. JUnit gets the reports under the
+        ``F`` after ``[100%]`` reads badly. The test still counts in the
+        summary line, failed or passed (as in JUnit), and a failure in the
+        FAILURES section. JUnit gets the reports under the
         id without its leading ``::`` (:func:`~._compat.junit_writers`).
         """
         assert self.report is not None
@@ -103,8 +107,8 @@ class GatePlugin:
             (w, r) for w in junit for r in _gate_reports(self.report, test, test.name_in_junit)
         ):
             writer.pytest_runtest_logreport(report)
-        if tr is not None and test.failed:
-            _compat.count_as_failed(tr, call)
+        if tr is not None:
+            _compat.count_in_summary(tr, call)
 
     def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
         if self.report is None:
@@ -137,7 +141,13 @@ def _narrowing(config: pytest.Config) -> tuple[list[str], bool]:
         out.append(f"-m {opt.markexpr}")
     if getattr(opt, "deselect", None):
         out.append("--deselect")
-    if getattr(opt, "lf", False) and _earlier_test_failures(config):
+    # --lf whose earlier failures are all among other tests runs everything it collected:
+    # then it narrowed nothing, and the run is whole if everything ran.
+    if (
+        getattr(opt, "lf", False)
+        and _earlier_test_failures(config)
+        and _compat.lf_narrowed(config) is not False
+    ):
         out.append("--lf")
         uncounted = True
     if getattr(opt, "stepwise", False):

@@ -86,6 +86,14 @@ _OPTIONS = (
         "prompts per generation batch, or auto: 64 on a GPU, halved while out of memory; "
         "16 on the CPU (default: auto)",
     ),
+    (
+        "--quant-threads",
+        "quant_threads",
+        "string",
+        "torch CPU threads per process, or auto: OMP_NUM_THREADS when set (it wins over auto), "
+        "else each worker's share of the cores under pytest -n N, else 1; idle OpenMP threads "
+        "sleep (OMP_WAIT_POLICY=PASSIVE) unless OMP_WAIT_POLICY is set (default: auto)",
+    ),
 )
 
 #: Safe loading (``backends.base.LoadPolicy``): what a checkpoint may do while it loads.
@@ -114,7 +122,9 @@ def add_options(parser: pytest.Parser) -> None:
     """The ``quantgate`` option group and its ini keys."""
     group = parser.getgroup("quantgate", "quantgate: gate quantized LLMs on domain test cases")
     for flag, name, ini_type, help_text in _OPTIONS:
-        action = "append" if name == "quant_candidate" else "store"
+        # The reference appends too, so that a second --quant-reference is refused rather than
+        # silently replacing the first (issue 17; GateConfig.from_sources).
+        action = "append" if name in ("quant_candidate", "quant_reference") else "store"
         group.addoption(flag, action=action, dest=name, default=None, help=help_text)
         parser.addini(name, help=help_text, type=ini_type)  # type: ignore[arg-type]
     group.addoption(
@@ -146,6 +156,13 @@ def add_options(parser: pytest.Parser) -> None:
         dest="quant_allow_shared_gpu",
         default=False,
         help="with pytest -n N: allow more workers than GPUs (several workers share one)",
+    )
+    parser.addini(
+        "quant_require_reference",
+        help="quant cases collected without a reference model are a usage error, not skips "
+        "(for CI; default: false)",
+        type="bool",
+        default=False,
     )
     parser.addini(
         "quant_keep_loaded",

@@ -54,6 +54,8 @@ class CasePlugin:
         self.deselected = 0  # quant cases deselected (-k, -m, --lf, --deselect, a gate row re-run)
         self.selected = 0
         self.collected = False  # whether this process collected (an xdist controller does not)
+        #: Why this process refused to run what it collected (an xdist controller raises it again).
+        self.usage_error: str | None = None
 
     def _load(self, spec: ModelSpec, *, device: str, dtype: str) -> Backend:
         made = self.config.hook.pytest_quantgate_make_backend(spec=spec, device=device, dtype=dtype)
@@ -82,6 +84,18 @@ class CasePlugin:
             self._pin_fixture_models(item)
         self.selected = sum(map(is_quant_case, session.items))
         self.collected = True
+        if (
+            self.selected
+            and not self.gate_config.enabled
+            and self.gate_config.require_reference
+            and not self.config.option.collectonly  # runs nothing: nothing can pass unchecked
+        ):
+            cases = "quant case" if self.selected == 1 else "quant cases"
+            self.usage_error = (
+                f"quantgate: {self.selected} {cases} collected but no reference model given, and "
+                "quant_require_reference is true: give --quant-reference (or quant_reference)"
+            )
+            raise pytest.UsageError(self.usage_error)
 
     def _shard(self, items: list[pytest.Item]) -> None:
         """On an xdist worker told to shard: cut the quant cases into one shard per worker.
@@ -155,20 +169,25 @@ class CasePlugin:
         _end_test(record)
         return True
 
-    @property
-    def facts(self) -> dict[str, Any]:
-        """What this process learnt, for the process that reports."""
+    def facts(self, *, interrupted: bool = False) -> dict[str, Any]:
+        """What this process learnt, for the process that reports; when the run was interrupted,
+        also the cases generated but never checked (:meth:`~..core.executor.Executor.unchecked`)."""
         facts: dict[str, Any] = {
             "models": self.executor.pool.facts,
             "load_failures": self.executor.unavailable,
         }
         if self.collected:
             facts.update(collected=self.selected + self.deselected, selected=self.selected)
+        if interrupted and self.gate_config.enabled:
+            facts["unchecked"] = self.executor.unchecked()
+        if self.usage_error is not None:
+            facts["usage_error"] = self.usage_error
         return facts
 
-    def pytest_sessionfinish(self) -> None:
+    def pytest_sessionfinish(self, exitstatus: int) -> None:
         if hasattr(self.config, "workerinput"):
-            self.config.workeroutput[FACTS_KEY] = json.dumps(self.facts)  # type: ignore[attr-defined]
+            facts = self.facts(interrupted=exitstatus == pytest.ExitCode.INTERRUPTED)
+            self.config.workeroutput[FACTS_KEY] = json.dumps(facts)  # type: ignore[attr-defined]
 
     def pytest_unconfigure(self) -> None:
         self.executor.close()

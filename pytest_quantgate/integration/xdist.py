@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sys
 import tempfile
 from collections.abc import Callable
 from dataclasses import replace
@@ -25,6 +24,8 @@ from ..core.devices import DeviceError, WorkerDevices, plan_devices
 from ..core.sharding import ShardPlan
 from ..report.aggregator import Aggregator
 from . import _compat
+from .threads import apply as apply_threads
+from .threads import available_cpus
 
 __all__ = ["DEVICES_KEY", "FACTS_KEY", "SHARD_KEY", "XdistHooks", "add_facts", "place"]
 
@@ -36,11 +37,13 @@ DEVICES_KEY = "quantgate_devices"
 SHARD_KEY = "quantgate_shard"
 
 
-def place(config: pytest.Config, gate_config: GateConfig) -> GateConfig:
+def place(config: pytest.Config, gate_config: GateConfig, threads: int | None = None) -> GateConfig:
     """The device plan of xdist workers (controller), or this worker's place in it.
 
     A worker takes its own entry from ``workerinput``: the device, torch's
     thread count on the CPU, and ``CUDA_VISIBLE_DEVICES`` for a block of GPUs.
+    ``threads`` is the controller's plan of each worker's torch threads
+    (:func:`.threads.configure`; None: the cores divided among the workers).
 
     Raises:
         pytest.UsageError: the workers cannot be placed on the devices there are.
@@ -52,7 +55,7 @@ def place(config: pytest.Config, gate_config: GateConfig) -> GateConfig:
             return gate_config
         where = WorkerDevices.from_dict(mine)
         if where.threads:
-            _set_threads(where.threads)
+            apply_threads(where.threads)  # the process ends with the worker: nothing to undo
         if where.block:
             # The block is this worker's whole world: the model spreads over it.
             os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in where.gpu_indices)
@@ -75,8 +78,9 @@ def place(config: pytest.Config, gate_config: GateConfig) -> GateConfig:
             gpus=_visible_gpus(gate_config),
             gpus_per_worker=per_worker,
             allow_shared=bool(config.getoption("quant_allow_shared_gpu")),
-            cpus=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1),
+            cpus=available_cpus(),
             requested=gate_config.device,
+            threads=threads,
         )
     except DeviceError as exc:
         raise pytest.UsageError(f"quantgate: {exc}") from None
@@ -104,20 +108,13 @@ def _visible_gpus(gate_config: GateConfig) -> int:
     return int(torch.cuda.device_count()) if torch.cuda.is_available() else 0
 
 
-def _set_threads(threads: int) -> None:
-    """This worker's share of the CPU: torch's threads, now or when torch is first imported."""
-    os.environ["OMP_NUM_THREADS"] = str(threads)
-    torch = sys.modules.get("torch")
-    if torch is not None:
-        torch.set_num_threads(threads)
-
-
 def add_facts(aggregator: Aggregator, facts: dict[str, Any]) -> None:
-    """What a process learnt (:attr:`~.worker.CasePlugin.facts`), into the aggregator."""
+    """What a process learnt (:meth:`~.worker.CasePlugin.facts`), into the aggregator."""
     aggregator.add_model_facts(facts.get("models") or {})
     aggregator.add_load_failures(facts.get("load_failures") or {})
     if "collected" in facts:
         aggregator.add_selection(int(facts["collected"]), int(facts["selected"]))
+    aggregator.add_unchecked(facts.get("unchecked") or [])
 
 
 class XdistHooks:
@@ -154,4 +151,9 @@ class XdistHooks:
     def pytest_testnodedown(self, node: Any, error: Any) -> None:
         facts = getattr(node, "workeroutput", {}).get(FACTS_KEY)
         if facts:
-            add_facts(self.aggregator, json.loads(facts))
+            learnt = json.loads(facts)
+            add_facts(self.aggregator, learnt)
+            refused = learnt.get("usage_error")
+            if refused:
+                # A worker refused what it collected (quant_require_reference): the run's usage error.
+                raise pytest.UsageError(refused)

@@ -39,6 +39,8 @@ class Aggregator:
         self.skipped = 0
         #: Quant cases lost with a crashed xdist worker: node id -> what xdist said.
         self.lost: dict[str, str] = {}
+        #: Cases generated but never checked (an interrupted run), with each model's outputs.
+        self.unchecked: list[dict[str, Any]] = []
 
     def add(self, record: CaseRecord) -> None:
         self.records.append(record)
@@ -58,6 +60,10 @@ class Aggregator:
                 if key in f or key in earlier:
                     merged[key] = earlier.get(key, 0) + f.get(key, 0)
             self.model_facts[label] = merged
+
+    def add_unchecked(self, entries: Sequence[Mapping[str, Any]]) -> None:
+        """Cases a process generated and never checked (its run was interrupted)."""
+        self.unchecked.extend(dict(e) for e in entries)
 
     def add_lost(self, nodeid: str, why: str) -> None:
         """A quant case whose worker crashed while running it: no record will come."""
@@ -123,6 +129,8 @@ class Aggregator:
             if reference_error is not None
             else _not_evaluated(c, _lost_message(lost), lost=lost)
             if lost
+            else _not_evaluated(c, _nothing_checked(interrupted))
+            if not any(c.label in r.outcomes for r in records)
             else gate_candidate(self.config, c, records, tolerances)
             for c in self.config.candidates
         )
@@ -146,6 +154,7 @@ class Aggregator:
             selection=selection,
             reference_error=reference_error,
             calibration_overlap=self._calibration_overlap(records),
+            unchecked=tuple(sorted(self.unchecked, key=lambda e: str(e.get("nodeid")))),
         )
 
     def _calibration_overlap(self, records: Sequence[CaseRecord]) -> CalibrationOverlap | None:
@@ -201,6 +210,12 @@ def _failures(
             )
         )
     return tuple(out)
+
+
+def _nothing_checked(interrupted: bool) -> str:
+    if interrupted:
+        return "the run was interrupted before any case was checked on it"
+    return "no case was checked on it (every quant case was skipped or deselected)"
 
 
 def _lost_message(lost: Sequence[str]) -> str:

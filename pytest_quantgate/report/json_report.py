@@ -75,6 +75,7 @@ def to_dict(report: GateReport) -> dict[str, Any]:
             report.calibration_overlap.to_dict() if report.calibration_overlap is not None else None
         ),
         "cases": [r.to_dict() for r in report.records],
+        "unchecked": list(report.unchecked),
     }
 
 

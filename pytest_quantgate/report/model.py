@@ -240,6 +240,7 @@ class Unevaluated(str, enum.Enum):
     NOT_LOADED = "not loaded"
     REFERENCE_NOT_LOADED = "reference not loaded"
     CASES_LOST = "cases lost"
+    NOTHING_CHECKED = "nothing checked"
 
     def __str__(self) -> str:
         return self.value
@@ -354,6 +355,9 @@ class GateReport:
         selection: Which cases were asked for and which ran.
         reference_error: Why the reference could not be loaded, if it could not.
         calibration_overlap: Eval cases found in the calibration file, when one was given.
+        unchecked: Cases generated but never checked because the run was
+            interrupted, each with what every model that finished it replied
+            (node id, key, slices, outputs); empty otherwise.
     """
 
     config: GateConfig
@@ -368,6 +372,7 @@ class GateReport:
     selection: Selection = field(default_factory=Selection)
     reference_error: str | None = None
     calibration_overlap: CalibrationOverlap | None = None
+    unchecked: tuple[dict[str, Any], ...] = ()
 
     @property
     def failed(self) -> bool:
@@ -376,11 +381,11 @@ class GateReport:
 
     @property
     def has_results(self) -> bool:
-        """Whether there is anything to show: a case ran, or a model failed to load."""
+        """Whether there is anything to show: a case ran or was generated, or a model failed to load."""
         return (
-            bool(self.records)
+            bool(self.records or self.unchecked)
             or self.reference_error is not None
-            or any(not c.evaluated for c in self.candidates)
+            or any(self._unevaluated(c) not in (None, Unevaluated.NOTHING_CHECKED) for c in self.candidates)
         )
 
     def matrix(self) -> Matrix:
@@ -417,6 +422,8 @@ class GateReport:
             return None
         if gate.lost:
             return Unevaluated.CASES_LOST
-        if "load_error" not in self.models.get(gate.label, {}) and self.reference_error is not None:
+        if "load_error" in self.models.get(gate.label, {}):
+            return Unevaluated.NOT_LOADED
+        if self.reference_error is not None:
             return Unevaluated.REFERENCE_NOT_LOADED
-        return Unevaluated.NOT_LOADED
+        return Unevaluated.NOTHING_CHECKED

@@ -5,17 +5,19 @@ text of a case and of a gate test, and the quantgate section: one table per
 candidate, slices as rows and an ALL row, fitted to the terminal's width
 (columns dropped in a fixed order when it is narrow), verdicts coloured;
 under it, in short lines, what the INCONCLUSIVE rows would need and what the
-columns mean; then the regressed cases, each once, with its prompt,
-arguments and every model's output. With two candidates or more, the
+columns mean; then the regressed cases, each once, under its whole id,
+with its prompt, arguments and every model's output (a trajectory's from
+the step where the paths parted). With two candidates or more, the
 matrix of :mod:`.matrix` last. The text primitives (lines, markup, numbers)
 are in :mod:`.text`.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..core.overlap import NGRAM, CalibrationOverlap
 from ..core.records import Status
@@ -28,6 +30,7 @@ from .text import (
     Markup,
     Sep,
     cut,
+    cut_middle,
     format_bound,
     format_p,
     format_percent,
@@ -230,20 +233,82 @@ def case_lines(record: CaseRecord, width: int = DEFAULT_WIDTH) -> Iterator[str]:
 
 
 def _case_block(rec: CaseRecord, labels: Sequence[str], width: int) -> Iterator[Line]:
-    """One regressed case: its id, prompt, arguments and every model's output, aligned."""
-    crit = " [critical]" if rec.critical else ""
-    yield [(cut(f"  R {rec.nodeid}{crit}", width), {"yellow": True})]
-    fields = [("prompt", rec.prompt)] if rec.prompt else []
-    fields += [(name, value) for name, value in rec.params.items()]
-    fields += [(label, repr(rec.outcomes[label].output)) for label in labels if label in rec.outcomes]
-    parted = _parted(rec, labels[-1])
-    if parted:
-        fields.append(("parted", parted))
-    key_width = min(max(len(k) for k, _ in fields), 16)
-    room = width - 6 - key_width - 2
-    for key, value in fields:
-        shown = repr(value) if key == "prompt" else value
-        yield [(f"      {cut(key, key_width).ljust(key_width)}  {cut(shown, max(room, 12))}", {})]
+    """One regressed case: its id, prompt, arguments and every model's output, aligned.
+
+    The id is never cut (:func:`_id_lines`). A trajectory whose paths
+    parted leads with the step where they did, since its first prompt and
+    final replies can be the same on both paths: the prompt there (cut in
+    the middle when long) and both replies. Its arguments and final outputs
+    follow (unless it parted at its last step, whose replies are the final
+    ones).
+    """
+    yield from _id_lines(f"  R {rec.nodeid}", "[critical]" if rec.critical else "", width, {"yellow": True})
+    parting = _parting(rec, labels[-1])
+    fields = [("prompt", repr(rec.prompt))] if rec.prompt and parting is None else []
+    fields += [(name, repr(v) if isinstance(v, str) else json.dumps(v)) for name, v in rec.params.items()]
+    outputs = [(label, repr(rec.outcomes[label].output)) for label in labels if label in rec.outcomes]
+    sections: list[tuple[str | None, list[tuple[str, str]]]] = [(None, fields + outputs)]
+    if parting is not None:
+        heading, at_step = parting
+        last = outputs == at_step[-len(outputs) :]  # parted at the last step: the same replies again
+        sections = [(heading, at_step), (None, fields), ("final outputs:", [] if last else outputs)]
+    keys = [key for _, section in sections for key, _ in section]
+    key_width = min(max(map(len, keys), default=0), 16)
+    room = max(width - 6 - key_width - 2, 12)
+    for title, section in sections:
+        if title and section:
+            yield [(f"      {title}", {})]
+        for key, value in section:
+            # The prompt at the parting step: its start has the task, its end the step's request.
+            fit = cut_middle if title and key == "prompt" else cut
+            yield [(f"      {cut(key, key_width).ljust(key_width)}  {fit(value, room)}", {})]
+
+
+def _id_lines(text: str, tag: str, width: int, markup: Markup) -> Iterator[Line]:
+    """A line that names a test, never cut: its id is what a reader copies to re-run it.
+
+    Longer than ``width``, the line is left for the terminal to wrap. ``tag``
+    follows on the same line when it fits there, else on a line of its own.
+    """
+    if not tag:
+        yield [(text, markup)]
+    elif len(text) + 1 + len(tag) <= width:
+        yield [(f"{text} {tag}", markup)]
+    else:
+        yield [(text, markup)]
+        yield [(f"      {tag}", markup)]
+
+
+def _parting(rec: CaseRecord, candidate: str) -> tuple[str, list[tuple[str, str]]] | None:
+    """Where a trajectory's paths parted: ``parted at step 3 of 6:``, and the prompt and both
+    replies at that step; None when they never did (or the case is no trajectory)."""
+    d = rec.divergence(candidate)
+    if d is None:
+        return None
+    step = d["step"]
+    transcripts = (rec.outcomes[rec.reference].transcript, rec.outcomes[candidate].transcript)
+    turn = next((t[step - 1] for t in transcripts if len(t) >= step), None)
+    steps = len(transcripts[0])
+    heading = f"parted at step {step} of {steps}" if steps else f"parted at step {step}"
+    if not d["same_input"] and d["reference"] is not None and d["candidate"] is not None:
+        heading += " (the inputs differed there; the reference's is shown)"
+    fields = [("prompt", _step_prompt(turn.get("prompt")))] if turn is not None else []
+    fields += [(rec.reference, _said(d["reference"])), (candidate, _said(d["candidate"]))]
+    return heading + ":", fields
+
+
+def _step_prompt(prompt: Any) -> str:
+    """A step's prompt as a block shows it: the text's repr; of chat messages, the last one."""
+    if isinstance(prompt, list) and prompt and isinstance(prompt[-1], dict):
+        last = prompt[-1]
+        earlier = "… " if len(prompt) > 1 else ""  # the conversation so far is in the JSON report
+        return f"{earlier}{last.get('role')}: {last.get('content')!r}"
+    return repr(prompt)
+
+
+def _said(reply: str | None) -> str:
+    """A reply at a step, or that the model's run had ended before it."""
+    return "(had stopped)" if reply is None else repr(reply)
 
 
 def _parted(rec: CaseRecord, candidate: str) -> str | None:
@@ -252,12 +317,8 @@ def _parted(rec: CaseRecord, candidate: str) -> str | None:
     if d is None:
         return None
     steps = len(rec.outcomes[rec.reference].transcript)
-
-    def said(reply: str | None) -> str:
-        return "(had stopped)" if reply is None else repr(reply)
-
     where = f"step {d['step']} of {steps}" if steps else f"step {d['step']}"
-    text = f"{where}: {rec.reference} {said(d['reference'])} | {candidate} {said(d['candidate'])}"
+    text = f"{where}: {rec.reference} {_said(d['reference'])} | {candidate} {_said(d['candidate'])}"
     return (
         text
         if d["same_input"] or d["reference"] is None or d["candidate"] is None
@@ -329,6 +390,7 @@ def summary(
             paths aside).
         write_error: Why the JSON report could not be written, if it could not.
     """
+    yield from _no_reference_line(report)
     yield from _body(report, width)
     yield from _calibration_lines(report.calibration_overlap, width)
     path = report.config.report_path
@@ -337,6 +399,19 @@ def summary(
     elif path is not None:
         state = "complete" if report.complete else "incomplete"
         yield [(f"quantgate: JSON report ({state}) written to {path}", {})]
+
+
+def _no_reference_line(report: GateReport) -> Iterator[Line]:
+    """One line when quant cases skipped for want of a reference: else a CI job that forgets the
+    flags goes green with nothing gated (issue 17). Nothing when no quant case was selected."""
+    skipped = report.selection.skipped
+    if report.config.reference is None and skipped:
+        cases = "quant case" if skipped == 1 else "quant cases"
+        text = (
+            f"quantgate: no reference model given: {skipped} {cases} skipped; "
+            "give --quant-reference (or quant_reference) to gate them"
+        )
+        yield [(text, {"yellow": True})]
 
 
 def _calibration_lines(found: CalibrationOverlap | None, width: int) -> Iterator[Line]:
@@ -356,7 +431,7 @@ def _calibration_lines(found: CalibrationOverlap | None, width: int) -> Iterator
     )
     yield [(f"  file: {found.file}", {"yellow": True})]
     for nodeid in found.overlapping[:MAX_CASES_SHOWN]:
-        yield [(cut(f"  {nodeid}", width), {"yellow": True})]
+        yield [(f"  {nodeid}", {"yellow": True})]  # whole: copied to find the case
     if len(found.overlapping) > MAX_CASES_SHOWN:
         yield [(f"  ... and {len(found.overlapping) - MAX_CASES_SHOWN} more (all in the JSON report)", {})]
 

@@ -26,6 +26,7 @@ __all__ = [
     "Markup",
     "Sep",
     "cut",
+    "cut_middle",
     "format_bound",
     "format_bytes",
     "format_p",
@@ -135,6 +136,18 @@ def format_p(x: float | None) -> str:
 def cut(text: str, width: int) -> str:
     """``text`` in at most ``width`` characters, ending in ``…`` when cut."""
     return text if len(text) <= width else text[: max(width - 1, 0)] + "…"
+
+
+def cut_middle(text: str, width: int) -> str:
+    """``text`` in at most ``width`` characters, its middle replaced by ``…`` when cut.
+
+    For text whose both ends matter: a multi-step prompt holds the rule it
+    was given at its start and the newest request at its end.
+    """
+    if len(text) <= width:
+        return text
+    tail = max(width - 1, 0) // 2
+    return text[: max(width - 1 - tail, 0)] + "…" + (text[-tail:] if tail else "")
 
 
 def short_repr(text: str, width: int) -> str:

@@ -11,7 +11,15 @@ a colon is written ``./a:b`` or as an absolute path, and a one-letter drive
 (``C:\\models``) is never a scheme. Without a scheme, ``TARGET`` is a local
 checkpoint directory loaded as it is (a plain checkpoint, or one that is
 already quantized and carries its ``quantization_config``). ``?KEY=VALUE``
-options are accepted only by schemes that declare them.
+options are accepted only by schemes that declare them; for any other, a
+``?`` is part of the target.
+
+What looks like a slip is named only when the target it leaves does not
+exist (issue 17): a prefix with upper-case letters or underscores that is
+close to a known scheme (``BNB-NF4:``, ``bnb_nf4:``), and a ``?KEY=VALUE``
+tail where the scheme takes no options (``rtn2g128:dir?bits=4``). The
+grammar stays as above; only the error names the slip instead of a path
+that is not there.
 
 Schemes (:data:`SCHEMES`; plugins add theirs with :func:`register_scheme`):
 
@@ -39,6 +47,7 @@ are a usage error: name one with ``LABEL=``.
 
 from __future__ import annotations
 
+import difflib
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -208,6 +217,11 @@ def find_scheme(name: str | None) -> tuple[Scheme, dict[str, Any]]:
 
 _LABELLED = re.compile(r"^(?P<label>[A-Za-z0-9][A-Za-z0-9._+-]*)=(?P<rest>.*)$")
 _SCHEME_PREFIX = re.compile(r"^(?P<scheme>[a-z][a-z0-9-]+):(?P<rest>.*)$")
+#: What a mistyped scheme looks like (any case, underscores): part of the path by the grammar,
+#: named as a scheme only in the error when that path does not exist.
+_SCHEME_LIKE = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9_-]+):")
+#: What a query on a scheme without options looks like: ``?KEY=VALUE[&KEY=VALUE...]`` at the end.
+_QUERY_LIKE = re.compile(r"\?(?P<query>[A-Za-z_]\w*=[^?&/\\]*(?:&[A-Za-z_]\w*=[^?&/\\]*)*)$")
 
 
 @dataclass(frozen=True)
@@ -266,6 +280,7 @@ def parse_spec(text: str, *, base_dir: Path | str | None = None, check_path: boo
     labelled = _LABELLED.match(raw)
     if labelled:
         label, rest = labelled.group("label"), labelled.group("rest").strip()
+    body = rest  # the spec without its label
     scheme_name: str | None = None
     prefixed = _SCHEME_PREFIX.match(rest)
     if prefixed:
@@ -273,9 +288,15 @@ def parse_spec(text: str, *, base_dir: Path | str | None = None, check_path: boo
     try:
         scheme, options = find_scheme(scheme_name)
     except SpecError as exc:
-        known = ", ".join(s.usage or s.name for s in SCHEMES.values())
+        assert scheme_name is not None
+        suggestion = _close_scheme(scheme_name)
+        hint = (
+            f"did you mean {suggestion!r}?"
+            if suggestion
+            else "known: " + ", ".join(s.usage or s.name for s in SCHEMES.values()) + ";"
+        )
         raise SpecError(
-            f"{exc} in model spec {raw!r} (known: {known}; a relative path containing ':' is written ./PATH)"
+            f"{exc} in model spec {raw!r} ({hint} a relative path containing ':' is written ./PATH)"
         ) from None
     target, query = rest, ""
     if scheme.options:
@@ -294,6 +315,8 @@ def parse_spec(text: str, *, base_dir: Path | str | None = None, check_path: boo
             path = Path(base_dir) / path
         path = path.resolve()
         if check_path:
+            if not path.exists():
+                _check_slip(body, target, scheme_name, scheme, raw, path)
             _check_target(path, scheme, raw)
         where, name = str(path), path.name
     if label is None:
@@ -309,6 +332,53 @@ def auto_label(scheme: str | None, name: str) -> str:
     refuses duplicates).
     """
     return scheme or name
+
+
+def _close_scheme(name: str) -> str | None:
+    """The known scheme ``name`` is likely a slip for: the same but for case and ``_``, else a close one."""
+    lowered = name.lower().replace("_", "-")
+    if lowered != name:
+        try:
+            find_scheme(lowered)
+            return lowered  # BNB-NF4 -> bnb-nf4, RTN2G64 -> rtn2g64
+        except SpecError:
+            pass
+    written = {s.name: s.usage or s.name for s in SCHEMES.values()}
+    close = difflib.get_close_matches(lowered, list(written), n=1)
+    return written[close[0]] if close else None
+
+
+def _check_slip(
+    body: str, target: str, scheme_name: str | None, scheme: Scheme, raw: str, path: Path
+) -> None:
+    """Name a mistyped scheme or a misplaced ``?option``, once the target they leave is known not to exist.
+
+    Args:
+        body: the spec without its label.
+        target: the target as parsed (without a scheme, the whole body).
+        scheme_name: the scheme as written, None without one.
+        scheme: its entry.
+        raw: the spec, for the message.
+        path: the target resolved, which does not exist.
+    """
+    like = _SCHEME_LIKE.match(body) if scheme_name is None else None
+    suggestion = _close_scheme(like.group("scheme")) if like else None
+    if like and suggestion:
+        raise SpecError(
+            f"unknown scheme {like.group('scheme')!r} in model spec {raw!r} (did you mean {suggestion!r}?)"
+        )
+    query = None if scheme.options else _QUERY_LIKE.search(target)
+    if query is None:
+        return
+    if scheme_name is None:
+        raise SpecError(
+            f"a model spec without a scheme takes no ?options ({query.group('query')!r} in model spec "
+            f"{raw!r}, and no directory {path} exists)"
+        )
+    where = f"; {scheme.name}'s options are in its name: {scheme.usage}" if scheme.usage else ""
+    raise SpecError(
+        f"scheme {scheme_name} takes no ?options ({query.group('query')!r} in model spec {raw!r}{where})"
+    )
 
 
 def _check_target(path: Path, scheme: Scheme, raw: str) -> None:
@@ -334,7 +404,9 @@ def _parse_query(query: str, scheme: Scheme, raw: str) -> dict[str, Any]:
         key, sep, value = part.partition("=")
         if not sep or key not in scheme.options:
             allowed = ", ".join(scheme.options)
-            raise SpecError(f"option {part!r} is not one of {allowed} in model spec {raw!r}")
+            close = difflib.get_close_matches(key, scheme.options, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise SpecError(f"option {part!r} is not one of {allowed} in model spec {raw!r}{hint}")
         out[key] = _option_value(value)
     return out
 

@@ -54,4 +54,4 @@ def test_a_quant_case_body_gets_each_models_output(pytester: pytest.Pytester) ->
     result = pytester.runpytest(
         *gate_args(model(pytester, "ref", {"1+1=": "2"}), model(pytester, "cand", {"1+1=": "2"}))
     )
-    result.assert_outcomes(passed=1)
+    result.assert_outcomes(passed=1 + 2)  # and the gate's tests: the candidate's load, its ALL row

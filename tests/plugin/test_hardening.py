@@ -70,7 +70,8 @@ def test_a_skip_on_the_candidate_alone_is_its_failure(pytester: pytest.Pytester,
     report = pytester.path / "gate.json"
     result = pytester.runpytest(*gate_args(ref, cand), f"--quant-report={report}", *XDIST_MODES[mode])
     assert result.ret == pytest.ExitCode.TESTS_FAILED, result.stdout.str()
-    assert summary_counts(result) == {"regressed": 30, "failed": 2}
+    # (Passed: the gate's load test; failed: its two REGRESSED rows.)
+    assert summary_counts(result) == {"regressed": 30, "failed": 2, "passed": 1}
     data = read_report(report)
     assert set(statuses(data, "cand").values()) == {"regressed"}
     assert data["candidates"][0]["verdict"] == "REGRESSED"
@@ -91,7 +92,7 @@ def test_a_skip_on_the_reference_skips_the_case_for_every_model(pytester: pytest
     result = pytester.runpytest(*gate_args(ref, cand), f"--quant-report={report}", "-ra")
     assert result.ret == pytest.ExitCode.OK, result.stdout.str()
     counted = "skipped" if how == "skip" else "xfailed"
-    assert summary_counts(result) == {"passed": 20, counted: 10}
+    assert summary_counts(result) == {"passed": 20 + 3, counted: 10}  # + the gate's load and two rows
     if how == "skip":
         result.stdout.fnmatch_lines(["SKIPPED [[]10[]] test_suite.py:*: not a number"])
     data = read_report(report)
@@ -183,6 +184,16 @@ def test_an_interrupted_run_writes_what_it_has(
     assert data["selection"]["selected"] == 10 and data["selection"]["ran"] == 0
     assert generated(pytester) == {"ref": prompts(RECALL)}
     result.stdout.fnmatch_lines(["quantgate: JSON report (incomplete) written to *gate.json"])
+    # No case was checked on the candidate: it is not evaluated (no verdict made of nothing).
+    (cand_gate,) = data["candidates"]
+    assert cand_gate["evaluated"] is False and cand_gate["verdict"] is None
+    assert "interrupted before any case was checked" in cand_gate["not_evaluated"]
+    # What the reference generated before Ctrl-C is kept, unchecked, with its outputs.
+    assert len(data["unchecked"]) == len(RECALL)
+    assert all(list(e["outputs"]) == ["ref"] for e in data["unchecked"])
+    assert sorted(e["outputs"]["ref"]["output"] for e in data["unchecked"]) == sorted(
+        c.expected for c in RECALL
+    )
 
 
 def test_an_interrupted_run_says_its_tables_are_partial(
@@ -252,6 +263,51 @@ def test_lf_rerun_does_not_pass_for_the_whole_suite(pytester: pytest.Pytester) -
     assert read_report(report)["complete"] is True
 
 
+def test_lf_that_selects_every_case_is_a_complete_run(pytester: pytest.Pytester) -> None:
+    """--lf whose known failures are elsewhere runs every case: complete, decided by what ran."""
+    pytester.makepyfile(test_other="def test_flaky():\n    assert False\n")
+    pytester.makepyfile(test_suite=suite_source(Slice("recall", RECALL)))
+    args = gate_args(model(pytester, "ref", answers(RECALL)), model(pytester, "c", answers(RECALL)))
+    report = pytester.path / "gate.json"
+    assert pytester.runpytest(*args, f"--quant-report={report}").ret == pytest.ExitCode.TESTS_FAILED
+    result = pytester.runpytest("test_suite.py", *args, f"--quant-report={report}", "--lf")
+    result.stdout.fnmatch_lines(["run-last-failure: 1 known failures not in selected tests"])
+    data = read_report(report)
+    n = len(RECALL)
+    assert data["selection"] == {**data["selection"], "collected": n, "selected": n, "ran": n}
+    assert data["selection"]["narrowed_by"] == [] and data["complete"] is True
+
+
+def test_dict_and_list_arguments_are_json_in_the_report(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        """
+        from pytest_quantgate import quant_case
+
+        class Opaque:
+            def quantgate_key(self):
+                return "opaque"
+
+        @quant_case(
+            "prompt, state, steps, other",
+            [("1+1=", {"store": {"a": 1}}, [1, 2], Opaque())],
+            max_new_tokens=2,
+        )
+        def test_sum(prompt, state, steps, other, output):
+            assert output == "2"
+        """
+    )
+    report = pytester.path / "gate.json"
+    replies = {"1+1=": "2"}
+    pytester.runpytest(
+        *gate_args(model(pytester, "ref", replies), model(pytester, "c", replies)), f"--quant-report={report}"
+    )
+    (case,) = read_report(report)["cases"]
+    assert case["params"]["state"] == {"store": {"a": 1}} and case["params"]["steps"] == [1, 2]
+    assert case["params"]["other"].startswith(
+        "<test_dict_and_list_arguments_are_json_in_the_report.Opaque object"
+    )
+
+
 def test_report_gets_the_users_umask(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_suite=suite_source(Slice("recall", RECALL)))
     args = gate_args(model(pytester, "ref", answers(RECALL)), model(pytester, "c", answers(RECALL)))
@@ -312,6 +368,20 @@ def test_report_path_that_is_a_directory_stops_before_loading(pytester: pytest.P
     assert generated(pytester) == {}
 
 
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs a /proc file system")
+def test_a_directory_that_refuses_files_stops_before_loading_naming_the_users_path(
+    pytester: pytest.Pytester,
+) -> None:
+    """/proc passes every permission check for root, yet refuses a new file: probed by making one."""
+    pytester.makepyfile(test_suite=suite_source(Slice("recall", RECALL)))
+    result = pytester.runpytest(
+        *gate_args(model(pytester, "ref", answers(RECALL))), "--quant-report=/proc/x.json"
+    )
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["ERROR: quantgate: --quant-report: cannot write /proc/x.json: *"])
+    assert ".tmp" not in result.stderr.str() and generated(pytester) == {}
+
+
 def test_a_device_torch_cannot_use_stops_before_loading(pytester: pytest.Pytester, tiny_ref: Path) -> None:
     torch = pytest.importorskip("torch")
     pytester.makepyfile(test_suite=suite_source(Slice("recall", RECALL)))
@@ -358,7 +428,7 @@ def test_a_prompt_beyond_the_context_is_an_error_of_its_case(pytester: pytest.Py
     report = pytester.path / "gate.json"
     result = pytester.runpytest(*gate_args(ref, cand), f"--quant-report={report}")
     assert result.ret == pytest.ExitCode.TESTS_FAILED
-    assert summary_counts(result) == {"passed": 10, "errors": 1}
+    assert summary_counts(result) == {"passed": 10 + 3, "errors": 1}  # + the gate's load and two rows
     result.stdout.fnmatch_lines(
         [
             f"*the prompt ({len(long_prompt)} characters) + max_new_tokens (8) = *"

@@ -48,17 +48,19 @@ RECALL = cases("recall", 10)
 # -- verdicts ----------------------------------------------------------------
 
 
+# The counts of the summary line: the cases', and the gate's three tests (the candidate's load, its
+# arith and ALL rows), which pass (3 more passed) unless the rows regressed (1 more, 2 failed).
 @pytest.mark.parametrize(
     ("ref_wrong", "cand_wrong", "args", "verdict", "ret", "counts"),
     [
-        pytest.param((), (), [], "INCONCLUSIVE", 0, {"passed": 60}, id="identical"),
-        pytest.param((), (), ["--quant-tolerance=0.1"], "PASS", 0, {"passed": 60}, id="identical-tol10"),
+        pytest.param((), (), [], "INCONCLUSIVE", 0, {"passed": 63}, id="identical"),
+        pytest.param((), (), ["--quant-tolerance=0.1"], "PASS", 0, {"passed": 63}, id="identical-tol10"),
         pytest.param(
-            (), range(20), [], "REGRESSED", 1, {"passed": 40, "regressed": 20, "failed": 2}, id="regressed"
+            (), range(20), [], "REGRESSED", 1, {"passed": 41, "regressed": 20, "failed": 2}, id="regressed"
         ),
-        pytest.param(range(20), (), [], "IMPROVED", 0, {"passed": 40, "improved": 20}, id="improved"),
+        pytest.param(range(20), (), [], "IMPROVED", 0, {"passed": 43, "improved": 20}, id="improved"),
         pytest.param(
-            range(20), range(20), [], "INCONCLUSIVE", 0, {"passed": 40, "both-failed": 20}, id="both-failed"
+            range(20), range(20), [], "INCONCLUSIVE", 0, {"passed": 43, "both-failed": 20}, id="both-failed"
         ),
     ],
 )
@@ -78,7 +80,7 @@ def test_verdict_of_a_scripted_slice(
     result = pytester.runpytest(*gate_args(ref, cand), f"--quant-report={report}", *args)
     out = result.stdout.str()
     assert result.ret == ret, out
-    # The gate's failures (one per REGRESSED row) count as failed tests.
+    # The gate's tests count: a REGRESSED row as a failed test, the others as passed ones.
     assert summary_counts(result) == counts, result.stdout.lines[-1]
     assert table_rows(out, "cand") == {"arith": verdict, "ALL": verdict}
     (row, total) = read_report(report)["candidates"][0]["slices"]
@@ -120,9 +122,10 @@ def test_per_case_statuses(pytester: pytest.Pytester) -> None:
         "crit-1": "regressed",
     }
     # A critical regression fails its test; errors are errors; the rest pass in their own category.
+    # (And the gate's passing tests: the candidate's load, its mix, crit and ALL rows.)
     assert summary_counts(result) == {
         "failed": 1,
-        "passed": 2,
+        "passed": 2 + 4,
         "errors": 2,
         "regressed": 1,
         "improved": 1,
@@ -154,11 +157,14 @@ def test_check_raising_other_exception_is_an_error(pytester: pytest.Pytester) ->
         """
     )
     replies = {"1+2=": "3", "3+4=": "7"}
-    result = pytester.runpytest(*gate_args(model(pytester, "ref", replies), model(pytester, "same", replies)))
+    args = gate_args(model(pytester, "ref", replies), model(pytester, "same", replies))
+    result = pytester.runpytest(*args, "-rp")
     assert result.ret == 1
-    result.assert_outcomes(errors=2)
+    result.assert_outcomes(errors=2, passed=2)
     result.stdout.fnmatch_lines(["*ERROR*test_buggy_check*", "*KeyError*missing*"])
-    assert "passed" not in result.stdout.lines[-1]
+    # What passed is the gate's own tests, never a case whose check raised.
+    passed = [line.split()[1] for line in result.stdout.lines if line.startswith("PASSED ")]
+    assert passed == ["::quantgate::same::load", "::quantgate::same::ALL"]
 
 
 def test_critical_regression_fails_its_test(pytester: pytest.Pytester) -> None:
@@ -248,7 +254,8 @@ def test_k_generates_only_the_selected_slice(pytester: pytest.Pytester, mode: st
     result = pytester.runpytest(*args, "-k", "test_recall", *XDIST_MODES[mode])
     assert result.ret == 0, result.stdout.str()
     # (Workers deselect: the controller has no deselected count to show.)
-    result.assert_outcomes(passed=8, deselected=17 if mode == "no-xdist" else 0)
+    # (And the gate's three tests pass: the candidate's load, its recall and ALL rows.)
+    result.assert_outcomes(passed=8 + 3, deselected=17 if mode == "no-xdist" else 0)
     runs = generated(pytester)
     assert set(runs) == {"ref", "cand"}
     if mode == "no-xdist":
@@ -264,11 +271,11 @@ def test_m_generates_only_the_marked_cases(pytester: pytest.Pytester) -> None:
     arith, recall, smoke, args = _selection_suite(pytester)
     result = pytester.runpytest(*args, "-m", "smoke")
     assert result.ret == 0, result.stdout.str()
-    result.assert_outcomes(passed=5, deselected=20)
+    result.assert_outcomes(passed=5 + 3, deselected=20)  # + the gate's load, smoke and ALL rows
     assert generated(pytester) == {"ref": prompts(smoke), "cand": prompts(smoke)}
     (pytester.path / LOG).unlink()
     result = pytester.runpytest(*args, "-m", "not smoke")
-    result.assert_outcomes(passed=20, deselected=5)
+    result.assert_outcomes(passed=20 + 4, deselected=5)  # + the gate's load, arith, recall and ALL rows
     assert generated(pytester) == {"ref": prompts(arith, recall), "cand": prompts(arith, recall)}
 
 
@@ -287,11 +294,11 @@ def test_lf_generates_only_the_failed_cases(pytester: pytest.Pytester) -> None:
     cand = model(pytester, "cand", {**answers(crit, wrong=[1, 4]), **answers(recall)})
     first = pytester.runpytest(*gate_args(ref, cand))
     assert first.ret == 1
-    first.assert_outcomes(passed=14, failed=2)
+    first.assert_outcomes(passed=14 + 4, failed=2)  # + the gate's load, crit, recall and ALL rows
     assert generated(pytester) == {"ref": prompts(crit, recall), "cand": prompts(crit, recall)}
     (pytester.path / LOG).unlink()
     again = pytester.runpytest(*gate_args(ref, cand), "--lf")
-    again.assert_outcomes(failed=2)
+    again.assert_outcomes(failed=2, passed=3)  # passed: the gate's load, crit and ALL rows of this run
     again.stdout.fnmatch_lines(["run-last-failure: rerun previous 2 failures*"])
     failed_prompts = prompts([crit[1], crit[4]])
     assert generated(pytester) == {"ref": failed_prompts, "cand": failed_prompts}
@@ -379,7 +386,8 @@ def test_other_candidates_are_still_gated_when_one_cannot_load(pytester: pytest.
     report = pytester.path / "gate.json"
     result = pytester.runpytest(*gate_args(ref, broken, bad), f"--quant-report={report}")
     assert result.ret == pytest.ExitCode.TESTS_FAILED
-    assert summary_counts(result) == {"passed": 40, "regressed": 20, "failed": 3}
+    # Passed: the cases', and bad's load; failed: broken's load and bad's two rows.
+    assert summary_counts(result) == {"passed": 40 + 1, "regressed": 20, "failed": 3}
     failed = sorted(line.split(" - ")[0] for line in result.stdout.lines if line.startswith("FAILED "))
     assert failed == [
         "FAILED ::quantgate::bad::ALL",
@@ -422,9 +430,9 @@ def test_reference_that_cannot_load_stops_the_run(pytester: pytest.Pytester, mod
     assert "loading cand" not in out and generated(pytester) == {}
     if mode == "no-xdist":
         result.stdout.fnmatch_lines(["*quantgate: the reference ref could not be loaded*"])
-    # The report is still written, and says it is incomplete.
+    # The report is still written, says it is incomplete, and that the run failed, as its exit status does.
     data = read_report(report)
-    assert data["complete"] is False and "stale" not in data
+    assert data["complete"] is False and "stale" not in data and data["failed"] is True
     assert data["models"]["ref"]["load_error"].startswith("Couldn't instantiate")
     assert data["candidates"][0]["evaluated"] is False
 
@@ -732,7 +740,7 @@ sys.exit(code)
             "quantgate: gate quantized LLMs*",
             "*--quant-candidate=*",
             "*quantgate: cand (fake:cand.json) vs reference ref: INCONCLUSIVE*",
-            "*3 passed*1 regressed*",
+            "*6 passed*1 regressed*",  # 3 cases, and the gate's load, recall and ALL
         ]
     )
 
@@ -918,7 +926,7 @@ def test_same_gate_with_and_without_xdist(pytester: pytest.Pytester, mode: str) 
     }
     assert summary_counts(result) == {
         "failed": 2,
-        "passed": 54,
+        "passed": 54 + 3,  # and the gate's passing tests: the load, the mix and recall rows
         "errors": 1,
         "regressed": 21,
         "improved": 1,

@@ -1,63 +1,96 @@
-"""The README's snippets run as shown: every ```python block, each with the command after it."""
+"""The README's snippets run as shown: every ```python block, saved where its first line says,
+with the command after it; and each passes the project's own ``ruff check``."""
 
 from __future__ import annotations
 
 import json
 import re
 import shlex
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from pytest_quantgate.values import specs
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+REPO = Path(__file__).resolve().parents[2]
+README = REPO / "README.md"
 
 
-def _blocks() -> list[tuple[str, str, str]]:
-    """Every fenced block of the README as ``(lang, text, the first bash block after it)``."""
+def _groups() -> list[tuple[dict[str, str], str]]:
+    """Each run of ```python blocks with the ```bash block after it: ``({path: text}, command)``.
+
+    A python block's first line names where it is saved (``# byob/conftest.py``).
+    """
     found = re.findall(r"```(\w*)\n(.*?)```", README.read_text(), flags=re.S)
-    out = []
-    for i, (lang, text) in enumerate(found):
-        command = next((t for lang2, t in found[i + 1 :] if lang2 == "bash"), "")
-        out.append((lang, text, command))
-    return out
+    groups: list[tuple[dict[str, str], str]] = []
+    pending: dict[str, str] = {}
+    for lang, text in found:
+        if lang == "python":
+            first = text.splitlines()[0]
+            assert first.startswith("# ") and first.endswith(".py"), f"a snippet says where it goes: {first}"
+            pending[first[2:].strip()] = text
+        elif lang == "bash" and pending:
+            groups.append((pending, text))
+            pending = {}
+    assert not pending, f"python snippets with no command after them: {sorted(pending)}"
+    return groups
 
 
-def _python_blocks() -> list[tuple[str, str]]:
-    return [(text, command) for lang, text, command in _blocks() if lang == "python"]
-
-
-def _kind(text: str) -> str:
-    """What a python block is: a conftest, the multi-step suite (by their first line), or a suite."""
-    if text.startswith("# conftest.py"):
-        return "conftest"
-    return "multistep" if text.startswith("# test_multistep.py") else "suite"
-
-
-def _args(command: str) -> list[str]:
-    """The pytest arguments of the first command of a bash block, continuation lines joined."""
+def _group(path: str) -> tuple[dict[str, str], list[str]]:
+    """The files of the group that has ``path``, and the pytest arguments of its command."""
+    ((files, command),) = [(f, c) for f, c in _groups() if path in f]
     line = command.replace("\\\n", " ").strip().splitlines()[0]
     words = shlex.split(line)
     assert words[0] == "pytest", line
-    return words[1:]
+    return files, words[1:]
+
+
+def _save(pytester: pytest.Pytester, files: dict[str, str]) -> None:
+    for path, text in files.items():
+        target = pytester.path / path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text)
 
 
 def test_every_python_snippet_is_run_here() -> None:
     """A new ```python block needs a runner below: none may go unchecked."""
-    kinds = [_kind(text) for text, _ in _python_blocks()]
-    assert kinds == ["suite", "multistep", "conftest"]
+    saved = sorted(path for files, _ in _groups() for path in files)
+    assert saved == ["byob/conftest.py", "byob/test_canned.py", "test_multistep.py", "test_suite.py"]
+
+
+@pytest.mark.skipif(
+    shutil.which("ruff") is None and not (Path(sys.executable).parent / "ruff").exists(),
+    reason="ruff is not installed",
+)
+@pytest.mark.parametrize(
+    "path", ["byob/conftest.py", "byob/test_canned.py", "test_multistep.py", "test_suite.py"]
+)
+def test_every_python_snippet_passes_ruff_where_it_is_saved(path: str) -> None:
+    (text,) = [files[path] for files, _ in _groups() if path in files]
+    ruff = shutil.which("ruff") or str(Path(sys.executable).parent / "ruff")
+    # Checked as the file it would be in this repository, with the repository's configuration.
+    result = subprocess.run(
+        [ruff, "check", "--no-cache", f"--stdin-filename={REPO / path}", "-"],
+        input=text,
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_suite_snippet_runs_on_the_tiny_model(pytester: pytest.Pytester, tiny_ref: Path) -> None:
     pytest.importorskip("transformers")
-    ((suite, command),) = [(t, c) for t, c in _python_blocks() if _kind(t) == "suite"]
-    args = _args(command)
+    files, args = _group("test_suite.py")
     # The command as written, from the repository's root: models/ is where it says.
     (pytester.path / "models").mkdir()
     (pytester.path / "models" / "tiny-ref").symlink_to(tiny_ref, target_is_directory=True)
-    pytester.makepyfile(**{args[0].removesuffix(".py"): suite})
-    if "bnb-nf4" in command:
+    _save(pytester, files)
+    if any("bnb-nf4" in a for a in args):
         pytest.importorskip("bitsandbytes")
     result = pytester.runpytest(*args)
     out = result.stdout.str()
@@ -77,13 +110,12 @@ def test_multistep_snippet_runs_on_the_tiny_model(
     pytest.importorskip("transformers")
     pytest.importorskip("datasets")
     pytest.importorskip("bitsandbytes")
-    ((suite, command),) = [(t, c) for t, c in _python_blocks() if _kind(t) == "multistep"]
-    args = _args(command)
+    files, args = _group("test_multistep.py")
     (pytester.path / "models").mkdir()
     (pytester.path / "models" / "tiny-ref").symlink_to(tiny_ref, target_is_directory=True)
     (pytester.path / "example_suites" / "tiny").mkdir(parents=True)
     (pytester.path / "example_suites" / "tiny" / "data").symlink_to(example_data, target_is_directory=True)
-    pytester.makepyfile(**{args[0].removesuffix(".py"): suite})
+    _save(pytester, files)
     report = pytester.path / "gate.json"
     result = pytester.runpytest(*args, f"--quant-report={report}")
     out = result.stdout.str()
@@ -102,19 +134,10 @@ def test_multistep_snippet_runs_on_the_tiny_model(
 def test_bring_your_own_backend_snippet(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
     # The snippet registers a scheme in this process: keep it out of the other tests.
     monkeypatch.setattr(specs, "SCHEMES", dict(specs.SCHEMES))
-    ((conftest, command),) = [(t, c) for t, c in _python_blocks() if _kind(t) == "conftest"]
-    pytester.makeconftest(conftest)
-    pytester.makepyfile(
-        """
-        from pytest_quantgate import quant_case
-
-        @quant_case("prompt", ["17+25=", "3*4="], max_new_tokens=4)
-        def test_sums(prompt, output):
-            assert output == "42"
-        """
-    )
+    files, args = _group("byob/conftest.py")
+    _save(pytester, files)
     report = pytester.path / "gate.json"
-    result = pytester.runpytest(*_args(command), f"--quant-report={report}")
+    result = pytester.runpytest(*args, f"--quant-report={report}")
     assert result.ret == 0, result.stdout.str()
     data = json.loads(report.read_text())
     assert set(data["models"]) == {"a", "b"}

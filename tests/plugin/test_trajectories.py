@@ -62,9 +62,16 @@ def test_the_issue_example_runs_and_shows_where_the_paths_parted(pytester: pytes
     assert [t["prompt"] for t in ref_out["transcript"]] == ["ab", "abcd", "abcdef", "abcdefgh"]
     assert [t["reply"] for t in cand_out["transcript"]] == ["cd", "ef", "xx", "yy"]
     assert ref_out["output"] == "ij" and cand_out["output"] == "yy"
-    # The summary's regressed case says where the candidate left the reference's path.
+    # The summary's regressed case leads with where the candidate left the reference's path.
     result.stdout.fnmatch_lines(
-        ["*R test_chain.py::test_chain[[]case0-expected0[]]*", "*parted*step 3 of 4: ref 'gh' | q 'xx'*"]
+        [
+            "  R test_chain.py::test_chain[[]case0-expected0[]]",
+            "      parted at step 3 of 4:",
+            "      prompt    'abcdef'",
+            "      ref       'gh'",
+            "      q         'xx'",
+        ],
+        consecutive=True,
     )
 
 
@@ -84,7 +91,7 @@ def test_body(case, output, transcript, final_state):
     )
     ref = model(pytester, "ref", REFERENCE)
     result = pytester.runpytest(*gate_args(ref, model(pytester, "same", REFERENCE)), "-p", "no:xdist")
-    result.assert_outcomes(passed=1)
+    result.assert_outcomes(passed=1 + 2)  # and the gate's tests: the candidate's load, its ALL row
 
 
 def test_a_step_apply_rejects_fails_the_model_there_and_other_exceptions_are_errors(
@@ -125,7 +132,7 @@ def test_steps(case, final_state):
     assert outcomes["strict"]["final_state"] == {"text": "abcd", "got": ["cd"]}  # before the rejected step
     assert outcomes["broken"]["outcome"] == "error"
     assert "RuntimeError: environment broke" in outcomes["broken"]["message"]
-    assert summary_counts(result) == {"regressed": 1, "errors": 1}
+    assert summary_counts(result) == {"regressed": 1, "errors": 1, "passed": 2}  # the gate's load, ALL
 
 
 def test_a_state_that_is_not_json_is_one_clear_error_naming_the_case(pytester: pytest.Pytester) -> None:
@@ -156,7 +163,7 @@ def test_start(case, final_state):
     result = pytester.runpytest(
         *gate_args(model(pytester, "ref", REFERENCE), model(pytester, "q", REFERENCE)), "-p", "no:xdist"
     )
-    result.assert_outcomes(failed=1, errors=1)
+    result.assert_outcomes(failed=1, errors=1, passed=2)  # passed: the gate's load and ALL row
     result.stdout.fnmatch_lines(
         [
             "*test_sets.py::test_sets[[]sets[]]*",
@@ -198,7 +205,7 @@ def test_plain(prompt, expected, output):
         "-p",
         "no:xdist",
     )
-    result.assert_outcomes(passed=2)
+    result.assert_outcomes(passed=2 + 4)  # and the gate's: the load, the chain, plain and ALL rows
     data = read_report(report)
     kinds = {c["nodeid"].split("::")[1].split("[")[0]: c.get("trajectory", False) for c in data["cases"]}
     assert kinds == {"test_chain": True, "test_plain": False}
@@ -236,7 +243,7 @@ def test_chat(case, transcript):
         "-p",
         "no:xdist",
     )
-    result.assert_outcomes(passed=1)
+    result.assert_outcomes(passed=1 + 2)  # and the gate's tests: the candidate's load, its ALL row
     (case,) = read_report(report)["cases"]
     fed = {label: [t["rendered"] for t in o["transcript"]] for label, o in case["outcomes"].items()}
     assert fed["ref"] == fed["q"] == [json.dumps(first, sort_keys=True), json.dumps(second, sort_keys=True)]

@@ -139,7 +139,7 @@ def _record(i: int, bad_pass: bool) -> CaseRecord:
         },
         unavailable={"broken": "bitsandbytes is not installed\nsecond line"},
         prompt=f"{i}+1=",
-        params={"expected": repr(str(i + 1))},
+        params={"expected": str(i + 1)},
     )
 
 

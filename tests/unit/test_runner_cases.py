@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+import json
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,6 +19,7 @@ from pytest_quantgate.core.records import (
     CaseRecord,
     ModelOutcome,
     Status,
+    check_location,
     classify,
     resolve_skips,
     run_check,
@@ -201,6 +205,55 @@ class _Skipped(Exception):
 
 class _XFailed(AssertionError):  # as pytest's: an xfail is a kind of failure
     pass
+
+
+def _line_of(marker: str) -> int:
+    """The line of this file that ends with ``# marker``."""
+    lines = Path(__file__).read_text(encoding="utf-8").splitlines()
+    return next(i for i, line in enumerate(lines, 1) if line.rstrip().endswith(f"# {marker}"))
+
+
+def _fields(text: str) -> dict[str, str]:
+    return dict(part.split("=") for part in text.split(","))  # in-helper
+
+
+def test_an_error_of_a_check_names_its_innermost_line_in_the_checks_file() -> None:
+    def check(output: str) -> None:
+        got = _fields(output)
+        json.loads(got["json"])  # in-library
+        assert got["total"] == "3"  # in-check
+
+    assert run_check(check, {"output": "json=1"}) == ("error", f"KeyError: 'total'{_at('in-check')}")
+    # Raised in a helper of the same file: the helper's line, the innermost of the file.
+    outcome, message = run_check(check, {"output": "x"})
+    assert outcome == "error" and message == f"ValueError: {_error_of(_fields, 'x')}{_at('in-helper')}"
+    # Raised inside a library: the check's line that called it.
+    outcome, message = run_check(check, {"output": "json={"})
+    assert outcome == "error" and "JSONDecodeError: Expecting" in (message or "")
+    assert (message or "").endswith(_at("in-library"))
+
+
+def test_a_check_is_looked_through_its_decorators_and_a_check_with_no_code_has_no_location() -> None:
+    def check(text: str) -> None:
+        _fields(text)
+
+    wrapped = functools.wraps(check)(functools.partial(check))  # no code of its own, __wrapped__ has
+    assert run_check(wrapped, {"text": "x"})[1] == f"ValueError: {_error_of(_fields, 'x')}{_at('in-helper')}"
+    assert check_location(functools.partial(check), ValueError()) is None
+    assert run_check(functools.partial(_fields), {"text": "x"})[1] == f"ValueError: {_error_of(_fields, 'x')}"
+
+
+def _at(marker: str) -> str:
+    """`` (test_runner_cases.py:N)``: the location of the line marked ``# marker``."""
+    return f" ({Path(__file__).name}:{_line_of(marker)})"
+
+
+def _error_of(function: Callable[..., Any], *args: Any) -> str:
+    try:
+        function(*args)
+    except Exception as exc:
+        return str(exc)
+    raise AssertionError("it did not raise")
 
 
 def test_run_check_reports_skips_and_xfails() -> None:

@@ -85,7 +85,8 @@ def test_path_with_equals_sign_is_a_path(tmp_path: Path) -> None:
         ("rtn9:{d}", "unknown scheme 'rtn9'"),
         ("rtn2g0:{d}", "unknown scheme 'rtn2g0'"),
         ("fake:{d}", "file not found"),
-        ("bnb-nf4:{d}?bits=4", "model directory not found"),
+        # A ?query on a scheme without options is part of the path; that path missing, the query is named.
+        ("bnb-nf4:{d}?bits=4", r"^scheme bnb-nf4 takes no \?options \('bits=4' in model spec"),
         ("{d}/config.json", "not a directory"),
         ("{empty}", "no config.json"),
         ("x=", "empty model spec"),
@@ -114,6 +115,74 @@ def test_a_scheme_is_decided_by_the_grammar_not_the_filesystem(
     assert spec.scheme is None and spec.path == str(odd.resolve())
     # A drive letter is never a scheme.
     assert parse_spec("C:/models/x", check_path=False).scheme is None
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        # Issue 17: these once said "model directory not found: .../tiny-ref?bitz=4".
+        (
+            "rtn2g128:tiny-ref?bitz=4",
+            r"^scheme rtn2g128 takes no \?options \('bitz=4' in model spec 'rtn2g128:tiny-ref\?bitz=4'; "
+            r"rtn's options are in its name: rtn<bits 1-8>\[g<group>\]\)$",
+        ),
+        ("fake:ref.json?seed=1", r"^scheme fake takes no \?options \('seed=1' in model spec"),
+        (
+            "tiny-ref?bits=4",
+            r"^a model spec without a scheme takes no \?options \('bits=4' in model spec 'tiny-ref\?bits=4', "
+            r"and no directory .*tiny-ref\?bits=4 exists\)$",
+        ),
+        (
+            "BNB-NF4:tiny-ref",
+            r"^unknown scheme 'BNB-NF4' in model spec 'BNB-NF4:tiny-ref' \(did you mean 'bnb-nf4'\?\)$",
+        ),
+        ("nf4=bnb_nf4:tiny-ref", r"^unknown scheme 'bnb_nf4' in .* \(did you mean 'bnb-nf4'\?\)$"),
+        ("RTN2G64:tiny-ref", r"\(did you mean 'rtn2g64'\?\)$"),
+        ("Gptq:tiny-ref?bits=4", r"^unknown scheme 'Gptq' .*\(did you mean 'gptq'\?\)$"),
+        # Lower-case prefixes are schemes by the grammar: a close one is suggested...
+        (
+            "bnb-nf5:tiny-ref",
+            r"^unknown scheme 'bnb-nf5' in model spec 'bnb-nf5:tiny-ref' \(did you mean 'bnb-nf4'\? "
+            r"a relative path containing ':' is written ./PATH\)$",
+        ),
+        ("rtn9:tiny-ref", r"\(did you mean 'rtn<bits 1-8>\[g<group>\]'\?"),
+        # ...and without one, the known schemes are listed.
+        ("gguf-q4:tiny-ref", r"^unknown scheme 'gguf-q4' .*\(known: bnb-nf4, bnb-int8, .*; a relative path"),
+        (
+            "gptq:tiny-ref?bitz=4",
+            r"^option 'bitz=4' is not one of bits, group_size, sym, desc_act in model spec "
+            r"'gptq:tiny-ref\?bitz=4' \(did you mean 'bits'\?\)$",
+        ),
+        ("awq:tiny-ref?colour=red", r"^option 'colour=red' is not one of bits, group_size, sym in .*'$"),
+    ],
+)
+def test_a_slip_in_a_spec_is_named_with_its_close_match(
+    model_dir: Path, monkeypatch: pytest.MonkeyPatch, text: str, message: str
+) -> None:
+    monkeypatch.chdir(model_dir.parent)
+    with pytest.raises(SpecError, match=message) as info:
+        parse_spec(text)
+    assert "\n" not in str(info.value)
+
+
+def test_what_only_looks_like_a_slip_is_a_path_that_exists(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A slip is named only where the target it leaves does not exist: real paths keep working."""
+    monkeypatch.chdir(tmp_path)
+    for name in ("BNB-NF4:weights", "runs?lr=3e-4", "Gptq_v2:x"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text("{}")
+    assert parse_spec("BNB-NF4:weights").path == str(tmp_path / "BNB-NF4:weights")
+    assert parse_spec("runs?lr=3e-4").label == "runs?lr=3e-4"
+    spec = parse_spec("rtn2:runs?lr=3e-4")  # a scheme without options: the ? is the path's
+    assert (spec.path, spec.options) == (str(tmp_path / "runs?lr=3e-4"), {"bits": 2, "group_size": 32})
+    assert parse_spec("Gptq_v2:x").scheme is None
+    # A prefix with capitals far from every scheme is just a path that is not there.
+    with pytest.raises(SpecError, match=r"^model directory not found: .*Models:x"):
+        parse_spec("Models:x")
+    # Without the filesystem nothing is guessed.
+    assert parse_spec("BNB-NF4:nowhere", check_path=False).scheme is None
 
 
 def test_schemes_choose_backends_and_targets(tmp_path: Path) -> None:
@@ -306,6 +375,32 @@ def test_config_errors(model_dir: Path, cli: dict, message: str) -> None:
 def test_config_errors_name_the_ini_key(model_dir: Path, ini: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         _config(model_dir, {"quant_reference": "tiny-ref"}, ini)
+
+
+def test_a_second_reference_flag_is_an_error_not_a_silent_override(model_dir: Path) -> None:
+    """Issue 17: tiny-ref was gated against tiny-agent, given last, and "improved"."""
+    (model_dir.parent / "tiny-agent").mkdir()
+    (model_dir.parent / "tiny-agent" / "config.json").write_text("{}")
+    with pytest.raises(
+        ConfigError, match=r"^--quant-reference given twice \('tiny-ref' and 'tiny-agent'\): give one"
+    ):
+        _config(model_dir, {"quant_reference": ["tiny-ref", "tiny-agent"]})
+    with pytest.raises(ConfigError, match=r"^--quant-reference given 3 times \('a', 'b' and 'c'\)"):
+        _config(model_dir, {"quant_reference": ["a", "b", "c"]})
+    # One flag and an ini value: the flag wins, as before.
+    cfg = _config(model_dir, {"quant_reference": ["tiny-agent"]}, {"quant_reference": "tiny-ref"})
+    assert cfg.reference is not None and cfg.reference.label == "tiny-agent"
+    # An empty flag leaves the ini value, as before.
+    cfg = _config(model_dir, {"quant_reference": [""]}, {"quant_reference": "tiny-ref"})
+    assert cfg.reference is not None and cfg.reference.label == "tiny-ref"
+
+
+@pytest.mark.parametrize(("ini", "required"), [({}, False), ({"quant_require_reference": True}, True)])
+def test_require_reference_is_read_from_the_ini(model_dir: Path, ini: dict, required: bool) -> None:
+    cfg = _config(model_dir, {}, ini)
+    assert cfg.require_reference is required
+    with pytest.raises(ConfigError, match=r"^quant_require_reference must be true or false"):
+        _config(model_dir, {}, {"quant_require_reference": "maybe"})
 
 
 def test_candidates_from_the_ini_without_a_reference_are_an_error(model_dir: Path) -> None:

@@ -11,11 +11,12 @@ from typing import Any
 import pytest
 
 from pytest_quantgate.core.config import GateConfig
+from pytest_quantgate.core.records import CaseRecord, ModelOutcome, Outcome
 from pytest_quantgate.report import json_report
 from pytest_quantgate.report.matrix import matrix
 from pytest_quantgate.report.model import CandidateGate, GateReport, MatrixCell, Unevaluated
 from pytest_quantgate.report.terminal import summary, table
-from pytest_quantgate.report.text import Line, Sep, format_bound, format_bytes
+from pytest_quantgate.report.text import Line, Sep, cut_middle, format_bound, format_bytes
 from pytest_quantgate.statistics.gate import GateSettings, SliceOutcomes, SliceResult, Verdict, evaluate
 from pytest_quantgate.values.specs import parse_spec
 
@@ -338,3 +339,84 @@ def test_matrix_says_why_a_candidate_was_not_evaluated(
     assert column.unevaluated is why and column.verdict is None
     heading = next(line for line in _lines(matrix(report, 80)) if line.startswith("slice"))
     assert heading.split(maxsplit=1) == ["slice", f"nf4 ({why.value})"]
+
+
+# -- regressed cases -------------------------------------------------------------
+
+
+def _trajectory(ref_turns: list[dict[str, Any]], cand_turns: list[dict[str, Any]]) -> CaseRecord:
+    def outcome(turns: list[dict[str, Any]], result: Outcome) -> ModelOutcome:
+        return ModelOutcome(result, turns[-1]["reply"], transcript=tuple(turns))
+
+    return CaseRecord(
+        key="k",
+        nodeid="t.py::test_agent[a]",
+        slices=("agent",),
+        cluster=None,
+        critical=False,
+        reference="ref",
+        outcomes={"ref": outcome(ref_turns, "pass"), "q": outcome(cand_turns, "fail")},
+        prompt="first",
+        trajectory=True,
+    )
+
+
+def _regressed_block(record: CaseRecord) -> list[str]:
+    gate = replace(
+        _gate("q", [_row("ALL", Verdict.REGRESSED, is_total=True)], Verdict.REGRESSED), regressed=(record,)
+    )
+    lines = _lines(summary(replace(_report(gate), records=(record,)), 80))
+    return lines[lines.index("regressed cases (1):") + 1 :]
+
+
+def test_a_trajectory_parted_at_its_last_step_shows_its_replies_once() -> None:
+    """Chat prompts show their last message; the final outputs are the step's replies, not shown again."""
+    first = [{"role": "user", "content": "cap 7"}]
+    then = [*first, {"role": "assistant", "content": "ok"}, {"role": "user", "content": "set o7>"}]
+    record = _trajectory(
+        [{"prompt": first, "reply": "ok"}, {"prompt": then, "reply": "put o7"}],
+        [{"prompt": first, "reply": "ok"}, {"prompt": then, "reply": "put o6"}],
+    )
+    assert _regressed_block(record) == [
+        "  R t.py::test_agent[a]",
+        "      parted at step 2 of 2:",
+        "      prompt  … user: 'set o7>'",
+        "      ref     'put o7'",
+        "      q       'put o6'",
+    ]
+
+
+def test_a_trajectory_whose_inputs_differed_says_whose_prompt_is_shown() -> None:
+    record = _trajectory(
+        [{"prompt": "go", "rendered": "<s>go", "reply": "a"}, {"prompt": "go a", "reply": "end"}],
+        [{"prompt": "go", "rendered": "go", "reply": "b"}],
+    )
+    block = _regressed_block(record)
+    assert block[1:5] == [
+        "      parted at step 1 of 2 (the inputs differed there; the reference's is shown):",
+        "      prompt  'go'",
+        "      ref     'a'",
+        "      q       'b'",
+    ]
+    assert block[5:] == ["      final outputs:", "      ref     'end'", "      q       'b'"]
+
+
+@pytest.mark.parametrize(
+    ("width", "shown"),
+    [(10, "abcdefghij"), (12, "abcdefghij"), (6, "abc…ij"), (5, "ab…ij"), (2, "a…"), (1, "…")],
+)
+def test_cut_middle_keeps_both_ends(width: int, shown: str) -> None:
+    assert cut_middle("abcdefghij", width) == shown
+    assert len(shown) <= width
+
+
+def test_a_long_prompt_at_the_parting_step_keeps_its_rule_and_its_newest_request() -> None:
+    steps = ["limit 46\npay 48>", "flag\npay 42>", *["ok\npay 44>"] * 4, "ok\npay 51>"]
+    prompts = ["".join(steps[: i + 1]) for i in range(len(steps))]
+    replies = ["flag", "ok", "ok", "ok", "ok", "ok"]
+    ref = [{"prompt": p, "reply": r} for p, r in zip(prompts, [*replies, "flag"], strict=True)]
+    cand = [{"prompt": p, "reply": r} for p, r in zip(prompts, [*replies, "ok"], strict=True)]
+    block = _regressed_block(_trajectory(ref, cand))
+    prompt = block[2].removeprefix("      prompt  ")
+    assert prompt.startswith("'limit 46\\npay 48>") and prompt.endswith("\\npay 51>'") and "…" in prompt
+    assert len(block[2]) <= 80

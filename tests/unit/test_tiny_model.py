@@ -11,7 +11,7 @@ import pytest
 
 pytest.importorskip("transformers")
 
-from pytest_quantgate.backends.base import BackendError, GenerationRequest
+from pytest_quantgate.backends.base import BackendError, GenerationRequest, ScoreRequest
 from pytest_quantgate.backends.hf import HFBackend
 from pytest_quantgate.core.runner import truncate_at_stop
 from pytest_quantgate.values.prompts import GenerationSettings
@@ -56,6 +56,19 @@ def test_token_logprobs_prefer_the_right_answer(backend: HFBackend, example_data
     wrong = str((int(row["expected"]) + 1) % 10)
     right_lp, wrong_lp = backend.token_logprobs([(row["prompt"], row["expected"]), (row["prompt"], wrong)])
     assert len(right_lp) == 1 and right_lp[0] > wrong_lp[0]
+
+
+def test_score_gives_each_tokens_logprob_and_the_top_k(backend: HFBackend, example_data: Path) -> None:
+    """Teacher forcing on the model's own greedy reply: its tokens are the top-1 at every position."""
+    row = _rows(example_data, "arith", 1)[0]
+    settings = GenerationSettings(max_new_tokens=5)
+    reply = backend.generate([GenerationRequest(row["prompt"], settings)])[0]
+    (scores,) = backend.score([ScoreRequest(row["prompt"], reply, top_k=3)])
+    assert len(scores.tokens) == len(scores.logprobs) == len(scores.top) > 0
+    for token, logprob, top in zip(scores.tokens, scores.logprobs, scores.top, strict=True):
+        assert len(top) == 3 and [lp for _, lp in top] == sorted((lp for _, lp in top), reverse=True)
+        assert top[0] == (token, pytest.approx(logprob))
+    assert backend.token_logprobs([(row["prompt"], reply)]) == [list(scores.logprobs)]
 
 
 def test_context_is_the_smaller_of_the_model_and_tokenizer_limits(backend: HFBackend) -> None:
