@@ -13,6 +13,7 @@ from __future__ import annotations
 import abc
 import contextlib
 import contextvars
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -142,6 +143,24 @@ class Backend(abc.ABC):
     def token_logprobs(self, pairs: Sequence[tuple[Prompt, str]]) -> list[list[float]]:
         """log p of each token of ``continuation`` after ``prompt``, per pair (from :meth:`score`)."""
         return [list(s.logprobs) for s in self.score([ScoreRequest(p, c) for p, c in pairs])]
+
+    def timed_generate(self, requests: Sequence[GenerationRequest], new_tokens: int) -> float:
+        """Seconds to generate ``new_tokens`` tokens for every request of one batch.
+
+        For cost measurements (``--quant-cost``), never for results: a backend
+        that can should generate exactly ``new_tokens`` (no early stop at an
+        end-of-sequence token, no stop string), so that every model is timed
+        on the same work, and wait for its device before the clock stops.
+        Default: ``generate`` with each request's ``max_new_tokens`` set to
+        ``new_tokens`` and no stop strings, timed as it runs.
+        """
+        batch = [
+            GenerationRequest(r.prompt, GenerationSettings(new_tokens, (), r.settings.chat_template))
+            for r in requests
+        ]
+        started = time.perf_counter()
+        self.generate(batch)
+        return time.perf_counter() - started
 
     def peak_memory(self) -> int | None:
         """Peak bytes the model held on its device since it loaded; default None (not measured)."""

@@ -19,7 +19,6 @@ import importlib
 import os
 import time
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 from typing import Any
 
 from ..values.digest import json_digest, jsonable
@@ -33,6 +32,14 @@ from .base import (
     ScoreRequest,
     TokenScores,
     current_load_policy,
+)
+from .hf_gguf import (
+    DEQUANTIZED_NOTE,
+    GGUFFacts,
+    gguf_dequantized,
+    gguf_problem,
+    pretrained_source,
+    read_gguf,
 )
 from .hf_loading import (
     contained_environment,
@@ -119,6 +126,8 @@ class HFBackend(Backend):
         self.checkpoint = spec.path
         #: How its tokenizer differs from the reference's (only with --quant-allow-tokenizer-mismatch).
         self.tokenizer_differences: list[str] = []
+        #: A GGUF file's header (architecture, tensor types), read before loading; None for a checkpoint.
+        self.gguf: GGUFFacts | None = None
         self._tokenizer_fp: dict[str, Any] | None = None
         #: (prompt, chat_template) -> what :meth:`render` made of it.
         self._rendered: dict[tuple[Prompt, bool | None], tuple[str, bool]] = {}
@@ -153,13 +162,18 @@ class HFBackend(Backend):
         device = resolve_device(device)
         torch_dtype = resolve_dtype(dtype, device)
         qconfig = quantization_config(spec, torch_dtype)
-        where = Path(spec.path)
-        if spec.kind.quantizer is not None:
-            lacking = format_problem(spec.label, spec.kind.quantizer)  # before minutes of quantizing
-            if lacking:
-                raise BackendError(lacking)
-            where = quantized_on_the_fly(spec, policy)
-        problem = quantized_format_problem(spec, where)
+        where, source = pretrained_source(spec)
+        gguf = None
+        if spec.kind.gguf:  # the header first: an architecture transformers cannot load costs no load
+            gguf = read_gguf(spec.path, spec.label)
+            problem = gguf_problem(spec, gguf)
+        else:
+            if spec.kind.quantizer is not None:
+                lacking = format_problem(spec.label, spec.kind.quantizer)  # before minutes of quantizing
+                if lacking:
+                    raise BackendError(lacking)
+                where = quantized_on_the_fly(spec, policy)
+            problem = quantized_format_problem(spec, where)
         if problem:
             raise BackendError(problem)
         started = time.perf_counter()
@@ -168,9 +182,12 @@ class HFBackend(Backend):
             "local_files_only": True,
             "trust_remote_code": policy.trust_remote_code,
             "output_loading_info": True,
+            **source,
         }
-        if not policy.allow_pickle:
+        if not policy.allow_pickle and gguf is None:  # a GGUF file holds no pickle
             kwargs["use_safetensors"] = True
+        if gguf is not None:
+            qconfig = gguf_dequantized()
         if qconfig is not None:
             kwargs["quantization_config"] = qconfig
             kwargs["device_map"] = device
@@ -179,7 +196,7 @@ class HFBackend(Backend):
             kwargs["device_map"] = "auto"
         try:
             tokenizer = AutoTokenizer.from_pretrained(
-                where, local_files_only=True, trust_remote_code=policy.trust_remote_code
+                where, local_files_only=True, trust_remote_code=policy.trust_remote_code, **source
             )
         except Exception as exc:
             raise load_error(spec, exc) from exc
@@ -212,7 +229,8 @@ class HFBackend(Backend):
         model.eval()
         checkpoint_generation = _neutral_generation_config(model)
         backend = cls(spec, model, tokenizer, device, time.perf_counter() - started)
-        backend.checkpoint = str(where)
+        backend.checkpoint = spec.path if gguf is not None else str(where)
+        backend.gguf = gguf
         backend.checkpoint_generation_config = checkpoint_generation
         backend.tokenizer_differences = differences
         backend._tokenizer_fp = fingerprint
@@ -312,7 +330,28 @@ class HFBackend(Backend):
                     out[i] = reply
         return out
 
-    def _generate_texts(self, texts: list[str], settings: GenerationSettings, special: bool) -> list[str]:
+    def timed_generate(self, requests: Sequence[GenerationRequest], new_tokens: int) -> float:
+        """Seconds to generate exactly ``new_tokens`` tokens per request in one batch (``min_new_tokens``
+        too, no stop strings), the device synchronized before the clock stops."""
+        import torch
+
+        texts = [self.render(r.prompt, r.settings) for r in requests]
+        special = {s for _, s in texts}
+        settings = GenerationSettings(new_tokens)
+        on_gpu = self.model.device.type == "cuda"
+        with torch.inference_mode():
+            if on_gpu:
+                torch.cuda.synchronize(self.model.device)
+            started = time.perf_counter()
+            for flag in special:  # one batch per special-tokens flag (one in practice)
+                self._generate_texts([t for t, s in texts if s == flag], settings, flag, exact=True)
+            if on_gpu:
+                torch.cuda.synchronize(self.model.device)
+            return time.perf_counter() - started
+
+    def _generate_texts(
+        self, texts: list[str], settings: GenerationSettings, special: bool, *, exact: bool = False
+    ) -> list[str]:
         from transformers import GenerationConfig
 
         enc = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=not special).to(
@@ -325,6 +364,8 @@ class HFBackend(Backend):
             pad_token_id=self.tokenizer.pad_token_id,
             eos_token_id=self.model.generation_config.eos_token_id or self.tokenizer.eos_token_id,
         )
+        if exact:  # every row generates max_new_tokens tokens: the same work for every model
+            config.min_new_tokens = settings.max_new_tokens
         extra: dict[str, Any] = {}
         if settings.stop:
             # Stops each row early; the runner still truncates at the stop
@@ -384,6 +425,13 @@ class HFBackend(Backend):
             qconf = qconf.to_dict() if hasattr(qconf, "to_dict") else repr(qconf)
         if self.spec.kind.transform is not None:  # not transformers': the scheme's own
             qconf = {"quant_method": self.spec.kind.name, **self.spec.options}
+        dtype = str(self.model.dtype).replace("torch.", "")
+        if self.gguf is not None:  # what the file held, and what was run instead
+            qconf = {
+                "quant_method": "gguf",
+                **self.gguf.to_dict(),
+                "note": DEQUANTIZED_NOTE.format(dtype=dtype),
+            }
         mismatch = {"tokenizer_differences": list(self.tokenizer_differences)}
         return {
             "label": self.label,
@@ -392,7 +440,7 @@ class HFBackend(Backend):
             "scheme": self.spec.scheme,
             **({"checkpoint": self.checkpoint} if self.checkpoint != self.spec.path else {}),
             "device": str(self.model.device),
-            "dtype": str(self.model.dtype).replace("torch.", ""),
+            "dtype": dtype,
             "quantization": jsonable(qconf),
             "parameters": int(sum(p.numel() for p in self.model.parameters())),
             "weight_bytes": _weight_bytes(self.model),

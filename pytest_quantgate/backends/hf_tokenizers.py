@@ -2,8 +2,8 @@
 
 :func:`tokenizer_fingerprint` writes what a tokenizer does to text as
 builtins; :func:`tokenizer_differences` says how two differ in short
-phrases. The reference's tokenizer is read from its directory, not from a
-loaded model: its results may come from the cache.
+phrases. The reference's tokenizer is read from its directory (or its GGUF
+file), not from a loaded model: its results may come from the cache.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from typing import Any
 from ..values.digest import json_digest, jsonable
 from ..values.specs import ModelSpec
 from .base import BackendError, LoadPolicy
+from .hf_gguf import pretrained_source
 from .hf_loading import remote_code_problem
 
 __all__ = [
@@ -161,41 +162,52 @@ def _added(token: dict[str, Any] | None) -> str:
 
 
 def _tokenizer_files(path: str) -> tuple[tuple[str, int, int], ...]:
-    """Name, size and mtime of the files in a checkpoint directory: the key of a cached fingerprint."""
-    directory = Path(path)
-    if not directory.is_dir():
+    """Name, size and mtime of the files in a checkpoint directory (or of a GGUF file, which holds its
+    tokenizer): the key of a cached fingerprint."""
+    target = Path(path)
+    if target.is_file():
+        files = [target]
+    elif target.is_dir():
+        files = [p for p in sorted(target.iterdir()) if p.is_file() and p.suffix != ".safetensors"]
+    else:
         return ()
-    files = [p for p in sorted(directory.iterdir()) if p.is_file() and p.suffix != ".safetensors"]
     return tuple((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files)
 
 
 @functools.lru_cache(maxsize=8)
-def _fingerprint_at(path: str, trust_remote_code: bool, files: tuple[tuple[str, int, int], ...]) -> str:
-    """The fingerprint (as JSON) of the tokenizer in a checkpoint directory, without loading its model."""
+def _fingerprint_at(
+    path: str, gguf_file: str | None, trust_remote_code: bool, files: tuple[tuple[str, int, int], ...]
+) -> str:
+    """The fingerprint (as JSON) of the tokenizer in a checkpoint directory (or a GGUF file), without
+    loading its model."""
     from transformers import AutoTokenizer
 
+    source = {"gguf_file": gguf_file} if gguf_file is not None else {}
     tokenizer = AutoTokenizer.from_pretrained(
-        path, local_files_only=True, trust_remote_code=trust_remote_code
+        path, local_files_only=True, trust_remote_code=trust_remote_code, **source
     )
     prepare_tokenizer(tokenizer, path)
     return json.dumps(tokenizer_fingerprint(tokenizer))
 
 
 def reference_fingerprint(policy: LoadPolicy) -> dict[str, Any] | None:
-    """The fingerprint of the reference's tokenizer, read from its directory (it need not be loaded:
-    its results may come from the cache); None when the reference is not a checkpoint directory.
+    """The fingerprint of the reference's tokenizer, read from its directory or GGUF file (it need not
+    be loaded: its results may come from the cache); None when the reference is neither.
 
     Raises:
         BackendError: its tokenizer cannot be read.
     """
     ref = policy.reference
-    if ref is None or ref.kind.target != "checkpoint":
+    if ref is None or not (ref.kind.target == "checkpoint" or ref.kind.gguf):
         return None
     problem = remote_code_problem(ref, policy)
     if problem:
         raise BackendError(problem)
+    where, source = pretrained_source(ref)
     try:
-        found = _fingerprint_at(ref.path, policy.trust_remote_code, _tokenizer_files(ref.path))
+        found = _fingerprint_at(
+            str(where), source.get("gguf_file"), policy.trust_remote_code, _tokenizer_files(ref.path)
+        )
     except BackendError:
         raise
     except Exception as exc:

@@ -12,7 +12,7 @@ import functools
 import os
 import re
 import tempfile
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -204,6 +204,14 @@ class GateConfig:
     alpha: float = 0.05
     strict: bool = False
     report_path: Path | None = None
+    #: ``--quant-markdown``: the Markdown report, written whole.
+    markdown_path: Path | None = None
+    #: ``--quant-cost``: measure each model's cost after the quality run.
+    cost: bool = False
+    #: ``--quant-html``: the self-contained HTML report.
+    html_path: Path | None = None
+    #: ``$GITHUB_STEP_SUMMARY``: the job summary the Markdown report is appended to.
+    step_summary: Path | None = None
     #: The candidates' calibration texts, read once: quantizing on the fly calibrates on them,
     #: and the report counts eval cases found in them.
     calibration: Calibration | None = None
@@ -286,6 +294,9 @@ class GateConfig:
             "alpha": self.alpha,
             "strict": self.strict,
             "report_path": str(self.report_path) if self.report_path else None,
+            "markdown_path": str(self.markdown_path) if self.markdown_path else None,
+            "html_path": str(self.html_path) if self.html_path else None,
+            "cost": self.cost,
             "calibration": str(self.calibration.path) if self.calibration else None,
             "batch_size": "auto" if self.batch_size is None else self.batch_size,
             "threads": "auto" if self.threads is None else self.threads,
@@ -307,12 +318,15 @@ class GateConfig:
         *,
         cli_dir: Path,
         ini_dir: Path,
+        environ: Mapping[str, str] | None = None,
     ) -> GateConfig:
         """Build from ``option(name)`` (CLI, None when unset) and ``ini(name)``.
 
         Relative paths given on the command line are relative to ``cli_dir``
         (where pytest was invoked); those in the ini file to ``ini_dir``.
+        ``environ`` (default ``os.environ``) gives ``GITHUB_STEP_SUMMARY``.
         """
+        env = os.environ if environ is None else environ
 
         def pick(name: str) -> tuple[Any, Path, str]:
             """The value, the directory its paths are relative to, and its source's name."""
@@ -351,6 +365,8 @@ class GateConfig:
             return parse(default if value in (None, "") else value, source)
 
         report, report_dir, report_src = pick("quant_report")
+        markdown, markdown_dir, markdown_src = pick("quant_markdown")
+        html_report, html_dir, html_src = pick("quant_html")
         cache_mode = parsed("quant_cache", parse_cache, str(CacheMode.ON))
         cache_text, cache_base, _ = pick("quant_cache_dir")
         cache_dir = (
@@ -389,6 +405,13 @@ class GateConfig:
             alpha=parsed("quant_alpha", parse_alpha, 0.05),
             strict=strict,
             report_path=parse_report_path(report, report_dir, report_src) if report else None,
+            markdown_path=parse_report_path(markdown, markdown_dir, markdown_src) if markdown else None,
+            html_path=parse_report_path(html_report, html_dir, html_src) if html_report else None,
+            step_summary=(
+                parse_report_path(env["GITHUB_STEP_SUMMARY"], cli_dir, "GITHUB_STEP_SUMMARY")
+                if env.get("GITHUB_STEP_SUMMARY")
+                else None
+            ),
             calibration=calibration,
             batch_size=parsed("quant_batch_size", parse_batch_size, "auto"),
             threads=parsed("quant_threads", parse_threads, "auto"),
@@ -396,6 +419,7 @@ class GateConfig:
             keep_loaded=keep_loaded,
             cache_mode=cache_mode,
             cache_dir=cache_dir,
+            cost=flag("quant_cost"),
             trust_remote_code=flag("quant_trust_remote_code"),
             allow_pickle=flag("quant_allow_pickle"),
             allow_tokenizer_mismatch=flag("quant_allow_tokenizer_mismatch"),

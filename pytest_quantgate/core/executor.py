@@ -18,13 +18,14 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from ..backends.base import Backend, BackendError, load_policy
+from ..backends.base import Backend, BackendError, GenerationRequest, load_policy
 from ..backends.registry import load_backend
 from ..storage.fingerprint import environment_versions, fingerprint_spec
 from ..storage.store import DEFAULT_DIR_NAME, CacheMode, ResultCache
 from ..values.transcript import CaseRun
 from .cases import CaseSpec
 from .config import GateConfig
+from .cost import measure
 from .records import CaseRecord, ModelOutcome, Outcome, resolve_skips
 from .runner import BatchSize, run_cases
 from .source import case_fingerprint
@@ -492,6 +493,34 @@ class Executor:
             unavailable=unavailable,
             trajectory=case.trajectory is not None,
         )
+
+    def measure_cost(self, *, sample: int = 32) -> None:
+        """Each model's cost (:mod:`.cost`) on a fixed sample of the planned prompts, into its facts.
+
+        Apart from the quality run, after it: the first ``sample`` cases by key
+        (the same on every machine), each model loaded in turn, timed at batch
+        sizes 1, 8 and its run's, then freed.
+        """
+        planned = sorted((c for g in self._groups.values() for c in g.values()), key=lambda c: c.key)
+        cases = [c for c in planned if c.prompt][:sample]
+        if not cases:
+            return
+        new_tokens = max(2, min(max(c.settings.max_new_tokens for c in cases), 64))
+        requests = [GenerationRequest(c.prompt, c.settings) for c in cases]
+        for label in self.labels:
+            if label in self.pool.failures:
+                continue
+            with self._library_warnings(label):
+                try:
+                    backend = self.pool.get(label)
+                except BackendError:
+                    continue
+                self.emit(f"quantgate: {label}: measuring its cost on {len(cases)} prompts ...")
+                size = self._batch_size(label).size
+                cost = measure(backend, requests, batch_sizes=(1, 8, size), new_tokens=new_tokens)
+            self.pool.facts.setdefault(label, {})["cost"] = cost.to_dict()
+            if not self.config.keep_loaded:
+                self.pool.release(label)
 
     def unchecked(self) -> list[dict[str, Any]]:
         """The planned cases generated on some model but never checked (an interrupted run).

@@ -132,7 +132,8 @@ def fixtures_taking(item: pytest.Item, names: Sequence[str]) -> list[tuple[str, 
 
 
 def junit_writers(config: pytest.Config) -> list[Any]:
-    """pytest's JUnit writers registered in this session (``--junitxml``), to be fed apart.
+    """pytest's JUnit writers registered in this session (``--junitxml``), to be fed apart
+    (their ``pytest_runtest_logreport`` and ``add_global_property``).
 
     Relies on the private module ``_pytest.junitxml`` and its ``LogXML``
     class. JUnit makes a test's classname from its node id's path: a gate

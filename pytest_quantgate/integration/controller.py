@@ -10,15 +10,18 @@ writes the JSON report.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from ..core.config import GateConfig
 from ..core.records import RECORD_KEY, CaseRecord
-from ..report import json_report, terminal
+from ..report import html, json_report, markdown, terminal
 from ..report.aggregator import Aggregator
 from ..report.model import GateReport, GateTest, parse_gate_test_id
+from ..statistics.gate import SliceResult
 from . import _compat
 from .worker import CasePlugin
 from .xdist import add_facts
@@ -43,7 +46,7 @@ class GatePlugin:
         self.aggregator = Aggregator(gate_config)
         self._cases = cases  # this process's own, when it runs tests too
         self.report: GateReport | None = None
-        self.write_error: str | None = None
+        self.write_errors: list[str] = []  # report files that could not be written, one line each
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         if report.when == "call":
@@ -56,7 +59,7 @@ class GatePlugin:
     @pytest.hookimpl(tryfirst=True)
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
         interrupted = exitstatus == pytest.ExitCode.INTERRUPTED
-        add_facts(self.aggregator, self._cases.facts(interrupted=interrupted))  # this process's own
+        add_facts(self.aggregator, self._cases.finish(interrupted=interrupted))  # this process's own
         narrowed_by, uncounted = _narrowing(self.config)
         self.report = self.aggregator.report(
             interrupted=interrupted,
@@ -77,9 +80,29 @@ class GatePlugin:
             except OSError as exc:  # checked up front, but the disk can still fill up
                 # The error's own file name is the temporary file beside it: name the user's path.
                 why = exc.strerror or type(exc).__name__
-                self.write_error = f"quantgate: could not write the JSON report to {path}: {why}"
-                if session.exitstatus == pytest.ExitCode.OK:
-                    session.exitstatus = pytest.ExitCode.TESTS_FAILED
+                self.write_errors.append(f"quantgate: could not write the JSON report to {path}: {why}")
+        self._write_other_reports()
+        if self.write_errors and session.exitstatus == pytest.ExitCode.OK:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+    def _write_other_reports(self) -> None:
+        """Markdown (--quant-markdown, and the job's step summary) and HTML (--quant-html)."""
+        report = self.report
+        assert report is not None
+        cfg = self.gate_config
+        writers: list[tuple[Path | None, str, Callable[[Path], None]]] = [
+            (cfg.markdown_path, "Markdown", lambda p: markdown.write(report, p, cfg.report_path)),
+            (cfg.step_summary, "Markdown", lambda p: markdown.append(report, p, cfg.report_path)),
+            (cfg.html_path, "HTML", lambda p: html.write(report, p)),
+        ]
+        for path, kind, write in writers:
+            if path is None:
+                continue
+            try:
+                write(path)
+            except OSError as exc:
+                why = exc.strerror or type(exc).__name__
+                self.write_errors.append(f"quantgate: could not write the {kind} report to {path}: {why}")
 
     def _log_gate_test(self, test: GateTest) -> None:
         """Hand a gate test to every reporter (JUnit, the --lf cache, ...) and the summary.
@@ -103,10 +126,13 @@ class GatePlugin:
         call, teardown = _gate_reports(self.report, test, test.nodeid)
         log(report=call)
         log(report=teardown)
-        for writer, report in (
-            (w, r) for w in junit for r in _gate_reports(self.report, test, test.name_in_junit)
-        ):
-            writer.pytest_runtest_logreport(report)
+        for writer in junit:
+            for report in _gate_reports(self.report, test, test.name_in_junit):
+                writer.pytest_runtest_logreport(report)
+            if test.row is not None:
+                # The row's statistics at the test suite's level too: the JUnit schema pytest
+                # writes by default (xunit2) has no properties per test case.
+                writer.add_global_property(test.name_in_junit, _statistics(test.row))
         if tr is not None:
             _compat.count_in_summary(tr, call)
 
@@ -114,7 +140,7 @@ class GatePlugin:
         if self.report is None:
             return
         width = _compat.terminal_width(terminalreporter)
-        for line in terminal.summary(self.report, width=width, write_error=self.write_error):
+        for line in terminal.summary(self.report, width=width, write_errors=self.write_errors):
             if isinstance(line, terminal.Sep):
                 terminalreporter.write_sep("=", line.title, **line.markup)
                 continue
@@ -166,6 +192,13 @@ def _earlier_test_failures(config: pytest.Config) -> bool:
     cache = getattr(config, "cache", None)
     lastfailed = cache.get("cache/lastfailed", {}) if cache is not None else {}
     return any(parse_gate_test_id(str(k)) is None for k in lastfailed)
+
+
+def _statistics(row: SliceResult) -> str:
+    """A row's statistics as one line of JSON (fractions; ``drop`` > 0: the candidate is worse)."""
+    keys = ("n", "ref_accuracy", "cand_accuracy", "drop", "upper", "tolerance", "p_adjusted", "verdict")
+    data = row.to_dict()
+    return json.dumps({k: data[k] for k in keys}, sort_keys=True)
 
 
 def _gate_reports(

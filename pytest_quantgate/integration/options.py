@@ -60,6 +60,19 @@ _OPTIONS = (
     ("--quant-alpha", "quant_alpha", "string", "significance level of the gate (default: 0.05)"),
     ("--quant-report", "quant_report", "string", "write the gate as JSON to this path (default: none)"),
     (
+        "--quant-markdown",
+        "quant_markdown",
+        "string",
+        "write the gate as Markdown to this path; with $GITHUB_STEP_SUMMARY set it is also "
+        "appended there (default: none)",
+    ),
+    (
+        "--quant-html",
+        "quant_html",
+        "string",
+        "write the gate as one self-contained HTML page to this path (default: none)",
+    ),
+    (
         "--quant-calibration",
         "quant_calibration",
         "string",
@@ -96,8 +109,15 @@ _OPTIONS = (
     ),
 )
 
-#: Safe loading (``backends.base.LoadPolicy``): what a checkpoint may do while it loads.
+#: Safe loading (``backends.base.LoadPolicy``): what a checkpoint may do while it loads; and
+#: what else a run may measure. Flags whose ini key is a bool.
 _SAFETY = (
+    (
+        "--quant-cost",
+        "quant_cost",
+        "after the gate, measure each model's cost (latency, tokens per second, peak memory) on a "
+        "sample of the suite's prompts (default: not measured)",
+    ),
     (
         "--quant-trust-remote-code",
         "quant_trust_remote_code",

@@ -54,6 +54,7 @@ class CasePlugin:
         self.deselected = 0  # quant cases deselected (-k, -m, --lf, --deselect, a gate row re-run)
         self.selected = 0
         self.collected = False  # whether this process collected (an xdist controller does not)
+        self._cost_measured = False
         #: Why this process refused to run what it collected (an xdist controller raises it again).
         self.usage_error: str | None = None
 
@@ -169,6 +170,16 @@ class CasePlugin:
         _end_test(record)
         return True
 
+    def finish(self, *, interrupted: bool) -> dict[str, Any]:
+        """At the end of the session: measure the models' cost when asked (once, in one process,
+        never after an interruption), then what this process learnt (:meth:`facts`)."""
+        first = getattr(self.config, "workerinput", {}).get("workerid", "gw0") == "gw0"
+        asked = self.gate_config.cost and self.gate_config.enabled and self.collected
+        if asked and first and not interrupted and not self._cost_measured:
+            self._cost_measured = True
+            self.executor.measure_cost()
+        return self.facts(interrupted=interrupted)
+
     def facts(self, *, interrupted: bool = False) -> dict[str, Any]:
         """What this process learnt, for the process that reports; when the run was interrupted,
         also the cases generated but never checked (:meth:`~..core.executor.Executor.unchecked`)."""
@@ -186,7 +197,7 @@ class CasePlugin:
 
     def pytest_sessionfinish(self, exitstatus: int) -> None:
         if hasattr(self.config, "workerinput"):
-            facts = self.facts(interrupted=exitstatus == pytest.ExitCode.INTERRUPTED)
+            facts = self.finish(interrupted=exitstatus == pytest.ExitCode.INTERRUPTED)
             self.config.workeroutput[FACTS_KEY] = json.dumps(facts)  # type: ignore[attr-defined]
 
     def pytest_unconfigure(self) -> None:

@@ -9,15 +9,17 @@ and builds the :class:`~.report.model.GateReport` that every writer renders.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 from ..core.config import GateConfig
+from ..core.cost import Cost
 from ..core.markers import merge_tolerances
 from ..core.overlap import CalibrationOverlap, overlap
 from ..core.records import CaseRecord, Status
 from ..statistics.gate import ALL, GateSettings, SliceOutcomes, Verdict, evaluate, overall_verdict
 from ..values.specs import ModelSpec
-from .model import CandidateGate, Failure, FailureKind, GateReport, GateTest, Selection
+from .model import CandidateGate, CostRow, Failure, FailureKind, GateReport, GateTest, Selection
 
 __all__ = ["Aggregator", "gate_candidate"]
 
@@ -155,6 +157,7 @@ class Aggregator:
             reference_error=reference_error,
             calibration_overlap=self._calibration_overlap(records),
             unchecked=tuple(sorted(self.unchecked, key=lambda e: str(e.get("nodeid")))),
+            cost=_cost_rows(self._models()),
         )
 
     def _calibration_overlap(self, records: Sequence[CaseRecord]) -> CalibrationOverlap | None:
@@ -210,6 +213,55 @@ def _failures(
             )
         )
     return tuple(out)
+
+
+def _cost_rows(models: Mapping[str, Mapping[str, Any]]) -> tuple[CostRow, ...]:
+    """Each measured model's cost (:mod:`..core.cost`), with its ratios to the reference's."""
+    rows: list[CostRow] = []
+    for label, facts in models.items():
+        if not facts.get("cost"):
+            continue
+        cost = Cost.from_dict(facts["cost"])
+        largest = cost.batches[-1]
+        weights = facts.get("weight_bytes")
+        rows.append(
+            CostRow(
+                label=label,
+                role=str(facts.get("role", "")),
+                new_tokens=cost.new_tokens,
+                prompts=cost.prompts,
+                batch_size=largest.batch_size,
+                tokens_per_second=largest.decode_tokens_per_second,
+                first_token_seconds=cost.batches[0].first_token_seconds,
+                latency_p50=cost.latency_p50,
+                latency_p95=cost.latency_p95,
+                peak_memory_bytes=cost.peak_memory_bytes,
+                memory=cost.memory,
+                weight_bytes=weights if isinstance(weights, int) else None,
+            )
+        )
+    ref = next((r for r in rows if r.role == "reference"), None)
+    if ref is None:
+        return tuple(rows)
+
+    def ratio(mine: float | None, theirs: float | None) -> float | None:
+        return None if mine is None or not theirs else mine / theirs
+
+    return tuple(
+        sorted(
+            (
+                replace(
+                    r,
+                    speed_ratio=ratio(r.tokens_per_second, ref.tokens_per_second),
+                    latency_ratio=ratio(r.latency_p50, ref.latency_p50),
+                    memory_ratio=ratio(r.peak_memory_bytes, ref.peak_memory_bytes),
+                    weight_ratio=ratio(r.weight_bytes, ref.weight_bytes),
+                )
+                for r in rows
+            ),
+            key=lambda r: r.role != "reference",
+        )
+    )
 
 
 def _nothing_checked(interrupted: bool) -> str:
@@ -277,6 +329,7 @@ def gate_candidate(
         rows=rows,
         errors=len(errored),
         regressed=tuple(r for r in valid if r.status(label) is Status.REGRESSED),
+        improved=tuple(r for r in valid if r.status(label) is Status.IMPROVED),
         inconclusive=tuple(r.slice for r in rows if r.verdict is Verdict.INCONCLUSIVE),
         skipped=len(skipped),
         path=candidate.path,

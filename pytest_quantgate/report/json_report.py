@@ -2,11 +2,11 @@
 
 Top level::
 
-    {"schema": "pytest-quantgate/report", "schema_version": 1,
+    {"schema": "pytest-quantgate/report", "schema_version": 2,
      "complete": bool,            # true only for the whole suite, run to the end on every model
      "interrupted": bool,         # Ctrl-C or pytest.exit: what ran before it
      "selection": {"collected", "selected", "ran", "skipped", "narrowed_by", "stopped"},
-     "failed": bool,              # a row REGRESSED
+     "failed": bool,              # the gate fails the run (GateReport.failures): as the exit status
      "config": {...},             # GateConfig.to_dict()
      "models": {label: {...}},    # path, spec, role, dtype, device, quantization[, load_error]
                                   # [, parameters, weight_bytes: the transformers backend's]
@@ -18,7 +18,14 @@ Top level::
                 "candidates": [{"label", "verdict", "not_evaluated", "weight_bytes"}],
                 "cells": [[{"drop", "verdict", "n"} or null, ... per candidate], ... per slice]},
      "calibration_overlap": {...} | null,  # eval cases found in --quant-calibration's texts
+     "unchecked": [{"nodeid", "key", "slices", "outputs": {label: {"output", "error", "transcript"}}}],
+                                  # generated but never checked: an interrupted run's finished work
+     "cost": [CostRow.to_dict(), ...],  # --quant-cost: each model's cost, ratios to the reference's
      "cases": [CaseRecord.to_dict(), ...]}   # prompt, arguments, outcomes and outputs per model
+
+The JSON Schema of the report is ``schema.json`` beside this module
+(:data:`SCHEMA_FILE`); version 2 added ``unchecked``, ``cost``, arguments as
+JSON values, and ``failed`` following every reason the gate fails a run.
 
 ``matrix`` is what the terminal's slices × candidates matrix shows
 (:meth:`.model.GateReport.matrix`): ``cells[i][j]`` is slice ``i`` of
@@ -51,10 +58,12 @@ from ..values.version import __version__
 if TYPE_CHECKING:
     from .model import GateReport
 
-__all__ = ["SCHEMA", "SCHEMA_VERSION", "to_dict", "write"]
+__all__ = ["SCHEMA", "SCHEMA_FILE", "SCHEMA_VERSION", "to_dict", "write"]
 
 SCHEMA = "pytest-quantgate/report"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+#: The JSON Schema that every report validates against (shipped with the package).
+SCHEMA_FILE = Path(__file__).with_name("schema.json")
 
 
 def to_dict(report: GateReport) -> dict[str, Any]:
@@ -76,6 +85,7 @@ def to_dict(report: GateReport) -> dict[str, Any]:
         ),
         "cases": [r.to_dict() for r in report.records],
         "unchecked": list(report.unchecked),
+        "cost": [row.to_dict() for row in report.cost],
     }
 
 

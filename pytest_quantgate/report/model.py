@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 __all__ = [
     "LOAD",
     "CandidateGate",
+    "CostRow",
     "Failure",
     "FailureKind",
     "GateReport",
@@ -74,6 +75,7 @@ class CandidateGate:
     not_evaluated: str | None = None
     path: str = ""
     lost: tuple[str, ...] = ()  # quant cases lost with a crashed worker: why there is no gate
+    improved: tuple[CaseRecord, ...] = ()  # the cases the candidate passes and the reference fails
 
     @property
     def evaluated(self) -> bool:
@@ -333,6 +335,45 @@ def _weight_bytes(facts: Mapping[str, Any] | None) -> int | None:
 
 
 @dataclass(frozen=True)
+class CostRow:
+    """One model's cost as the reports show it, with its ratios to the reference's.
+
+    Attributes:
+        label: The model's label; role: ``reference`` or ``candidate``.
+        new_tokens: Tokens each request generated; prompts: the sample's size.
+        batch_size: The largest batch measured; ``tokens_per_second`` is the
+            decode rate there.
+        first_token_seconds: Time to first token of a single request.
+        latency_p50, latency_p95: Seconds of a single request.
+        peak_memory_bytes: Peak memory while measured (``memory`` says which).
+        weight_bytes: The weights' footprint.
+        speed_ratio, latency_ratio, memory_ratio, weight_ratio: this model's
+            over the reference's (None where either is unknown); a speed ratio
+            above 1 is faster, the others below 1 are cheaper.
+    """
+
+    label: str
+    role: str
+    new_tokens: int
+    prompts: int
+    batch_size: int
+    tokens_per_second: float
+    first_token_seconds: float
+    latency_p50: float
+    latency_p95: float
+    peak_memory_bytes: int | None
+    memory: str
+    weight_bytes: int | None
+    speed_ratio: float | None = None
+    latency_ratio: float | None = None
+    memory_ratio: float | None = None
+    weight_ratio: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f: getattr(self, f) for f in self.__dataclass_fields__}
+
+
+@dataclass(frozen=True)
 class GateReport:
     """Everything a report writer needs.
 
@@ -373,6 +414,7 @@ class GateReport:
     reference_error: str | None = None
     calibration_overlap: CalibrationOverlap | None = None
     unchecked: tuple[dict[str, Any], ...] = ()
+    cost: tuple[CostRow, ...] = ()  # --quant-cost: every model measured, the reference first
 
     @property
     def failed(self) -> bool:

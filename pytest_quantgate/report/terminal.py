@@ -24,11 +24,13 @@ from ..core.records import Status
 from ..statistics.gate import SliceResult, Verdict
 from .matrix import matrix
 from .text import (
+    COST_COLUMNS,
     DEFAULT_WIDTH,
     VERDICT_MARKUP,
     Line,
     Markup,
     Sep,
+    cost_caption,
     cut,
     cut_middle,
     format_bound,
@@ -380,7 +382,7 @@ def _load_error_lines(display: str, path: str, message: str) -> Iterator[str]:
 
 
 def summary(
-    report: GateReport, width: int = DEFAULT_WIDTH, write_error: str | None = None
+    report: GateReport, width: int = DEFAULT_WIDTH, write_errors: Sequence[str] = ()
 ) -> Iterator[Line | Sep]:
     """The whole terminal section: per candidate a table and its regressions.
 
@@ -388,15 +390,16 @@ def summary(
         report: The report model.
         width: The terminal's width, which every line fits (long ids and
             paths aside).
-        write_error: Why the JSON report could not be written, if it could not.
+        write_errors: Why a report file (JSON, Markdown) could not be written, one line each.
     """
     yield from _no_reference_line(report)
     yield from _body(report, width)
+    yield from _cost(report)
     yield from _calibration_lines(report.calibration_overlap, width)
     path = report.config.report_path
-    if write_error is not None:
-        yield [(write_error, {"red": True, "bold": True})]
-    elif path is not None:
+    for error in write_errors:
+        yield [(error, {"red": True, "bold": True})]
+    if path is not None and not any("JSON report" in e for e in write_errors):
         state = "complete" if report.complete else "incomplete"
         yield [(f"quantgate: JSON report ({state}) written to {path}", {})]
 
@@ -434,6 +437,21 @@ def _calibration_lines(found: CalibrationOverlap | None, width: int) -> Iterator
         yield [(f"  {nodeid}", {"yellow": True})]  # whole: copied to find the case
     if len(found.overlapping) > MAX_CASES_SHOWN:
         yield [(f"  ... and {len(found.overlapping) - MAX_CASES_SHOWN} more (all in the JSON report)", {})]
+
+
+def _cost(report: GateReport) -> Iterator[Line | Sep]:
+    """The models' cost side by side (``--quant-cost``), ratios to the reference's."""
+    if not report.cost:
+        return
+    yield Sep("quantgate: cost", {})
+    table = [[h for h, _ in COST_COLUMNS], *([show(r) for _, show in COST_COLUMNS] for r in report.cost)]
+    widths = [max(len(row[i]) for row in table) for i in range(len(COST_COLUMNS))]
+    for row in table:
+        cells = [
+            c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))
+        ]
+        yield [("  ".join(cells), {})]
+    yield [(cost_caption(report.cost), {})]
 
 
 def _body(report: GateReport, width: int) -> Iterator[Line | Sep]:

@@ -9,22 +9,24 @@ from __future__ import annotations
 
 import math
 import textwrap
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from ..statistics.gate import Verdict
 
 if TYPE_CHECKING:
-    from .model import GateReport
+    from .model import CostRow, GateReport
 
 __all__ = [
+    "COST_COLUMNS",
     "DEFAULT_WIDTH",
     "VERDICT_LETTER",
     "VERDICT_MARKUP",
     "Line",
     "Markup",
     "Sep",
+    "cost_caption",
     "cut",
     "cut_middle",
     "format_bound",
@@ -32,6 +34,7 @@ __all__ = [
     "format_p",
     "format_percent",
     "format_points",
+    "format_ratio",
     "format_tolerance",
     "partial_note",
     "short_repr",
@@ -128,6 +131,35 @@ def format_p(x: float | None) -> str:
     if x is None or math.isnan(x):
         return "-"
     return f"{x:.2g}" if x < 0.001 else f"{x:.3f}"
+
+
+def format_ratio(x: float | None) -> str:
+    """A ratio to the reference's: ``×0.42``; ``-`` when unknown."""
+    return "-" if x is None or math.isnan(x) else f"×{x:.2f}"
+
+
+#: The cost table's columns (a heading, and how a row shows it), shared by every writer.
+COST_COLUMNS: tuple[tuple[str, Callable[[CostRow], str]], ...] = (
+    ("model", lambda r: r.label),
+    ("tok/s", lambda r: f"{r.tokens_per_second:.0f} @{r.batch_size}"),
+    ("×ref", lambda r: format_ratio(r.speed_ratio)),
+    ("1st token", lambda r: f"{1000 * r.first_token_seconds:.1f} ms"),
+    ("latency p50/p95", lambda r: f"{1000 * r.latency_p50:.0f}/{1000 * r.latency_p95:.0f} ms"),
+    ("×ref", lambda r: format_ratio(r.latency_ratio)),
+    ("peak memory", lambda r: format_bytes(r.peak_memory_bytes)),
+    ("weights", lambda r: format_bytes(r.weight_bytes)),
+    ("×ref", lambda r: format_ratio(r.weight_ratio)),
+)
+
+
+def cost_caption(rows: Sequence[CostRow]) -> str:
+    """What the cost table measured, in one line."""
+    first = rows[0]
+    memory = "device peak" if first.memory == "device" else "rise of the process's peak RSS"
+    return (
+        f"cost: {first.new_tokens} new tokens per request on {first.prompts} of the suite's prompts, "
+        f"medians after a warm-up; tok/s: decode rate at the largest batch; memory: {memory}"
+    )
 
 
 # -- text ----------------------------------------------------------------------

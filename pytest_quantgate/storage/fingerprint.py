@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import importlib.util
+import itertools
 import json
 import os
 import re
@@ -119,7 +120,9 @@ def model_fingerprint(
       and larger files: sampled, never read whole. The digest covers the
       first, last and ``blocks - 2`` evenly spaced blocks of ``block_size``
       bytes; for safetensors also the JSON header whole and one block in the
-      middle of every tensor's data; for zip checkpoints (``torch.save``'s
+      middle of every tensor's data; for GGUF the same (its header holds the
+      metadata, the tokenizer and chat template included, and the tensor
+      table); for zip checkpoints (``torch.save``'s
       ``.bin``/``.pt``, ``.npz``) also the archive's directory, which holds a
       CRC32 of every tensor's whole data.
 
@@ -223,6 +226,8 @@ def _file_digest(file: Path, suffix: str, size: int, blocks: int, block_size: in
         ranges = _block_ranges(size, blocks, block_size)
         if suffix == ".safetensors":
             ranges += _safetensors_ranges(f, size, block_size)
+        elif suffix == ".gguf":
+            ranges += _gguf_ranges(f, size, block_size)
         for offset, length in _merged(ranges):
             f.seek(offset)
             data = f.read(length)
@@ -276,6 +281,75 @@ def _safetensors_ranges(f: IO[bytes], size: int, block_size: int) -> list[tuple[
     return ranges
 
 
+#: Sizes of GGUF's scalar metadata value types (uint8 ... float64, bool); 8 is a string, 9 an array.
+_GGUF_SCALARS = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
+#: A GGUF header larger than this is not read (a 256k-token vocabulary takes a few MB).
+_GGUF_MAX_HEADER = 1 << 30
+
+
+def _gguf_ranges(f: IO[bytes], size: int, block_size: int) -> list[tuple[int, int]]:
+    """The header whole (metadata, tensor table) and a block in the middle of every tensor of a GGUF
+    file (llama.cpp's format: ``GGUF``, version, counts, key-value pairs, tensor infos, aligned data);
+    [] when it is not one. Parsed here, without the ``gguf`` package, which need not be installed."""
+
+    def read(n: int) -> bytes:
+        data = f.read(n)
+        if len(data) != n or f.tell() > _GGUF_MAX_HEADER:
+            raise ValueError("truncated")
+        return data
+
+    def number(fmt: str) -> int:
+        return int(struct.unpack("<" + fmt, read(struct.calcsize(fmt)))[0])
+
+    def string() -> bytes:
+        return read(number("Q"))
+
+    def skip_value(kind: int) -> None:
+        if kind in _GGUF_SCALARS:
+            f.seek(_GGUF_SCALARS[kind], os.SEEK_CUR)
+        elif kind == 8:
+            f.seek(number("Q"), os.SEEK_CUR)
+        elif kind == 9:
+            item, count = number("I"), number("Q")
+            if item in _GGUF_SCALARS:
+                f.seek(_GGUF_SCALARS[item] * count, os.SEEK_CUR)
+            else:
+                for _ in range(count):
+                    skip_value(item)
+        else:
+            raise ValueError(f"unknown value type {kind}")
+
+    try:
+        f.seek(0)
+        if read(4) != b"GGUF" or number("I") not in (2, 3):
+            return []
+        tensors, pairs = number("Q"), number("Q")
+        alignment = 32
+        for _ in range(pairs):
+            key, kind = string(), number("I")
+            if key == b"general.alignment" and kind == 4:
+                alignment = number("I") or 32
+            else:
+                skip_value(kind)
+        offsets = []
+        for _ in range(tensors):
+            string()
+            f.seek(8 * number("I"), os.SEEK_CUR)  # the dimensions
+            number("I")  # the type
+            offsets.append(number("Q"))
+        header = f.tell()
+    except (ValueError, struct.error, OSError, OverflowError):
+        return []
+    start = -(-header // alignment) * alignment  # the tensor data begins at the next multiple
+    ranges = [(0, min(header, size))]
+    # A tensor's data runs from its offset to the next tensor's (or the file's end).
+    bounds = [*sorted({o for o in offsets if 0 <= o < size - start}), size - start]
+    for here, after in itertools.pairwise(bounds):
+        length = min(after - here, block_size)
+        ranges.append((start + here + (after - here - length) // 2, length))
+    return ranges
+
+
 def _merged(ranges: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
     """Overlapping or touching ranges joined, in file order."""
     out: list[list[int]] = []
@@ -316,6 +390,7 @@ DEFAULT_PACKAGES = (
     "gptqmodel",
     "optimum",
     "compressed-tensors",
+    "gguf",
     "pytest-quantgate",
 )
 #: quantgate's own modules on the path from a case to its transcript: an edit
@@ -327,6 +402,7 @@ DEFAULT_MODULES = (
     "pytest_quantgate.values.transcript",
     "pytest_quantgate.backends.base",
     "pytest_quantgate.backends.hf",
+    "pytest_quantgate.backends.hf_gguf",
     "pytest_quantgate.backends.hf_loading",
     "pytest_quantgate.backends.hf_tokenizers",
     "pytest_quantgate.backends.torch_device",
@@ -439,7 +515,7 @@ def fingerprint_spec(
         return None
     return run_fingerprint(
         model_fp,
-        scheme=spec.scheme,
+        scheme=spec.scheme or spec.kind.name or None,  # a path ending in .gguf is a gguf: spec
         options=spec.options,
         dtype=dtype,
         device_type=device_type(device),

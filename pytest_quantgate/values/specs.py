@@ -35,14 +35,21 @@ Schemes (:data:`SCHEMES`; plugins add theirs with :func:`register_scheme`):
 ``rtn<B>[g<G>]``   round-to-nearest fake quantization to B bits in groups of
                    G input columns (default 32): a cheap, library-free way to
                    see how a suite reacts to a damaged model
+``gguf``           a GGUF file (llama.cpp's format), dequantized by transformers;
+                   a path ending in ``.gguf`` needs no scheme
 ``fake``           a scripted model read from a JSON file (testing suites and
                    the plugin itself without a model)
 =================  ==========================================================
 
 ``LABEL`` names the model in reports; by default it is the scheme as written
 (``rtn2g128:../tiny-ref`` is ``rtn2g128``) or, without a scheme, the target's
-name (the checkpoint directory ``tiny-ref``). Two models with the same label
-are a usage error: name one with ``LABEL=``.
+name (the checkpoint directory ``tiny-ref``; a GGUF file without its
+``.gguf``). Two models with the same label are a usage error: name one with
+``LABEL=``.
+
+A target written without a scheme whose text ends in ``.gguf`` is a GGUF
+file (the ``gguf`` scheme), decided from the text like everything else: a
+checkpoint directory that happens to be named so is written ``x.gguf/``.
 """
 
 from __future__ import annotations
@@ -63,6 +70,7 @@ __all__ = [
     "SpecError",
     "auto_label",
     "find_scheme",
+    "is_gguf_target",
     "parse_spec",
     "register_scheme",
 ]
@@ -110,6 +118,8 @@ class Scheme:
             the scheme's options as keywords (rtn's fake quantization).
         device: whether the model runs on a torch device of this machine
             (checked before any model loads; resolved for the cache key).
+        gguf: the target is a GGUF file, which transformers reads
+            (``from_pretrained(directory, gguf_file=name)``) and dequantizes.
     """
 
     name: str
@@ -125,6 +135,7 @@ class Scheme:
     load_config: str | None = None
     transform: str | None = None
     device: bool = True
+    gguf: bool = False
 
     @property
     def needs_calibration(self) -> bool:
@@ -187,6 +198,13 @@ for _scheme in (
         quantizer="awq",
     ),
     Scheme(
+        "gguf",
+        "a GGUF file (llama.cpp's format), dequantized by transformers",
+        extra="hf",
+        target="file",
+        gguf=True,
+    ),
+    Scheme(
         "fake",
         "a scripted model from a JSON file",
         loader="pytest_quantgate.backends.fake:FakeBackend.load",
@@ -200,14 +218,28 @@ for _scheme in (
 PLAIN = Scheme("", "a local checkpoint, loaded as it is", extra="hf")
 
 
-def find_scheme(name: str | None) -> tuple[Scheme, dict[str, Any]]:
+#: What a target written without a scheme ends with when it is a GGUF file.
+GGUF_SUFFIX = ".gguf"
+
+
+def is_gguf_target(target: str) -> bool:
+    """Whether a target written without a scheme is a GGUF file: its text ends in ``.gguf``."""
+    return target.lower().endswith(GGUF_SUFFIX)
+
+
+def find_scheme(name: str | None, target: str = "") -> tuple[Scheme, dict[str, Any]]:
     """The scheme a spec names and the options its name carries.
+
+    Args:
+        name: the scheme as written, None without one.
+        target: the target as written: without a scheme, one ending in
+            ``.gguf`` is a GGUF file (:func:`is_gguf_target`).
 
     Raises:
         SpecError: no known scheme has that name.
     """
     if name is None:
-        return PLAIN, {}
+        return (SCHEMES["gguf"], {}) if is_gguf_target(target) else (PLAIN, {})
     for scheme in SCHEMES.values():
         options = scheme.match(name)
         if options is not None:
@@ -239,7 +271,7 @@ class ModelSpec:
 
     def __post_init__(self) -> None:
         if self.kind is None:
-            object.__setattr__(self, "kind", find_scheme(self.scheme)[0])
+            object.__setattr__(self, "kind", find_scheme(self.scheme, self.path)[0])
 
     @property
     def display(self) -> str:
@@ -286,7 +318,7 @@ def parse_spec(text: str, *, base_dir: Path | str | None = None, check_path: boo
     if prefixed:
         scheme_name, rest = prefixed.group("scheme"), prefixed.group("rest")
     try:
-        scheme, options = find_scheme(scheme_name)
+        scheme, options = find_scheme(scheme_name, rest.strip())
     except SpecError as exc:
         assert scheme_name is not None
         suggestion = _close_scheme(scheme_name)
@@ -329,9 +361,12 @@ def auto_label(scheme: str | None, name: str) -> str:
 
     Short, so that headings and gate-row names stay short; two specs that
     get the same label are told apart with ``LABEL=`` (the configuration
-    refuses duplicates).
+    refuses duplicates). A GGUF file's name loses its ``.gguf``
+    (``tiny-ref.Q8_0``).
     """
-    return scheme or name
+    if scheme:
+        return scheme
+    return name[: -len(GGUF_SUFFIX)] if is_gguf_target(name) and len(name) > len(GGUF_SUFFIX) else name
 
 
 def _close_scheme(name: str) -> str | None:

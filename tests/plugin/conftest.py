@@ -48,3 +48,5 @@ def _reference_cache_off(request: pytest.FixtureRequest) -> None:
     request.getfixturevalue("pytester")  # it clears PYTEST_ADDOPTS when it starts
     monkeypatch = request.getfixturevalue("monkeypatch")
     monkeypatch.setenv("PYTEST_ADDOPTS", "--quant-cache=off")
+    # Inner runs on a CI runner must not append to the job's own summary page.
+    monkeypatch.delenv("GITHUB_STEP_SUMMARY", raising=False)

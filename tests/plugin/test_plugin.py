@@ -606,7 +606,7 @@ def test_marker_tolerance_wins_over_the_ini_table(pytester: pytest.Pytester) -> 
             ["--quant-batch-size=0"],
             "ERROR: quantgate: --quant-batch-size must be at least 1 (or auto), got 0",
         ),
-        (["--quant-candidate=gguf:{ref}"], "ERROR: quantgate: unknown scheme 'gguf' in model spec*"),
+        (["--quant-candidate=onnx:{ref}"], "ERROR: quantgate: unknown scheme 'onnx' in model spec*"),
         (["--quant-device=tpu"], "ERROR: quantgate: --quant-device must be*"),
         (["--quant-dtype=int4"], "ERROR: quantgate: --quant-dtype must be one of*"),
         (["--quant-candidate=nf4=bnb-nf4:./no/such/model"], "ERROR: quantgate: model directory not found*"),
@@ -761,7 +761,7 @@ def _regressed_run(pytester: pytest.Pytester, *args: str) -> tuple[pytest.RunRes
 def test_json_report(pytester: pytest.Pytester) -> None:
     result, data = _regressed_run(pytester)
     assert result.ret == 1
-    assert data["schema"] == "pytest-quantgate/report" and data["schema_version"] == 1
+    assert data["schema"] == "pytest-quantgate/report" and data["schema_version"] == 2
     assert data["complete"] is True and data["failed"] is True
     assert data["config"]["reference"]["label"] == "ref"
     assert [c["label"] for c in data["config"]["candidates"]] == ["cand"]
@@ -856,6 +856,32 @@ def test_junit_gate_failure_carries_its_slice_row(pytester: pytest.Pytester) -> 
     assert json.loads(props["quantgate_slice"] or "")["verdict"] == "REGRESSED"
     passing = {p.get("name"): p.get("value") for p in testcases["quantgate.cand::recall"].iter("property")}
     assert json.loads(passing["quantgate_slice"] or "")["verdict"] == "INCONCLUSIVE"
+
+
+def test_junit_statistics_are_read_by_a_junit_consumer(pytester: pytest.Pytester) -> None:
+    """Parsed with junitparser, as a CI system would: rows as test cases, their statistics as the
+    suite's properties (valid in pytest's default xunit2 schema), each case's status per case."""
+    junitparser = pytest.importorskip("junitparser")
+    _regressed_run(pytester, "--junitxml=junit.xml")
+    xml = junitparser.JUnitXml.fromfile(str(pytester.path / "junit.xml"))
+    (suite,) = list(xml)
+    stats = {p.name: json.loads(p.value) for p in suite.properties()}
+    assert set(stats) == {"quantgate::cand::arith", "quantgate::cand::recall", "quantgate::cand::ALL"}
+    arith = stats["quantgate::cand::arith"]
+    assert arith["verdict"] == "REGRESSED" and arith["n"] == 60 and arith["drop"] == pytest.approx(20 / 60)
+    assert arith["ref_accuracy"] == 1.0 and arith["cand_accuracy"] == pytest.approx(40 / 60)
+    assert {"upper", "tolerance", "p_adjusted"} <= set(arith)
+    cases_ = {(c.classname, c.name): c for c in suite}
+    failed = cases_[("quantgate.cand", "arith")]
+    assert failed.result and "REGRESSED" in failed.result[0].message
+    statuses = {
+        name: {p.name: p.value for ps in case.iterchildren(junitparser.Properties) for p in ps}.get(
+            "quantgate_status"
+        )
+        for (classname, name), case in cases_.items()
+        if classname == "test_suite"
+    }
+    assert statuses["test_arith[arith-0]"] == "regressed" and statuses["test_arith[arith-59]"] == "passed"
 
 
 def test_fixed_regression_leaves_no_failure_in_the_cache(pytester: pytest.Pytester) -> None:

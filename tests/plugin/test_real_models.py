@@ -47,11 +47,29 @@ def test_identical_candidate_passes(suite: pytest.Pytester, tiny_ref: Path) -> N
     assert set(rows) == {"recall", "arith", "retention", "ALL"}
     assert set(rows.values()) <= {"PASS", "INCONCLUSIVE"}
     data = json.loads(report.read_text())
-    assert data["schema"] == "pytest-quantgate/report" and data["schema_version"] == 1
+    assert data["schema"] == "pytest-quantgate/report" and data["schema_version"] == 2
     (cand,) = data["candidates"]
     for row in cand["slices"]:
         assert row["regressions"] == row["improvements"] == 0
         assert row["verdict"] == rows[row["slice"]]
+
+
+def test_cost_is_measured_when_asked(suite: pytest.Pytester, tiny_ref: Path) -> None:
+    """--quant-cost on the tiny models: every figure there and positive, the NF4 weights smaller."""
+    pytest.importorskip("bitsandbytes")
+    report = suite.path / "gate.json"
+    args = [f"--quant-reference=ref={tiny_ref}", f"--quant-candidate=nf4=bnb-nf4:{tiny_ref}"]
+    result = suite.runpytest(*args, f"--quant-report={report}", "--quant-cost")
+    assert result.ret == 0, result.stdout.str()
+    ref, nf4 = json.loads(report.read_text())["cost"]
+    assert (ref["label"], ref["role"], nf4["label"]) == ("ref", "reference", "nf4")
+    for row in (ref, nf4):
+        for key in ("tokens_per_second", "first_token_seconds", "latency_p50", "latency_p95"):
+            assert row[key] > 0, key
+        assert row["latency_p95"] >= row["latency_p50"] and row["weight_bytes"] > 0
+        assert row["peak_memory_bytes"] is not None and row["peak_memory_bytes"] >= 0
+    assert nf4["weight_bytes"] < ref["weight_bytes"] and nf4["weight_ratio"] < 1 == ref["weight_ratio"]
+    result.stdout.fnmatch_lines(["*= quantgate: cost =*", "model *tok/s*", "ref *", "nf4 *", "cost: *"])
 
 
 def test_damaged_candidate_regresses(suite: pytest.Pytester, tiny_ref: Path) -> None:

@@ -147,7 +147,8 @@ def test_a_scheme_is_decided_by_the_grammar_not_the_filesystem(
         ),
         ("rtn9:tiny-ref", r"\(did you mean 'rtn<bits 1-8>\[g<group>\]'\?"),
         # ...and without one, the known schemes are listed.
-        ("gguf-q4:tiny-ref", r"^unknown scheme 'gguf-q4' .*\(known: bnb-nf4, bnb-int8, .*; a relative path"),
+        ("onnx-q4:tiny-ref", r"^unknown scheme 'onnx-q4' .*\(known: bnb-nf4, bnb-int8, .*; a relative path"),
+        ("gguf-q4:tiny-ref", r"^unknown scheme 'gguf-q4' .*\(did you mean 'gguf'\?"),
         (
             "gptq:tiny-ref?bitz=4",
             r"^option 'bitz=4' is not one of bits, group_size, sym, desc_act in model spec "
