@@ -24,14 +24,13 @@ from ..values.files import atomic_write_text
 from .markdown import headline
 from .text import (
     COST_COLUMNS,
+    SLICE_HEADINGS,
     VERDICT_LETTER,
     cost_caption,
-    format_bound,
     format_bytes,
-    format_p,
-    format_percent,
     format_points,
     partial_note,
+    slice_cells,
 )
 
 if TYPE_CHECKING:
@@ -116,20 +115,10 @@ def _candidate(gate: CandidateGate, alpha: float) -> Iterator[str]:
         yield f"<p>Not evaluated:</p><pre>{_e(gate.not_evaluated or '')}</pre>"
         return
     yield forest_plot(gate.rows, alpha)
-    yield "<table><tr><th>slice</th><th>n</th><th>ref</th><th>cand</th><th>Δ pts</th><th>drop bound</th>"
-    yield "<th>tolerance</th><th>p (Holm)</th><th>verdict</th></tr>"
+    yield "<table><tr>" + "".join(f"<th>{_e(h)}</th>" for h in SLICE_HEADINGS) + "</tr>"
     for r in gate.rows:
-        cells = [
-            "ALL" if r.is_total else r.slice,
-            str(r.n),
-            format_percent(r.ref_accuracy),
-            format_percent(r.cand_accuracy),
-            format_points(-r.drop, signed=True),
-            format_bound(r.upper, r.tolerance),
-            format_points(r.tolerance),
-            format_p(r.p_adjusted),
-        ]
-        yield "<tr>" + "".join(f"<td>{_e(c)}</td>" for c in cells) + f"<td>{_verdict(r.verdict)}</td></tr>"
+        cells = "".join(f"<td>{_e(c)}</td>" for c in slice_cells(r))
+        yield f"<tr>{cells}<td>{_verdict(r.verdict)}</td></tr>"
     yield "</table>"
     yield from _cases(f"Regressed cases ({len(gate.regressed)})", gate.regressed, gate.label)
     yield from _cases(f"Improved cases ({len(gate.improved)})", gate.improved, gate.label)

@@ -23,14 +23,14 @@ from ..statistics.gate import Verdict
 from ..values.files import atomic_write_text
 from .text import (
     COST_COLUMNS,
+    SLICE_HEADINGS,
     VERDICT_LETTER,
     cost_caption,
-    format_bound,
     format_bytes,
     format_p,
-    format_percent,
     format_points,
     partial_note,
+    slice_cells,
 )
 
 if TYPE_CHECKING:
@@ -157,21 +157,11 @@ def _head(report: GateReport) -> Iterator[str]:
 
 
 def _table(rows: Sequence[SliceResult]) -> Iterator[str]:
-    yield "| slice | n | ref | cand | Δ pts | drop bound | tolerance | p (Holm) | verdict |"
-    yield "|---|---:|---:|---:|---:|---:|---:|---:|---|"
+    yield "| " + " | ".join(SLICE_HEADINGS) + " |"
+    yield "|---|" + "---:|" * (len(SLICE_HEADINGS) - 2) + "---|"
     for r in rows:
-        cells = [
-            _md(_row_name(r)),
-            str(r.n),
-            format_percent(r.ref_accuracy),
-            format_percent(r.cand_accuracy),
-            _delta(r),
-            format_bound(r.upper, r.tolerance),
-            format_points(r.tolerance),
-            format_p(r.p_adjusted),
-            f"**{r.verdict.value}**" if r.verdict is Verdict.REGRESSED else r.verdict.value,
-        ]
-        yield "| " + " | ".join(cells) + " |"
+        verdict = f"**{r.verdict.value}**" if r.verdict is Verdict.REGRESSED else r.verdict.value
+        yield "| " + " | ".join([*map(_md, slice_cells(r)), verdict]) + " |"
 
 
 def _matrix(report: GateReport) -> Iterator[str]:

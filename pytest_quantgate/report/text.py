@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from ..statistics.gate import Verdict
+from ..statistics.gate import SliceResult, Verdict
 
 if TYPE_CHECKING:
     from .model import CostRow, GateReport
@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 __all__ = [
     "COST_COLUMNS",
     "DEFAULT_WIDTH",
+    "SLICE_HEADINGS",
     "VERDICT_LETTER",
     "VERDICT_MARKUP",
     "Line",
@@ -38,6 +39,7 @@ __all__ = [
     "format_tolerance",
     "partial_note",
     "short_repr",
+    "slice_cells",
     "wrapped",
 ]
 
@@ -131,6 +133,24 @@ def format_p(x: float | None) -> str:
     if x is None or math.isnan(x):
         return "-"
     return f"{x:.2g}" if x < 0.001 else f"{x:.3f}"
+
+
+#: The headings of a candidate's slice table in the Markdown and HTML reports (the verdict last).
+SLICE_HEADINGS = ("slice", "n", "ref", "cand", "Δ pts", "drop bound", "tolerance", "p (Holm)", "verdict")
+
+
+def slice_cells(row: SliceResult) -> list[str]:
+    """A slice row's cells under :data:`SLICE_HEADINGS`, but the verdict (each writer marks it up)."""
+    return [
+        "ALL" if row.is_total else row.slice,
+        str(row.n),
+        format_percent(row.ref_accuracy),
+        format_percent(row.cand_accuracy),
+        format_points(-row.drop, signed=True),
+        format_bound(row.upper, row.tolerance),
+        format_points(row.tolerance),
+        format_p(row.p_adjusted),
+    ]
 
 
 def format_ratio(x: float | None) -> str:
