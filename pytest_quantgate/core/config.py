@@ -24,6 +24,7 @@ from ..storage.store import DEFAULT_DIR_NAME, CacheMode, parse_cache_mode
 from ..values.calibration import Calibration
 from ..values.specs import ModelSpec, SpecError, parse_spec
 from .markers import check_tolerance
+from .records_file import ShardError, parse_shard
 
 __all__ = [
     "AUTO_BATCH_CPU",
@@ -36,6 +37,7 @@ __all__ = [
     "parse_cache",
     "parse_device",
     "parse_dtype",
+    "parse_quant_shard",
     "parse_report_path",
     "parse_slice_tolerances",
     "parse_threads",
@@ -153,6 +155,16 @@ def parse_slice_tolerances(lines: Sequence[str], name: str = "quant_slice_tolera
     return out
 
 
+def parse_quant_shard(value: str | None, name: str = "--quant-shard") -> tuple[int, int] | None:
+    """``K/N`` -> ``(K, N)`` (the K-th of N shards, K from 1); None when not given."""
+    if value is None or not str(value).strip():
+        return None
+    try:
+        return parse_shard(value, name)
+    except ShardError as exc:
+        raise ConfigError(str(exc)) from None
+
+
 def parse_report_path(value: str, base_dir: Path, name: str = "--quant-report") -> Path:
     """Where the JSON report goes: a file that can be written, checked before any model loads.
 
@@ -232,6 +244,34 @@ class GateConfig:
     #: Quant cases collected without a reference are a usage error, not skips (a CI job that
     #: forgets the flags would otherwise go green: issue 17). Not in ``to_dict``: it changes no verdict.
     require_reference: bool = False
+    #: ``--quant-shard=K/N``: run only the K-th of N shards of the quant cases (issue 21).
+    #: Not in ``to_dict``, nor the two below: they change which records a run gates, no verdict.
+    shard: tuple[int, int] | None = None
+    #: ``--quant-records DIR``: write this run's case records to ``DIR/shard-K-of-N.json``.
+    records_dir: Path | None = None
+    #: ``--quant-merge DIR ...``: gate the records of every shard found there; run no test.
+    merge_dirs: tuple[Path, ...] = ()
+
+    @property
+    def merging(self) -> bool:
+        """Whether this run gates shards' records instead of running tests."""
+        return bool(self.merge_dirs)
+
+    def gate_settings(self) -> dict[str, Any]:
+        """The settings a shard was gated with, which a merge must share."""
+        return {
+            "tolerance": self.tolerance,
+            "alpha": self.alpha,
+            "slice_tolerances": dict(sorted(self.slice_tolerances.items())),
+            "strict": self.strict,
+        }
+
+    def model_specs(self) -> dict[str, Any]:
+        """The reference's and candidates' specs, which a merge must share."""
+        return {
+            "reference": self.reference.to_dict() if self.reference else None,
+            "candidates": [c.to_dict() for c in self.candidates],
+        }
 
     def first_batch_size(self, device: str) -> int:
         """The batch size to start with on ``device`` (the one given, or auto's)."""
@@ -337,13 +377,17 @@ class GateConfig:
                 return value, cli_dir, "--" + name.replace("_", "-")
             return ini(name), ini_dir, name
 
+        # A merge loads no model: the machine that merges need not hold the checkpoints.
+        check_path = not option("quant_merge")
         try:
             ref_text, ref_dir, _ = pick("quant_reference")
-            reference = parse_spec(ref_text, base_dir=ref_dir) if ref_text else None
+            reference = parse_spec(ref_text, base_dir=ref_dir, check_path=check_path) if ref_text else None
             cand_texts, cand_dir, cand_src = pick("quant_candidate")
             if isinstance(cand_texts, str):
                 cand_texts = cand_texts.split()
-            candidates = tuple(parse_spec(t, base_dir=cand_dir) for t in cand_texts or ())
+            candidates = tuple(
+                parse_spec(t, base_dir=cand_dir, check_path=check_path) for t in cand_texts or ()
+            )
         except SpecError as exc:
             raise ConfigError(str(exc)) from None
         if candidates and reference is None:
@@ -396,7 +440,24 @@ class GateConfig:
             problem = device_problem(device)
             if problem:
                 raise ConfigError(f"{pick('quant_device')[2]}: {problem}")
+        shard = parsed("quant_shard", parse_quant_shard, None)
+        records_text, records_base, records_src = pick("quant_records")
+        records_dir = (records_base / Path(records_text).expanduser()).resolve() if records_text else None
+        if records_dir is not None and shard is None:
+            raise ConfigError(f"{records_src} needs --quant-shard=K/N (or quant_shard): the shard it records")
+        if records_dir is not None and records_dir.exists() and not records_dir.is_dir():
+            raise ConfigError(f"{records_src} must name a directory, but {records_dir} is a file")
+        merge_dirs = tuple((cli_dir / Path(d).expanduser()).resolve() for d in option("quant_merge") or ())
+        if merge_dirs and shard is not None:
+            raise ConfigError("--quant-merge gates the shards' records: give it without --quant-shard")
+        if merge_dirs and reference is None:
+            raise ConfigError(
+                "--quant-merge needs the shards' --quant-reference and --quant-candidate (or the ini keys)"
+            )
         return cls(
+            shard=shard,
+            records_dir=records_dir,
+            merge_dirs=merge_dirs,
             reference=reference,
             candidates=candidates,
             device=device,

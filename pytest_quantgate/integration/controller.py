@@ -4,7 +4,9 @@
 :class:`~..report.aggregator.Aggregator`, and at the end of the session has
 it build the report, hands each gate test (``::quantgate::<candidate>::<row>``)
 to pytest's reporters, sets the exit status from the report's failures and
-writes the JSON report.
+writes the JSON report. With ``--quant-records`` it writes the shard's
+records instead of gating them; with ``--quant-merge`` it is fed every
+shard's records before the session starts (:mod:`.shards`).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from ..report.aggregator import Aggregator
 from ..report.model import GateReport, GateTest, parse_gate_test_id
 from ..statistics.gate import SliceResult
 from . import _compat
+from .shards import SHARD_NARROWING, merge_shards, write_shard
 from .worker import CasePlugin
 from .xdist import add_facts
 
@@ -47,6 +50,11 @@ class GatePlugin:
         self._cases = cases  # this process's own, when it runs tests too
         self.report: GateReport | None = None
         self.write_errors: list[str] = []  # report files that could not be written, one line each
+        #: ``--quant-records``: where this shard's records went (it gates nothing itself).
+        self.records_written: Path | None = None
+        #: ``--quant-merge``: the shards' records are fed now, before any test could run; what
+        #: narrowed them, and whether their selections were counted.
+        self._merged = merge_shards(gate_config, self.aggregator) if gate_config.merging else None
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         if report.when == "call":
@@ -59,13 +67,26 @@ class GatePlugin:
     @pytest.hookimpl(tryfirst=True)
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
         interrupted = exitstatus == pytest.ExitCode.INTERRUPTED
-        add_facts(self.aggregator, self._cases.finish(interrupted=interrupted))  # this process's own
-        narrowed_by, uncounted = _narrowing(self.config)
+        if self._merged is not None:  # a merge ran nothing: its exit status is the gate's
+            narrowed_by, counted = self._merged
+            if session.exitstatus == pytest.ExitCode.NO_TESTS_COLLECTED:
+                session.exitstatus = pytest.ExitCode.OK
+        else:
+            add_facts(self.aggregator, self._cases.finish(interrupted=interrupted))  # this process's own
+            narrowed, uncounted = _narrowing(self.config)
+            narrowed_by = [*narrowed, *self._cases.rerun.given]
+            if self.gate_config.shard is not None:
+                index, count = self.gate_config.shard
+                narrowed_by.append(f"{SHARD_NARROWING} {index}/{count}")
+            counted = not uncounted and not self._cases.rerun
+        if self.gate_config.records_dir is not None:
+            self._write_records(session, narrowed_by, counted)
+            return
         self.report = self.aggregator.report(
             interrupted=interrupted,
-            narrowed_by=[*narrowed_by, *self._cases.rerun.given],
+            narrowed_by=narrowed_by,
             stopped=str(session.shouldstop or session.shouldfail or "") or None,
-            counted=not uncounted and not self._cases.rerun,
+            counted=counted,
         )
         for test in self.report.tests:
             self._log_gate_test(test)
@@ -84,6 +105,20 @@ class GatePlugin:
         self._write_other_reports()
         if self.write_errors and session.exitstatus == pytest.ExitCode.OK:
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+    def _write_records(self, session: pytest.Session, narrowed_by: list[str], counted: bool) -> None:
+        """``--quant-records``: this shard's records for ``--quant-merge``; the gate is the merge's."""
+        try:
+            self.records_written = write_shard(
+                self.gate_config, self.aggregator, narrowed_by=narrowed_by, counted=counted
+            )
+        except OSError as exc:
+            why = exc.strerror or type(exc).__name__
+            self.write_errors.append(
+                f"quantgate: could not write the shard's records to {self.gate_config.records_dir}: {why}"
+            )
+            if session.exitstatus == pytest.ExitCode.OK:
+                session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
     def _write_other_reports(self) -> None:
         """Markdown (--quant-markdown, and the job's step summary) and HTML (--quant-html)."""
@@ -137,6 +172,17 @@ class GatePlugin:
             _compat.count_in_summary(tr, call)
 
     def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
+        if self.gate_config.records_dir is not None:  # a shard that records gates nothing itself
+            shard = self.gate_config.shard
+            assert shard is not None
+            for error in self.write_errors:
+                terminalreporter.line(error, red=True)
+            if self.records_written is not None:
+                terminalreporter.line(
+                    f"quantgate: shard {shard[0]}/{shard[1]}: {len(self.aggregator.records)} case records "
+                    f"written to {self.records_written}; gate them with --quant-merge"
+                )
+            return
         if self.report is None:
             return
         width = _compat.terminal_width(terminalreporter)

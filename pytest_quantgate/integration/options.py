@@ -93,6 +93,20 @@ _OPTIONS = (
         "where the reference cache lives (default: .quantgate under the rootdir)",
     ),
     (
+        "--quant-shard",
+        "quant_shard",
+        "string",
+        "K/N: run only the K-th of N shards of the quant cases (whole cases, balanced by cost, "
+        "the same cut on every machine); the others are deselected (default: all cases)",
+    ),
+    (
+        "--quant-records",
+        "quant_records",
+        "string",
+        "with --quant-shard: write this shard's case records to DIR/shard-K-of-N.json, for "
+        "--quant-merge (default: none)",
+    ),
+    (
         "--quant-batch-size",
         "quant_batch_size",
         "string",
@@ -176,6 +190,16 @@ def add_options(parser: pytest.Parser) -> None:
         dest="quant_allow_shared_gpu",
         default=False,
         help="with pytest -n N: allow more workers than GPUs (several workers share one)",
+    )
+    group.addoption(
+        "--quant-merge",
+        nargs="+",
+        action="extend",
+        dest="quant_merge",
+        default=None,
+        metavar="DIR",
+        help="gate the records of every shard written to these directories (--quant-records) as one "
+        "run: collects and runs no test; the exit status is the gate's (default: none)",
     )
     parser.addini(
         "quant_require_reference",

@@ -20,6 +20,7 @@ from ..core.cases import CaseBuildError, CaseSpec
 from ..core.config import GateConfig
 from ..core.executor import DEFAULT_GROUP, Executor, ReferenceUnavailable
 from ..core.records import RECORD_KEY, STATUS_KEY, CaseRecord
+from ..core.records_file import suite_fingerprint
 from ..core.sharding import ShardPlan, assign_shards, shard_name
 from ..report import terminal
 from ..values.specs import ModelSpec
@@ -57,12 +58,19 @@ class CasePlugin:
         self._cost_measured = False
         #: Why this process refused to run what it collected (an xdist controller raises it again).
         self.usage_error: str | None = None
+        #: ``--quant-shard``: the fingerprint of every quant case collected (:func:`suite_fingerprint`).
+        self.suite: str | None = None
+        self.suite_order: list[str] = []  # their node ids in collection order (a merge's record order)
 
     def _load(self, spec: ModelSpec, *, device: str, dtype: str) -> Backend:
         made = self.config.hook.pytest_quantgate_make_backend(spec=spec, device=device, dtype=dtype)
         return (
             checked(made, spec.label) if made is not None else load_backend(spec, device=device, dtype=dtype)
         )
+
+    def pytest_ignore_collect(self) -> bool | None:
+        # --quant-merge gates records written elsewhere: it collects nothing, runs nothing.
+        return True if self.gate_config.merging else None
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_collection_modifyitems(self, config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -71,6 +79,27 @@ class CasePlugin:
             if len(kept) < len(items):
                 config.hook.pytest_deselected(items=[i for i in items if i not in kept])
                 items[:] = kept
+        if self.gate_config.shard is not None:
+            self._keep_shard(config, items)
+
+    def _keep_shard(self, config: pytest.Config, items: list[pytest.Item]) -> None:
+        """``--quant-shard=K/N``: deselect the quant cases of the other shards (issue 21).
+
+        Cut from every collected quant case (before ``-k``/``-m``), so that
+        every machine of the matrix cuts the same shards. Other tests run in
+        shard 1 only: N machines need not run them N times.
+        """
+        assert self.gate_config.shard is not None
+        index, count = self.gate_config.shard
+        quant = [i for i in items if is_quant_case(i)]
+        self.suite = suite_fingerprint({i.nodeid: _key_of(i) for i in quant})
+        self.suite_order = [i.nodeid for i in quant]
+        costs = {i.nodeid: cost for i in quant if (cost := cost_of(i)) is not None}
+        mine = {nodeid for nodeid, k in assign_shards(costs, count).items() if k == index - 1}
+        keep = [i.nodeid in mine or (not is_quant_case(i) and index == 1) for i in items]
+        if not all(keep):
+            config.hook.pytest_deselected(items=[i for i, k in zip(items, keep, strict=True) if not k])
+            items[:] = [i for i, k in zip(items, keep, strict=True) if k]
 
     def pytest_deselected(self, items: list[pytest.Item]) -> None:
         self.deselected += sum(map(is_quant_case, items))
@@ -140,14 +169,9 @@ class CasePlugin:
         if problem is not None:
             item.stash[CASE_ERROR_KEY] = problem
             return
-        try:
-            case = case_of(item)
-        except CaseBuildError as exc:
-            item.stash[CASE_ERROR_KEY] = str(exc)
-            return
+        case = _case_once(item)
         if case is None:
             return
-        item.stash[CASE_KEY] = case
         self.executor.plan(case, group=item.stash.get(_SHARD_ITEM_KEY, DEFAULT_GROUP))
 
     @pytest.hookimpl(tryfirst=True)
@@ -193,6 +217,8 @@ class CasePlugin:
             facts["unchecked"] = self.executor.unchecked()
         if self.usage_error is not None:
             facts["usage_error"] = self.usage_error
+        if self.suite is not None:
+            facts.update(suite=self.suite, suite_order=self.suite_order)
         return facts
 
     def pytest_sessionfinish(self, exitstatus: int) -> None:
@@ -202,6 +228,31 @@ class CasePlugin:
 
     def pytest_unconfigure(self) -> None:
         self.executor.close()
+
+
+def _case_once(item: pytest.Item) -> CaseSpec | None:
+    """The item's case, built once (a trajectory begins when its case is built) and kept in its
+    stash; None when it is not a quant case or cannot be built (the error is kept instead)."""
+    if CASE_KEY in item.stash:
+        return item.stash[CASE_KEY]
+    if CASE_ERROR_KEY in item.stash:
+        return None
+    try:
+        case = case_of(item)
+    except CaseBuildError as exc:
+        item.stash[CASE_ERROR_KEY] = str(exc)
+        return None
+    if case is not None:
+        item.stash[CASE_KEY] = case
+    return case
+
+
+def _key_of(item: pytest.Item) -> str:
+    """A quant case's key for the suite fingerprint; why it has none, when its case cannot be built."""
+    case = _case_once(item)
+    if case is None:
+        return f"error: {item.stash.get(CASE_ERROR_KEY, '')}"
+    return case.key
 
 
 def _end_test(record: CaseRecord) -> None:

@@ -115,6 +115,9 @@ def add_facts(aggregator: Aggregator, facts: dict[str, Any]) -> None:
     if "collected" in facts:
         aggregator.add_selection(int(facts["collected"]), int(facts["selected"]))
     aggregator.add_unchecked(facts.get("unchecked") or [])
+    if facts.get("suite"):
+        aggregator.suite = str(facts["suite"])
+        aggregator.suite_order = list(facts.get("suite_order") or [])
 
 
 class XdistHooks:

@@ -43,6 +43,10 @@ class Aggregator:
         self.lost: dict[str, str] = {}
         #: Cases generated but never checked (an interrupted run), with each model's outputs.
         self.unchecked: list[dict[str, Any]] = []
+        #: ``--quant-shard``: every collected quant case's node id, in collection order, and their
+        #: fingerprint (``core.records_file.suite_fingerprint``), as the process that collected says.
+        self.suite: str | None = None
+        self.suite_order: list[str] = []
 
     def add(self, record: CaseRecord) -> None:
         self.records.append(record)

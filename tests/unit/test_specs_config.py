@@ -431,3 +431,23 @@ def test_device_without_torch_support_is_a_usage_error(model_dir: Path) -> None:
 
 def test_disabled_without_reference(model_dir: Path) -> None:
     assert not _config(model_dir, {}).enabled
+
+
+def test_config_shard_options(model_dir: Path) -> None:
+    """Issue 21: --quant-shard/--quant-records/--quant-merge, resolved once; not in to_dict."""
+    ref = {"quant_reference": "tiny-ref"}
+    plain = _config(model_dir, ref)
+    cfg = _config(model_dir, {**ref, "quant_records": "out"}, {"quant_shard": "2/3"})
+    assert (cfg.shard, cfg.records_dir) == ((2, 3), (model_dir.parent / "out").resolve())
+    assert cfg.to_dict() == plain.to_dict() and not cfg.merging
+    assert cfg.gate_settings() == {"tolerance": 0.02, "alpha": 0.05, "slice_tolerances": {}, "strict": False}
+    with pytest.raises(ConfigError, match=r"^--quant-records needs --quant-shard=K/N"):
+        _config(model_dir, {**ref, "quant_records": "out"})
+    with pytest.raises(ConfigError, match=r"^quant_shard must be K/N with 1 <= K <= N, got '0/3'$"):
+        _config(model_dir, ref, {"quant_shard": "0/3"})
+    merge = _config(model_dir, {"quant_reference": "elsewhere/ref", "quant_merge": ["a", "b"]})
+    assert merge.merging and merge.merge_dirs == tuple((model_dir.parent / d).resolve() for d in "ab")
+    with pytest.raises(ConfigError, match=r"^--quant-merge needs the shards' --quant-reference"):
+        _config(model_dir, {"quant_merge": ["a"]})
+    with pytest.raises(ConfigError, match=r"^--quant-merge gates the shards' records: give it without"):
+        _config(model_dir, {**ref, "quant_merge": ["a"], "quant_shard": "1/2"})
