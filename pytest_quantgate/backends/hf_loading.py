@@ -29,6 +29,7 @@ from .base import BackendError, LoadPolicy
 __all__ = [
     "contained_environment",
     "format_problem",
+    "group_problem",
     "library_log",
     "load_error",
     "pickle_problem",
@@ -190,10 +191,14 @@ def quantized_on_the_fly(spec: ModelSpec, policy: LoadPolicy) -> Path:
     """The checkpoint of a ``gptq:``/``awq:`` spec: stored earlier, or quantized now (:mod:`..quantize`)."""
     if policy.calibration is None or spec.kind.quantizer is None:
         raise BackendError(f"{spec.label}: {spec.scheme}: quantizing needs --quant-calibration FILE")
+    recipe = Recipe.of(spec.kind.quantizer, spec.options)
+    problem = group_problem(spec, recipe.group_size)  # before minutes of quantizing
+    if problem:
+        raise BackendError(problem)
     try:
         return quantized_checkpoint(
             spec.path,
-            Recipe.of(spec.kind.quantizer, spec.options),
+            recipe,
             policy.calibration,
             store=policy.store,
             refresh=policy.refresh,
@@ -202,6 +207,38 @@ def quantized_on_the_fly(spec: ModelSpec, policy: LoadPolicy) -> Path:
         )
     except QuantizeError as exc:
         raise BackendError(f"{spec.label}: {exc}") from exc
+
+
+def group_problem(spec: ModelSpec, group_size: int) -> str | None:
+    """Why quantizing in groups of ``group_size`` input columns cannot work for this model, or None.
+
+    A group must divide every linear layer's input width (the hidden size,
+    the attention output's and the MLP's intermediate size, from
+    ``config.json``): SmolLM2-135M's hidden size of 576 is not a multiple of
+    128, and its GPTQ checkpoint then quantized and failed on every case on
+    the CPU (``expect K to be divisible by qGroupSize``).
+    """
+    config = _read_json(Path(spec.path) / "config.json")
+    if group_size <= 0 or not isinstance(config, dict):
+        return None
+    heads, head_dim = config.get("num_attention_heads"), config.get("head_dim")
+    widths = {
+        "hidden_size": config.get("hidden_size"),
+        "intermediate_size": config.get("intermediate_size"),
+        "num_attention_heads x head_dim": heads * head_dim
+        if isinstance(heads, int) and isinstance(head_dim, int)
+        else None,
+    }
+    known = {name: w for name, w in widths.items() if isinstance(w, int) and w > 0}
+    bad = [f"{name} {w}" for name, w in known.items() if w % group_size]
+    if not bad:
+        return None
+    fits = [g for g in (256, 128, 64, 32, 16) if g < group_size and all(w % g == 0 for w in known.values())]
+    hint = f"; group_size={fits[0]} fits" if fits else ""
+    return (
+        f"{spec.label}: group_size={group_size} does not divide the model's {', '.join(bad)}: "
+        f"such a checkpoint fails on every case{hint} ({spec.text!r})"
+    )
 
 
 def load_error(spec: ModelSpec, exc: Exception) -> BackendError:

@@ -250,6 +250,45 @@ def test_backend_error_when_the_policy_has_no_calibration(tiny_ref: Path) -> Non
         quantized_on_the_fly(parse_spec(f"gptq:{tiny_ref}"), LoadPolicy())
 
 
+@pytest.mark.parametrize(
+    ("options", "problem"),
+    [
+        ("", "gptq: group_size=128 does not divide the model's hidden_size 576, "),
+        ("?group_size=64", None),
+        ("?group_size=-1", None),
+    ],
+)
+def test_a_group_size_the_model_cannot_take_stops_before_quantizing(
+    tmp_path: Path,
+    calibration: Calibration,
+    monkeypatch: pytest.MonkeyPatch,
+    options: str,
+    problem: str | None,
+) -> None:
+    """SmolLM2-135M's shapes: groups of 128 quantize, then fail on every case; refused up front."""
+    model = tmp_path / "smollm2"
+    model.mkdir()
+    shapes = {"hidden_size": 576, "intermediate_size": 1536, "num_attention_heads": 9, "head_dim": 64}
+    (model / "config.json").write_text(json.dumps(shapes))
+    called: list[str] = []
+
+    def quantized(*args: object, **kwargs: object) -> Path:
+        called.append("q")
+        return model
+
+    monkeypatch.setattr("pytest_quantgate.backends.hf_loading.quantized_checkpoint", quantized)
+    spec = parse_spec(f"gptq:{model}{options}")
+    policy = LoadPolicy(calibration=calibration)
+    if problem is None:
+        assert quantized_on_the_fly(spec, policy) == model and called == ["q"]
+        return
+    with pytest.raises(BackendError) as info:
+        quantized_on_the_fly(spec, policy)
+    message = str(info.value)
+    assert message.startswith(problem) and "group_size=64 fits" in message and "intermediate" not in message
+    assert called == []  # nothing was quantized
+
+
 @pytest.mark.parametrize("refresh", [False, True])
 def test_two_processes_needing_one_checkpoint_quantize_it_once(
     tiny_ref: Path, tmp_path: Path, calibration: Calibration, made: list[Path], refresh: bool
