@@ -50,6 +50,7 @@ class GatePlugin:
         self._cases = cases  # this process's own, when it runs tests too
         self.report: GateReport | None = None
         self.write_errors: list[str] = []  # report files that could not be written, one line each
+        self.json_written: Path | None = None  # where the JSON report went, once it is written
         #: ``--quant-records``: where this shard's records went (it gates nothing itself).
         self.records_written: Path | None = None
         #: ``--quant-merge``: the shards' records are fed now, before any test could run; what
@@ -98,6 +99,7 @@ class GatePlugin:
             # must never stand in for this run's.
             try:
                 json_report.write(self.report, path)
+                self.json_written = path
             except OSError as exc:  # checked up front, but the disk can still fill up
                 # The error's own file name is the temporary file beside it: name the user's path.
                 why = exc.strerror or type(exc).__name__
@@ -186,7 +188,9 @@ class GatePlugin:
         if self.report is None:
             return
         width = _compat.terminal_width(terminalreporter)
-        for line in terminal.summary(self.report, width=width, write_errors=self.write_errors):
+        for line in terminal.summary(
+            self.report, width=width, write_errors=self.write_errors, json_written=self.json_written
+        ):
             if isinstance(line, terminal.Sep):
                 terminalreporter.write_sep("=", line.title, **line.markup)
                 continue

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..core.overlap import NGRAM, CalibrationOverlap
@@ -382,7 +383,10 @@ def _load_error_lines(display: str, path: str, message: str) -> Iterator[str]:
 
 
 def summary(
-    report: GateReport, width: int = DEFAULT_WIDTH, write_errors: Sequence[str] = ()
+    report: GateReport,
+    width: int = DEFAULT_WIDTH,
+    write_errors: Sequence[str] = (),
+    json_written: Path | None = None,
 ) -> Iterator[Line | Sep]:
     """The whole terminal section: per candidate a table and its regressions.
 
@@ -391,17 +395,17 @@ def summary(
         width: The terminal's width, which every line fits (long ids and
             paths aside).
         write_errors: Why a report file (JSON, Markdown) could not be written, one line each.
+        json_written: Where the JSON report was written, if it was.
     """
     yield from _no_reference_line(report)
     yield from _body(report, width)
     yield from _cost(report)
     yield from _calibration_lines(report.calibration_overlap, width)
-    path = report.config.report_path
     for error in write_errors:
         yield [(error, {"red": True, "bold": True})]
-    if path is not None and not any("JSON report" in e for e in write_errors):
+    if json_written is not None:
         state = "complete" if report.complete else "incomplete"
-        yield [(f"quantgate: JSON report ({state}) written to {path}", {})]
+        yield [(f"quantgate: JSON report ({state}) written to {json_written}", {})]
 
 
 def _no_reference_line(report: GateReport) -> Iterator[Line]:
