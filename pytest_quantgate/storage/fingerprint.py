@@ -39,6 +39,7 @@ __all__ = [
     "forget_fingerprints",
     "model_fingerprint",
     "run_fingerprint",
+    "served_fingerprint",
 ]
 
 # -- model fingerprint ---------------------------------------------------------
@@ -499,16 +500,20 @@ def fingerprint_spec(
     device: str,
     versions: Mapping[str, str] | None = None,
     exclude: Iterable[str | os.PathLike[str]] = (),
+    identity: str | None = None,
 ) -> str | None:
     """:func:`run_fingerprint` of a model spec, or None when it cannot be cached.
 
-    None for a URL target (a served model can change behind its URL) and
-    for a path that cannot be read (loading it will say why).
+    For a URL target (a served model, whose weights cannot be read and can
+    change behind its name), :func:`served_fingerprint`: None unless the spec
+    pins an identity with ``?revision=`` or its server reported one
+    (``identity``, from the loaded model's facts). None also for a path that
+    cannot be read (loading it will say why).
     ``versions`` defaults to :func:`environment_versions`; ``device`` must be
     resolved (``cuda:0``, not ``auto``).
     """
     if spec.kind.target == "url":
-        return None
+        return served_fingerprint(spec, identity)
     try:
         model_fp = model_fingerprint(spec.path, exclude=exclude)
     except OSError:
@@ -520,4 +525,51 @@ def fingerprint_spec(
         dtype=dtype,
         device_type=device_type(device),
         versions=environment_versions() if versions is None else versions,
+    )
+
+
+#: Options of a served spec that change how requests travel, never what a model answers.
+TRANSPORT_OPTIONS = frozenset({"concurrency", "timeout", "retries", "backoff", "api_key_env"})
+#: What a served model's results depend on here: the request code, not torch or transformers.
+SERVED_PACKAGES = ("openai", "pytest-quantgate")
+SERVED_MODULES = (
+    "pytest_quantgate.core.runner",
+    "pytest_quantgate.core.trajectory",
+    "pytest_quantgate.values.prompts",
+    "pytest_quantgate.values.transcript",
+    "pytest_quantgate.backends.base",
+    "pytest_quantgate.backends.served",
+)
+
+
+def served_fingerprint(spec: ModelSpec, identity: str | None = None) -> str | None:
+    """The identity of a served model's results, or None when it has none (the cache is off for it).
+
+    A model behind a URL cannot be fingerprinted: a name such as
+    ``org/model-fp16`` keeps answering while the weights behind it change,
+    and a cache keyed on the name would hand back the old weights' results.
+    So a served spec is cacheable only when it pins an identity with
+    ``?revision=`` (a commit, a checksum, a deployment id: whatever changes
+    when the weights do), or when the server reported one that the backend
+    recorded (``identity``, such as ``digest=sha256:...`` from its model
+    list). The key covers the URL, the model name, the revision or the
+    reported identity, and the options that change answers (``seed``,
+    ``endpoint``); not those that only change how requests travel
+    (:data:`TRANSPORT_OPTIONS`).
+    """
+    pinned = spec.options.get("revision") not in (None, "")
+    if not pinned and not identity:
+        return None
+    options = {k: v for k, v in spec.options.items() if k not in TRANSPORT_OPTIONS}
+    reported = None if pinned else identity
+    url = spec.path.rstrip("/")
+    canonical = {"format": "quantgate-served/1", "url": url, "options": options, "reported": reported}
+    served = json_digest(canonical)
+    return run_fingerprint(
+        served,
+        scheme=spec.scheme or spec.kind.name,
+        options=options,
+        dtype="served",
+        device_type="server",
+        versions=environment_versions(SERVED_PACKAGES, SERVED_MODULES),
     )

@@ -37,6 +37,9 @@ Schemes (:data:`SCHEMES`; plugins add theirs with :func:`register_scheme`):
                    see how a suite reacts to a damaged model
 ``gguf``           a GGUF file (llama.cpp's format), dequantized by transformers;
                    a path ending in ``.gguf`` needs no scheme
+``openai``         a model served behind an OpenAI-compatible endpoint
+                   (``openai:http://host:8000/v1?model=NAME``; options in
+                   :mod:`..backends.served`)
 ``fake``           a scripted model read from a JSON file (testing suites and
                    the plugin itself without a model)
 =================  ==========================================================
@@ -60,6 +63,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 __all__ = [
     "HF_LOADER",
@@ -120,6 +124,9 @@ class Scheme:
             (checked before any model loads; resolved for the cache key).
         gguf: the target is a GGUF file, which transformers reads
             (``from_pretrained(directory, gguf_file=name)``) and dequantizes.
+        check_options: ``check(target, options, raw)`` raising
+            :class:`SpecError` for option values the scheme cannot use,
+            called by :func:`parse_spec` before anything loads.
     """
 
     name: str
@@ -136,6 +143,7 @@ class Scheme:
     transform: str | None = None
     device: bool = True
     gguf: bool = False
+    check_options: Callable[[str, dict[str, Any], str], None] | None = None
 
     @property
     def needs_calibration(self) -> bool:
@@ -161,6 +169,72 @@ def register_scheme(scheme: Scheme) -> None:
 
 
 _LOADING = "pytest_quantgate.backends.hf_loading"
+
+#: The ``?options`` of an ``openai:`` spec (:mod:`..backends.served` says what each does).
+SERVED_OPTIONS = (
+    "model",
+    "concurrency",
+    "timeout",
+    "retries",
+    "backoff",
+    "api_key_env",
+    "revision",
+    "endpoint",
+    "seed",
+    "api_key",  # declared only to be refused without being echoed (_check_served_options)
+)
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def _check_served_options(target: str, options: dict[str, Any], raw: str) -> None:
+    """The values an ``openai:`` spec needs, checked before anything is loaded.
+
+    A key is never accepted in a spec (a spec is written into reports and the
+    cache): neither as ``?api_key=`` nor in the URL; those messages do not
+    repeat the spec.
+    """
+    if "api_key" in options:
+        raise SpecError(
+            "an openai: spec takes no ?api_key= (a spec is written into reports): put the key in an "
+            "environment variable and name it with ?api_key_env=NAME"
+        )
+    parts = urlsplit(target)
+    if parts.username is not None or parts.password is not None:
+        raise SpecError(
+            "an openai: spec's URL must not hold credentials (a spec is written into reports): put the "
+            "key in an environment variable and name it with ?api_key_env=NAME"
+        )
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise SpecError(f"an openai: spec needs an http:// or https:// base URL, got {target!r} in {raw!r}")
+    try:
+        parts.port  # noqa: B018  (raises ValueError for a port out of range)
+    except ValueError:
+        raise SpecError(f"bad port in the URL of model spec {raw!r}") from None
+    if options.get("model") in (None, ""):
+        raise SpecError(f"an openai: spec needs ?model=NAME (the model as the server names it) in {raw!r}")
+    options["model"] = str(options["model"])
+    for key, least in (("concurrency", 1), ("retries", 0)):
+        value = options.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < least):
+            raise SpecError(f"{key}={value!r}: an integer of at least {least} ({raw!r})")
+    for key in ("timeout", "backoff"):
+        value = options.get(key)
+        bad = isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1e6
+        if value is not None and bad:
+            raise SpecError(f"{key}={value!r}: a positive number of seconds ({raw!r})")
+    if options.get("endpoint", "auto") not in ("auto", "chat", "completions"):
+        raise SpecError(f"endpoint={options['endpoint']!r}: auto, chat or completions ({raw!r})")
+    env = options.get("api_key_env")
+    if env is not None and not (isinstance(env, str) and _ENV_NAME.match(env)):
+        raise SpecError(f"api_key_env={env!r}: the name of an environment variable ({raw!r})")
+    seed = options.get("seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise SpecError(f"seed={seed!r}: an integer ({raw!r})")
+    if "revision" in options:
+        options["revision"] = str(options["revision"])
+        if not options["revision"]:
+            raise SpecError(f"revision=: empty ({raw!r})")
+
 
 for _scheme in (
     Scheme("bnb-nf4", "bitsandbytes 4-bit NF4", extra="bnb", load_config=f"{_LOADING}:bnb_nf4"),
@@ -203,6 +277,16 @@ for _scheme in (
         extra="hf",
         target="file",
         gguf=True,
+    ),
+    Scheme(
+        "openai",
+        "a model served behind an OpenAI-compatible endpoint (?model=NAME)",
+        loader="pytest_quantgate.backends.served:ServedBackend.load",
+        extra="serve",
+        target="url",
+        options=SERVED_OPTIONS,
+        device=False,
+        check_options=_check_served_options,
     ),
     Scheme(
         "fake",
@@ -339,6 +423,8 @@ def parse_spec(text: str, *, base_dir: Path | str | None = None, check_path: boo
     target = target.strip()
     if not target:
         raise SpecError(f"empty model spec: no {'URL' if scheme.target == 'url' else 'path'} in {raw!r}")
+    if scheme.check_options is not None:
+        scheme.check_options(target, options, raw)
     if scheme.target == "url":
         where = name = target
     else:
