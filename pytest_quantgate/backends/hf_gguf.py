@@ -6,7 +6,8 @@ what a ``gguf:`` spec measures is the quality of the quantized weights, not
 of llama.cpp's kernels (which also quantize activations). :func:`read_gguf`
 reads the file's header (its architecture and tensor types) with
 ``gguf.GGUFReader``, before any weight is read; :func:`gguf_problem` refuses
-an architecture transformers cannot load, in one line.
+an architecture transformers cannot load, and a file that lies beside a
+checkpoint's ``tokenizer.json``, in one line.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from .base import BackendError
 __all__ = [
     "DEQUANTIZED_NOTE",
     "GGUFFacts",
+    "beside_tokenizer_problem",
     "gguf_dequantized",
     "gguf_problem",
     "pretrained_source",
@@ -110,10 +112,52 @@ def loadable_architectures() -> frozenset[str]:
     return frozenset(names)
 
 
+#: The file transformers reads a GGUF's tokenizer from instead of the GGUF, when it lies beside it.
+_FAST_TOKENIZER_FILE = "tokenizer.json"
+
+#: A checkpoint's tokenizer files, named in the refusal when they lie beside a GGUF file.
+_TOKENIZER_FILES = (
+    _FAST_TOKENIZER_FILE,
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "chat_template.jinja",
+    "chat_template.json",
+    "tokenizer.model",
+    "vocab.json",
+    "merges.txt",
+)
+
+
+def beside_tokenizer_problem(spec: ModelSpec) -> str | None:
+    """Why a GGUF file cannot be loaded from its folder: a checkpoint's ``tokenizer.json`` lies beside it.
+
+    ``from_pretrained(folder, gguf_file=...)`` then builds the tokenizer from
+    ``tokenizer.json`` and never applies the GGUF's own tokenizer settings:
+    transformers 5.24 gives a tokenizer with no eos, bos or pad token and no
+    chat template (the shipped tiny GGUF beside ``models/tiny-ref``'s files;
+    SmolLM2-135M-Instruct's beside its checkpoint's), so generation would not
+    stop. None when nothing is in the way.
+    """
+    folder = Path(spec.path).parent
+    if not (folder / _FAST_TOKENIZER_FILE).is_file():
+        return None
+    beside = ", ".join(name for name in _TOKENIZER_FILES if (folder / name).is_file())
+    return (
+        f"{spec.label}: the GGUF file {spec.path} lies beside a checkpoint's tokenizer files ({beside}), "
+        "which transformers would read instead of the file's own tokenizer (losing its eos token: "
+        "generation would not stop); move the GGUF file into a folder of its own"
+    )
+
+
 def gguf_problem(spec: ModelSpec, facts: GGUFFacts) -> str | None:
-    """Why transformers cannot load the file: an architecture it has no GGUF mapping for; else None."""
+    """Why transformers cannot load the file: tokenizer files beside it (:func:`beside_tokenizer_problem`),
+    or an architecture it has no GGUF mapping for; else None."""
     import transformers
 
+    beside = beside_tokenizer_problem(spec)
+    if beside:
+        return beside
     arch = facts.architecture
     known = loadable_architectures()
     if arch in known or _RENAMED.get(arch) in known:

@@ -8,6 +8,7 @@ quality of the quantized weights.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -125,6 +126,45 @@ def test_a_gguf_of_an_architecture_transformers_cannot_load_is_one_line(
             "nothing was gated: the run stops",
         ]
     )
+
+
+def test_a_gguf_beside_a_checkpoints_tokenizer_files_is_one_line(
+    suite: pytest.Pytester, tiny_ref: Path, tmp_path: Path
+) -> None:
+    """transformers would read its tokenizer from the tokenizer.json beside it (no eos): refused, before
+    loading, as the reference (the run stops) and as a candidate (its load fails, the other is gated)."""
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(tiny_ref / name, folder / name)
+    beside = Path(shutil.copy(Q8, folder / Q8.name))
+    line = (
+        f"  tiny-ref.Q8_0: the GGUF file {beside} lies beside a checkpoint's tokenizer files "
+        "(tokenizer.json, tokenizer_config.json), which transformers would read instead of the file's "
+        "own tokenizer (losing its eos token: generation would not stop); move the GGUF file into a "
+        "folder of its own"
+    )
+    result = suite.runpytest(f"--quant-reference={beside}")
+    assert result.ret == 2, result.stdout.str()
+    result.stdout.fnmatch_lines([line, "nothing was gated: the run stops"])
+    assert "neither a pad nor an eos token" not in result.stdout.str()
+
+    report = suite.path / "gate.json"
+    result = suite.runpytest(
+        f"--quant-reference=ref={tiny_ref}",
+        f"--quant-candidate=q8={Q8}",
+        f"--quant-candidate={beside}",
+        "--quant-allow-tokenizer-mismatch",
+        f"--quant-report={report}",
+    )
+    out = result.stdout.str()
+    assert result.ret == 1, out
+    result.stdout.fnmatch_lines([line, "*FAILED ::quantgate::tiny-ref.Q8_0::load*"])
+    data = json.loads(report.read_text())
+    assert [(c["label"], c["evaluated"]) for c in data["candidates"]] == [
+        ("q8", True),
+        ("tiny-ref.Q8_0", False),
+    ]
 
 
 def test_the_reference_cache_keys_a_gguf_run_by_the_file_content(

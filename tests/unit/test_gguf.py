@@ -158,6 +158,64 @@ def test_an_architecture_transformers_cannot_load_is_named(tmp_path: Path) -> No
     assert gguf_problem(spec, read_gguf(Q8, "q8")) is None
 
 
+def _beside(tmp_path: Path, *names: str) -> Path:
+    """The tiny Q8_0 file copied into a folder with these of ``models/tiny-ref``'s files."""
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    for name in names:
+        shutil.copy(REPO / "models" / "tiny-ref" / name, folder / name)
+    return Path(shutil.copy(Q8, folder / Q8.name))
+
+
+def test_a_gguf_beside_a_tokenizer_json_loses_its_special_tokens(tmp_path: Path) -> None:
+    """Why the refusal below exists: transformers reads the tokenizer from tokenizer.json, not the file.
+
+    Should a transformers release stop doing so, this test fails, and the refusal can go.
+    """
+    pytest.importorskip("gguf")
+    pytest.importorskip("transformers")
+    from transformers import AutoTokenizer
+
+    path = _beside(tmp_path, "tokenizer.json", "tokenizer_config.json")
+    beside = AutoTokenizer.from_pretrained(path.parent, gguf_file=str(path))
+    alone = AutoTokenizer.from_pretrained(GGUF_DIR, gguf_file=str(Q8))
+    assert (alone.eos_token, alone.bos_token, alone.pad_token) == ("<eos>", "<bos>", "<pad>")
+    assert (beside.eos_token, beside.bos_token, beside.pad_token) == (None, None, None)
+
+
+def test_a_gguf_beside_a_checkpoints_tokenizer_files_is_refused_in_one_line(tmp_path: Path) -> None:
+    pytest.importorskip("gguf")
+    pytest.importorskip("transformers")
+    from pytest_quantgate.backends.hf_gguf import beside_tokenizer_problem, gguf_problem, read_gguf
+
+    path = _beside(tmp_path, "tokenizer.json", "tokenizer_config.json", "config.json")
+    spec = parse_spec(str(path))
+    problem = gguf_problem(spec, read_gguf(path, spec.label))
+    assert problem == beside_tokenizer_problem(spec)
+    assert problem == (
+        f"tiny-ref.Q8_0: the GGUF file {path} lies beside a checkpoint's tokenizer files "
+        "(tokenizer.json, tokenizer_config.json), which transformers would read instead of the file's "
+        "own tokenizer (losing its eos token: generation would not stop); move the GGUF file into a "
+        "folder of its own"
+    )
+
+
+@pytest.mark.parametrize("names", [(), ("tokenizer_config.json", "config.json", "generation_config.json")])
+def test_a_gguf_without_a_tokenizer_json_beside_it_is_loaded(tmp_path: Path, names: tuple[str, ...]) -> None:
+    """tokenizer_config.json alone changes nothing of the file's tokenizer (measured): not refused."""
+    pytest.importorskip("gguf")
+    pytest.importorskip("transformers")
+    from transformers import AutoTokenizer
+
+    from pytest_quantgate.backends.hf_gguf import gguf_problem, read_gguf
+
+    path = _beside(tmp_path, *names)
+    spec = parse_spec(str(path))
+    assert gguf_problem(spec, read_gguf(path, spec.label)) is None
+    tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=str(path))
+    assert (tokenizer.eos_token, tokenizer.bos_token, tokenizer.pad_token) == ("<eos>", "<bos>", "<pad>")
+
+
 # -- the shipped tiny GGUFs --------------------------------------------------------
 
 
