@@ -26,6 +26,7 @@ from ..values.specs import ModelSpec
 __all__ = [
     "Backend",
     "BackendError",
+    "CorpusTokens",
     "GenerationRequest",
     "LoadPolicy",
     "ScoreRequest",
@@ -58,12 +59,16 @@ class ScoreRequest:
         continuation: The text whose tokens are scored, as they follow the prompt.
         top_k: How many of the most likely tokens to report at each position (0: none).
         settings: How the prompt is rendered (only ``chat_template`` matters here).
+        ids: Per continuation position, token ids whose log-probabilities to
+            report (another model's top-k there, for a divergence against it);
+            empty: none.
     """
 
     prompt: Prompt
     continuation: str
     top_k: int = 0
     settings: GenerationSettings = field(default_factory=GenerationSettings)
+    ids: tuple[tuple[int, ...], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -75,11 +80,20 @@ class TokenScores:
         logprobs: log p of each token given the prompt and the tokens before it.
         top: Per position, the ``top_k`` most likely tokens as ``(id, logprob)``,
             most likely first; empty when ``top_k`` was 0.
+        at: Per position, the log-probabilities of the request's ``ids`` there,
+            in their order; empty when the request gave none.
+        rest: Per position, the log of the probability left outside the
+            reported tokens — outside ``ids`` when the request gave them, else
+            outside the top-k — computed over the full vocabulary (a
+            log-sum-exp of the others, not ``log(1 - sum)``), ``-inf`` when
+            nothing is left; empty when neither was asked.
     """
 
     tokens: tuple[int, ...]
     logprobs: tuple[float, ...]
     top: tuple[tuple[tuple[int, float], ...], ...] = ()
+    at: tuple[tuple[float, ...], ...] = ()
+    rest: tuple[float, ...] = ()
 
 
 class Backend(abc.ABC):
@@ -171,6 +185,49 @@ class Backend(abc.ABC):
 
     def close(self) -> None:  # noqa: B027  (optional, with a default: not abstract)
         """Release the model's memory; default: nothing to release."""
+
+    # -- perplexity (``--quant-ppl-corpus``) ----------------------------------------------------
+
+    def encode_corpus(self, text: str) -> CorpusTokens:
+        """The tokens of a whole corpus, and what the tokenizer puts before any text (its BOS).
+
+        Default: the backend cannot tokenize.
+
+        Raises:
+            BackendError: the backend cannot score a corpus.
+        """
+        raise BackendError(f"{self.label}: this backend cannot score a corpus (no tokenizer to encode it)")
+
+    def window_logprobs(
+        self, windows: Sequence[Sequence[int]], first_scored: Sequence[int]
+    ) -> list[list[float]]:
+        """log p of each token of a window from index ``first_scored[i]`` on, given the tokens before it.
+
+        Teacher forcing over token windows, batched: window ``i`` yields
+        ``len(windows[i]) - first_scored[i]`` log-probabilities. Default: the
+        backend cannot score.
+
+        Raises:
+            BackendError: the backend cannot score token windows.
+        """
+        raise BackendError(f"{self.label}: this backend cannot score token windows")
+
+
+@dataclass(frozen=True)
+class CorpusTokens:
+    """A corpus as one model's tokenizer encodes it (:meth:`Backend.encode_corpus`).
+
+    Attributes:
+        ids: The text's tokens, without special tokens.
+        prefix: The special tokens the tokenizer puts before a text (a BOS), () when none.
+        tokenizer: A digest of the tokenizer: two models with the same one score the same tokens.
+        first_bytes: UTF-8 bytes of the text that ``ids[0]`` stands for (unscored without a prefix).
+    """
+
+    ids: tuple[int, ...]
+    prefix: tuple[int, ...]
+    tokenizer: str
+    first_bytes: int = 0
 
 
 def refusals(backend: Backend, requests: Sequence[GenerationRequest]) -> list[str | None]:

@@ -14,8 +14,10 @@ settings alone decide it.
 
 from __future__ import annotations
 
+import functools
 import gc
 import importlib
+import inspect
 import os
 import time
 from collections.abc import Iterator, Sequence
@@ -27,6 +29,7 @@ from ..values.specs import ModelSpec
 from .base import (
     Backend,
     BackendError,
+    CorpusTokens,
     GenerationRequest,
     LoadPolicy,
     ScoreRequest,
@@ -59,6 +62,9 @@ __all__ = ["HFBackend", "context_length"]
 
 #: Rendered prompts kept (:meth:`HFBackend.render`): a round's worth, at the largest batch sizes.
 _RENDERED_KEPT = 4096
+#: Most float32 logits one scoring forward pass may hold (rows x scored positions x vocabulary):
+#: 2**27 values, 512 MiB.
+SCORE_LOGIT_BUDGET = 2**27
 
 
 #: ``model_max_length`` of a tokenizer that sets none (transformers' VERY_LARGE_INTEGER).
@@ -382,37 +388,109 @@ class HFBackend(Backend):
     # -- scoring -------------------------------------------------------------
 
     def score(self, requests: Sequence[ScoreRequest]) -> list[TokenScores]:
-        """Per-token log-probabilities of each continuation (teacher forcing), and the top-k.
+        """Per-token log-probabilities of each continuation (teacher forcing), the top-k, ``ids``, the rest.
 
         The prompt is rendered as for generation; the continuation is
         tokenized on its own and appended, so every model with the same
         tokenizer scores exactly the same tokens. Full-vocabulary log-softmax
-        in float32, no clamping of logits.
+        in float32, no clamping of logits. Requests run in left-padded
+        batches (position ids from the attention mask, so a row scores as it
+        would alone), as many per batch as keep the float32 logits of the
+        scored positions under :data:`SCORE_LOGIT_BUDGET` values.
         """
         import torch
 
-        results: list[TokenScores] = []
+        encoded: list[tuple[list[int], list[int]]] = []
+        for req in requests:
+            text, special = self.render(req.prompt, req.settings)
+            prefix = list(self.tokenizer(text, add_special_tokens=not special)["input_ids"])
+            cont = list(self.tokenizer(req.continuation, add_special_tokens=False)["input_ids"])
+            for i, ids in enumerate(req.ids[: len(cont)]):
+                if any(not 0 <= t < self.vocab_size for t in ids):
+                    raise BackendError(f"{self.label}: token ids beyond the vocabulary at position {i}")
+            encoded.append((prefix, cont))
+        results: list[TokenScores | None] = [None] * len(requests)
+        order = [i for i, (_, cont) in enumerate(encoded) if cont]
+        for i, (_, cont) in enumerate(encoded):
+            if not cont:
+                results[i] = TokenScores((), ())
+        vocab = max(1, self.vocab_size)
+        batch: list[int] = []
         with torch.inference_mode():
-            for req in requests:
-                text, special = self.render(req.prompt, req.settings)
-                prefix = self.tokenizer(text, add_special_tokens=not special)["input_ids"]
-                cont = self.tokenizer(req.continuation, add_special_tokens=False)["input_ids"]
-                if not cont:
-                    results.append(TokenScores((), ()))
-                    continue
-                ids = torch.tensor([prefix + cont], device=self.model.device)
-                logits = self.model(input_ids=ids).logits[0, len(prefix) - 1 : -1].float()
-                logp = torch.log_softmax(logits, dim=-1)
-                picked = logp.gather(1, torch.tensor(cont, device=logp.device)[:, None])[:, 0]
-                top: tuple[tuple[tuple[int, float], ...], ...] = ()
-                if req.top_k > 0:
-                    values, indices = logp.topk(min(req.top_k, logp.shape[-1]), dim=-1)
-                    top = tuple(
-                        tuple((int(i), float(v)) for i, v in zip(row_i, row_v, strict=True))
-                        for row_i, row_v in zip(indices.cpu().tolist(), values.cpu().tolist(), strict=True)
-                    )
-                results.append(TokenScores(tuple(cont), tuple(float(x) for x in picked.cpu()), top))
-        return results
+            for i in order:
+                batch.append(i)
+                widest = max(len(encoded[j][1]) for j in batch) + 1
+                if len(batch) > 1 and len(batch) * widest * vocab > SCORE_LOGIT_BUDGET:
+                    batch.pop()
+                    self._score_batch(requests, encoded, batch, results)
+                    batch = [i]
+            if batch:
+                self._score_batch(requests, encoded, batch, results)
+        return [r for r in results if r is not None]
+
+    @property
+    def vocab_size(self) -> int:
+        """Rows of the output layer (the ids a log-softmax runs over)."""
+        out = self.model.get_output_embeddings()
+        weight = getattr(out, "weight", None)
+        return int(weight.shape[0]) if weight is not None else int(self.model.config.vocab_size)
+
+    def _score_batch(
+        self,
+        requests: Sequence[ScoreRequest],
+        encoded: list[tuple[list[int], list[int]]],
+        rows: list[int],
+        results: list[TokenScores | None],
+    ) -> None:
+        """Score the requests ``rows`` in one left-padded forward pass, into ``results``."""
+        import torch
+
+        pad = self.tokenizer.pad_token_id
+        pad = 0 if pad is None else int(pad)
+        seqs = [encoded[i][0] + encoded[i][1] for i in rows]
+        width = max(map(len, seqs))
+        device = self.model.device
+        ids = torch.tensor([[pad] * (width - len(q)) + q for q in seqs], device=device)
+        mask = torch.tensor([[0] * (width - len(q)) + [1] * len(q) for q in seqs], device=device)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        keep = max(len(encoded[i][1]) for i in rows) + 1
+        kwargs: dict[str, Any] = {"input_ids": ids, "attention_mask": mask, "position_ids": positions}
+        if self._takes_logits_to_keep:
+            kwargs["logits_to_keep"] = keep
+        logits = self.model(**kwargs).logits[:, -keep:]
+        for row, i in enumerate(rows):
+            req = requests[i]
+            cont = encoded[i][1]
+            # The logits that predict the continuation: from the prompt's last token on.
+            logp = torch.log_softmax(logits[row, keep - len(cont) - 1 : keep - 1].float(), dim=-1)
+            picked = logp.gather(1, torch.tensor(cont, device=logp.device)[:, None])[:, 0]
+            top: tuple[tuple[tuple[int, float], ...], ...] = ()
+            at: tuple[tuple[float, ...], ...] = ()
+            rest: tuple[float, ...] = ()
+            if req.top_k > 0:
+                values, indices = logp.topk(min(req.top_k, logp.shape[-1]), dim=-1)
+                top = tuple(
+                    tuple((int(t), float(v)) for t, v in zip(row_i, row_v, strict=True))
+                    for row_i, row_v in zip(indices.cpu().tolist(), values.cpu().tolist(), strict=True)
+                )
+                if not req.ids:
+                    rest = _rest(logp, indices)
+            if req.ids:
+                asked = [list(req.ids[p]) if p < len(req.ids) else [] for p in range(len(cont))]
+                width_k = max(1, max(map(len, asked)))
+                # Rows padded with their own first id (or the scored token): a repeat changes no mass.
+                padded = [a + [(a or [cont[p]])[0]] * (width_k - len(a)) for p, a in enumerate(asked)]
+                index = torch.tensor(padded, dtype=torch.long, device=logp.device)
+                gathered = logp.gather(1, index).cpu().tolist()
+                at = tuple(tuple(v[: len(a)]) for v, a in zip(gathered, asked, strict=True))
+                empty = [p for p, a in enumerate(asked) if not a]
+                rest = _rest(logp, index, keep_rows=empty)
+            results[i] = TokenScores(tuple(cont), tuple(float(x) for x in picked.cpu()), top, at, rest)
+
+    @functools.cached_property
+    def _takes_logits_to_keep(self) -> bool:
+        """Whether the model's forward computes the logits of the last positions only."""
+        return "logits_to_keep" in inspect.signature(self.model.forward).parameters
 
     # -- facts ---------------------------------------------------------------
 
@@ -482,6 +560,81 @@ class HFBackend(Backend):
         self.model = None
         if on_gpu:
             self.free_memory()
+
+    # -- perplexity (--quant-ppl-corpus) ------------------------------------------
+
+    def encode_corpus(self, text: str) -> CorpusTokens:
+        """The corpus's tokens (no special tokens), what the tokenizer puts before a text, its digest.
+
+        The prefix is found by encoding a word with and without special
+        tokens: a tokenizer that adds a BOS (Llama's) gives it, one that
+        adds none (GPT-2's, SmolLM2's) gives nothing.
+        """
+        fast = bool(getattr(self.tokenizer, "is_fast", False))
+        encoded = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=fast)
+        ids = [int(i) for i in encoded["input_ids"]]
+        plain = list(self.tokenizer("a", add_special_tokens=False)["input_ids"])
+        special = list(self.tokenizer("a", add_special_tokens=True)["input_ids"])
+        starts = [i for i in range(len(special) - len(plain) + 1) if special[i : i + len(plain)] == plain]
+        prefix = tuple(int(t) for t in special[: starts[0]]) if starts else ()
+        first_bytes = 0
+        if ids:
+            offsets = encoded.get("offset_mapping")
+            first_text = text[: offsets[0][1]] if offsets else self.tokenizer.decode(ids[:1])
+            first_bytes = len(first_text.encode("utf-8"))
+        return CorpusTokens(tuple(ids), prefix, json_digest(self.tokenizer_facts(), 16), first_bytes)
+
+    def window_logprobs(
+        self, windows: Sequence[Sequence[int]], first_scored: Sequence[int]
+    ) -> list[list[float]]:
+        """log p of each window's tokens from ``first_scored`` on (teacher forcing), in one batch.
+
+        Right-padded with an attention mask, so that every real token keeps
+        its position and sees exactly the tokens before it in its window;
+        full-vocabulary log-softmax in float32, no clamping of logits.
+        """
+        import torch
+
+        if self.model is None:
+            raise BackendError(f"{self.label}: the model was closed")
+        if len(windows) != len(first_scored) or any(
+            not 1 <= f <= len(w) for w, f in zip(windows, first_scored, strict=False)
+        ):
+            raise BackendError(f"{self.label}: a window must have a token of context before those it scores")
+        if not windows:
+            return []
+        width = max(len(w) for w in windows)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        ids = torch.full((len(windows), width), int(pad), dtype=torch.long)
+        mask = torch.zeros((len(windows), width), dtype=torch.long)
+        for row, window in enumerate(windows):
+            ids[row, : len(window)] = torch.tensor(list(window), dtype=torch.long)
+            mask[row, : len(window)] = 1
+        out: list[list[float]] = []
+        with torch.inference_mode():
+            device = self.model.device
+            logits = self.model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
+            for row, (window, first) in enumerate(zip(windows, first_scored, strict=True)):
+                logp = torch.log_softmax(logits[row, first - 1 : len(window) - 1].float(), dim=-1)
+                target = ids[row, first : len(window)].to(logp.device)
+                out.append([float(v) for v in logp.gather(1, target[:, None])[:, 0].cpu()])
+        return out
+
+
+def _rest(logp: Any, excluded: Any, keep_rows: Sequence[int] = ()) -> tuple[float, ...]:
+    """Per row of ``logp``, the log of the probability outside the ids ``excluded`` holds for it.
+
+    A log-sum-exp of the other entries, exact where ``1 - sum(p)`` would
+    cancel; ``-inf`` when nothing is left. Rows in ``keep_rows`` exclude
+    nothing (their whole mass, log 1 = 0).
+    """
+    import torch
+
+    masked = logp.scatter(1, excluded, float("-inf"))
+    out = torch.logsumexp(masked, dim=-1)
+    for row in keep_rows:
+        out[row] = 0.0
+    return tuple(float(v) for v in out.cpu())
 
 
 def _weight_bytes(model: Any) -> int:

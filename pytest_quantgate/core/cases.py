@@ -9,7 +9,7 @@ from typing import Any
 
 from ..values.prompts import GenerationSettings, Prompt, normalize_prompt, prompt_messages
 from .identity import CaseIdentityError, case_key, param_identities
-from .markers import QuantCaseMarker, merge_tolerances, parse_slice_marker
+from .markers import QuantCaseMarker, merge_tolerances, parse_slice_marker, slice_max_kl
 from .records import describe_exception
 from .trajectory import Started, Trajectory, TrajectoryDriver
 
@@ -28,6 +28,7 @@ class CaseSpec:
     cluster: str | None = None
     critical: bool = False
     tolerances: dict[str, float] = field(default_factory=dict)  # set by slice markers
+    max_kl: dict[str, float] = field(default_factory=dict)  # slice -> slice(max_kl=...)
     params: dict[str, Any] = field(default_factory=dict)  # the other arguments, for reports (_shown)
     trajectory: Any = None  # the case's Trajectory; ``prompt`` is then its first prompt
     #: How the trajectory began when the case was built (first prompt, initial state): each
@@ -123,11 +124,15 @@ def build_case(
         ) from exc
     slices: list[str] = []
     tolerances: list[dict[str, float]] = []
+    max_kl: list[dict[str, float]] = []
     for args, kwargs in slice_markers:
         names, tol = parse_slice_marker(args, kwargs)
         slices.extend(n for n in names if n not in slices)
         if tol is not None:
             tolerances.append(dict.fromkeys(names, tol))
+        threshold = slice_max_kl(kwargs)
+        if threshold is not None:
+            max_kl.append(dict.fromkeys(names, threshold))
     return CaseSpec(
         key=key,
         nodeid=nodeid,
@@ -137,6 +142,7 @@ def build_case(
         cluster=cluster,
         critical=marker.critical,
         tolerances=merge_tolerances(*tolerances),
+        max_kl=merge_tolerances(*max_kl),
         params={n: _shown(v) for n, v in own.items() if n != marker.prompt},
         trajectory=trajectory,
         started=started,

@@ -24,6 +24,7 @@ from ..storage.store import DEFAULT_DIR_NAME, CacheMode, parse_cache_mode
 from ..values.calibration import Calibration
 from ..values.specs import ModelSpec, SpecError, parse_spec
 from .markers import check_tolerance
+from .perplexity import Corpus, PerplexitySettings
 from .records_file import ShardError, parse_shard
 
 __all__ = [
@@ -37,6 +38,8 @@ __all__ = [
     "parse_cache",
     "parse_device",
     "parse_dtype",
+    "parse_ppl_length",
+    "parse_ppl_stride",
     "parse_quant_shard",
     "parse_report_path",
     "parse_slice_tolerances",
@@ -220,6 +223,10 @@ class GateConfig:
     markdown_path: Path | None = None
     #: ``--quant-cost``: measure each model's cost after the quality run.
     cost: bool = False
+    #: ``--quant-divergence``: token divergence of each candidate from the reference (teacher forcing).
+    divergence: bool = False
+    #: ``--quant-noise-floor``: the reference again with batch size 1, in another order.
+    noise_floor: bool = False
     #: ``--quant-html``: the self-contained HTML report.
     html_path: Path | None = None
     #: ``$GITHUB_STEP_SUMMARY``: the job summary the Markdown report is appended to.
@@ -251,6 +258,8 @@ class GateConfig:
     records_dir: Path | None = None
     #: ``--quant-merge DIR ...``: gate the records of every shard found there; run no test.
     merge_dirs: tuple[Path, ...] = ()
+    #: ``--quant-ppl-*``: each model's perplexity on a corpus after the quality run (issue 19).
+    perplexity: PerplexitySettings | None = None
 
     @property
     def merging(self) -> bool:
@@ -337,6 +346,9 @@ class GateConfig:
             "markdown_path": str(self.markdown_path) if self.markdown_path else None,
             "html_path": str(self.html_path) if self.html_path else None,
             "cost": self.cost,
+            # Only when on: a report of a run without them reads as before.
+            **({"divergence": True} if self.divergence else {}),
+            **({"noise_floor": True} if self.noise_floor else {}),
             "calibration": str(self.calibration.path) if self.calibration else None,
             "batch_size": "auto" if self.batch_size is None else self.batch_size,
             "threads": "auto" if self.threads is None else self.threads,
@@ -348,6 +360,8 @@ class GateConfig:
             "trust_remote_code": self.trust_remote_code,
             "allow_pickle": self.allow_pickle,
             "allow_tokenizer_mismatch": self.allow_tokenizer_mismatch,
+            # Only when asked for: a report of a run without it reads as before.
+            **({"perplexity": self.perplexity.to_dict()} if self.perplexity is not None else {}),
         }
 
     @classmethod
@@ -454,7 +468,14 @@ class GateConfig:
             raise ConfigError(
                 "--quant-merge needs the shards' --quant-reference and --quant-candidate (or the ini keys)"
             )
+        perplexity = _perplexity(pick)
+        if perplexity is not None and (merge_dirs or records_dir is not None):
+            raise ConfigError(
+                "--quant-ppl-corpus is measured by a run that gates: a shard writing --quant-records "
+                "and a --quant-merge measure no model"
+            )
         return cls(
+            perplexity=perplexity,
             shard=shard,
             records_dir=records_dir,
             merge_dirs=merge_dirs,
@@ -481,6 +502,8 @@ class GateConfig:
             cache_mode=cache_mode,
             cache_dir=cache_dir,
             cost=flag("quant_cost"),
+            divergence=flag("quant_divergence"),
+            noise_floor=flag("quant_noise_floor"),
             trust_remote_code=flag("quant_trust_remote_code"),
             allow_pickle=flag("quant_allow_pickle"),
             allow_tokenizer_mismatch=flag("quant_allow_tokenizer_mismatch"),
@@ -526,3 +549,57 @@ def _ini_bool(value: Any, name: str) -> bool:
     if text in ("1", "true", "yes", "on"):
         return True
     raise ConfigError(f"{name} must be true or false, got {value!r}")
+
+
+def parse_ppl_length(value: str | int | None, name: str = "--quant-ppl-max-length") -> int | None:
+    """Tokens per perplexity window (at least 2), or ``auto`` (None: the reference's context, capped)."""
+    return _positive_or_auto(value, name, least=2)
+
+
+def parse_ppl_stride(value: str | int | None, name: str = "--quant-ppl-stride") -> int | None:
+    """Tokens a perplexity window advances by (at least 1), or ``auto`` (None: half the max length)."""
+    return _positive_or_auto(value, name, least=1)
+
+
+def _positive_or_auto(value: str | int | None, name: str, least: int) -> int | None:
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "auto")):
+        return None
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name} must be an integer of at least {least} or auto, got {value!r}") from None
+    if number < least:
+        raise ConfigError(f"{name} must be an integer of at least {least} or auto, got {value!r}")
+    return number
+
+
+def _perplexity(pick: Callable[[str], tuple[Any, Path, str]]) -> PerplexitySettings | None:
+    """``--quant-ppl-*`` (issue 19): the corpus read once, before any model loads; None without one.
+
+    ``pick(name)`` is :meth:`GateConfig.from_sources`' ``(value, base directory, source name)``.
+    """
+    corpus_text, corpus_dir, corpus_src = pick("quant_ppl_corpus")
+    given = {name: pick(name) for name in ("quant_ppl_max_length", "quant_ppl_stride", "quant_ppl_tolerance")}
+    if not corpus_text:
+        for value, _, source in given.values():
+            if value not in (None, ""):
+                raise ConfigError(f"{source} needs --quant-ppl-corpus (or quant_ppl_corpus)")
+        return None
+    path = (corpus_dir / Path(str(corpus_text)).expanduser()).resolve()
+    if not path.is_file():
+        raise ConfigError(f"{corpus_src}: no such file: {path}")
+    try:
+        corpus = Corpus.read(path)
+    except ValueError as exc:
+        raise ConfigError(f"{corpus_src}: {exc}") from None
+    length_value, _, length_src = given["quant_ppl_max_length"]
+    stride_value, _, stride_src = given["quant_ppl_stride"]
+    tolerance_value, _, tolerance_src = given["quant_ppl_tolerance"]
+    length = parse_ppl_length(length_value, length_src)
+    stride = parse_ppl_stride(stride_value, stride_src)
+    if length is not None and stride is not None and stride > length:
+        raise ConfigError(f"{stride_src} {stride} exceeds {length_src} {length}: tokens would go unscored")
+    tolerance = (
+        None if tolerance_value in (None, "") else parse_tolerance(str(tolerance_value), tolerance_src)
+    )
+    return PerplexitySettings(corpus=corpus, max_length=length, stride=stride, tolerance=tolerance)

@@ -14,19 +14,29 @@ import contextlib
 import os
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 from typing import Any
 
-from ..backends.base import Backend, BackendError, GenerationRequest, load_policy
+from ..backends.base import Backend, BackendError, GenerationRequest, TokenScores, load_policy
 from ..backends.registry import load_backend
+from ..statistics.divergence import CaseDivergence
 from ..storage.fingerprint import environment_versions, fingerprint_spec
 from ..storage.store import DEFAULT_DIR_NAME, CacheMode, ResultCache
 from ..values.transcript import CaseRun
 from .cases import CaseSpec
 from .config import GateConfig
 from .cost import measure
-from .records import CaseRecord, ModelOutcome, Outcome, resolve_skips
+from .divergence import (
+    Divergences,
+    candidate_divergences,
+    payload_to_scores,
+    reference_scores,
+    scores_to_payload,
+)
+from .perplexity import measure as score_corpus
+from .perplexity import resolve_lengths, windows_per_batch
+from .records import CaseRecord, ModelOutcome, Outcome, describe_exception, resolve_skips
 from .runner import BatchSize, run_cases
 from .source import case_fingerprint
 
@@ -232,6 +242,15 @@ class Executor:
         self._batch_sizes: dict[str, BatchSize] = {}
         self._cache: ResultCache | None = None
         self._fingerprints: dict[str, str | None] = {}
+        self._said: set[str] = set()  # served models whose cache being off was reported
+        #: ``--quant-divergence``: the reference's scores of its replies, by case key; each
+        #: candidate's divergence by case key; models whose divergence is not available -> why.
+        self._ref_scores: dict[str, list[TokenScores]] = {}
+        self._divergences: dict[str, Divergences] = {}
+        self._divergence_off: dict[str, str] = {}
+        #: ``--quant-noise-floor``: the reference's second run, and its divergence from the first.
+        self._noise_runs: dict[str, CaseRun] = {}
+        self._noise_divergences: Divergences = {}
         #: Seconds between progress updates, and whether only the last line is shown.
         self.progress_every = 30.0 if os.environ.get("CI") else 5.0
         self.quiet = False
@@ -288,7 +307,9 @@ class Executor:
                 if label == reference:
                     cached = self._cached(label, cases)
                     todo = [c for c in cases if c.key not in cached]
-                if not todo:
+                    if self.config.divergence:
+                        self._ref_scores.update(self._cached_scores(label, cases, cached))
+                if not todo and not self._needs_model(label, cases):
                     self._runs.setdefault(label, {}).update(cached)
                     continue
                 try:
@@ -307,22 +328,137 @@ class Executor:
                 )
                 sizer = self._batch_size(label)
                 before = sizer.size
-                tokens_before = _token_counter(backend)()
-                started = time.perf_counter()
-                runs = run_cases(backend, todo, batch_size=sizer, on_progress=progress)
-                self._record_cost(
-                    label, backend, time.perf_counter() - started, tokens_before, sizer, len(todo)
-                )
-                if label == reference:
-                    self._store(label, todo, runs)
+                runs = {}
+                if todo:
+                    tokens_before = _token_counter(backend)()
+                    started = time.perf_counter()
+                    runs = run_cases(backend, todo, batch_size=sizer, on_progress=progress)
+                    self._record_cost(
+                        label, backend, time.perf_counter() - started, tokens_before, sizer, len(todo)
+                    )
+                    if label == reference:
+                        self._store(label, todo, runs)
                 runs.update(cached)
                 if sizer.size < before:
                     self.emit(
                         f"quantgate: {label}: out of memory at batch {before}; continued at {sizer.size}"
                     )
-            self._runs.setdefault(label, {}).update(runs)
+                self._runs.setdefault(label, {}).update(runs)
+                self._after_generation(label, backend, cases)
             if not self.config.keep_loaded and all(g in self._generated for g in self._groups):
                 self.pool.release(label)
+
+    # -- divergence and the noise floor ----------------------------------------
+
+    def _needs_model(self, label: str, cases: list[CaseSpec]) -> bool:
+        """Whether the model must load though every case's run came from the cache.
+
+        The reference must, to run again for the noise floor, or to score
+        replies whose scores the cache does not hold.
+        """
+        if label != self.labels[0]:
+            return False
+        if self.config.noise_floor:
+            return True
+        return self.config.divergence and any(c.key not in self._ref_scores for c in cases)
+
+    def _after_generation(self, label: str, backend: Backend, cases: list[CaseSpec]) -> None:
+        """While the model is loaded: its scores for divergence, and the reference's second run."""
+        reference = self.labels[0]
+        size = self._batch_size(label).size
+        ref_runs = self._runs.get(reference, {})
+        started = time.perf_counter()
+        if self.config.divergence and label not in self._divergence_off:
+            try:
+                if label == reference:
+                    missing = [c for c in cases if c.key not in self._ref_scores]
+                    if missing:
+                        self.emit(f"quantgate: {label}: scoring its replies to {len(missing)} cases ...")
+                        scores = reference_scores(backend, missing, ref_runs, batch_size=size)
+                        self._ref_scores.update(scores)
+                        self._store_scores(label, missing, scores)
+                else:
+                    self._divergences.setdefault(label, {}).update(
+                        candidate_divergences(backend, cases, ref_runs, self._ref_scores, batch_size=size)
+                    )
+            except Exception as exc:
+                why = f"{label} cannot score replies: {describe_exception(exc).splitlines()[0]}"
+                self._divergence_off[label] = why
+                self.emit(f"quantgate: divergence not available: {why}")
+                if label == reference:
+                    self._divergence_off.update(dict.fromkeys(self.labels[1:], why))
+            facts = self.pool.facts.setdefault(label, {})
+            facts["score_seconds"] = round(facts.get("score_seconds", 0.0) + time.perf_counter() - started, 3)
+        if self.config.noise_floor and label == reference:
+            self.emit(f"quantgate: {label}: noise floor: generating {len(cases)} cases again at batch size 1")
+            again = run_cases(backend, list(reversed(cases)), batch_size=BatchSize(1))
+            self._noise_runs.update(again)
+            if self.config.divergence and label not in self._divergence_off:
+                try:
+                    self._noise_divergences.update(
+                        candidate_divergences(
+                            backend, cases, ref_runs, self._ref_scores, batch_size=1, reverse=True
+                        )
+                    )
+                except Exception as exc:
+                    self.emit(f"quantgate: noise floor: cannot score: {describe_exception(exc)}")
+
+    def _cached_scores(
+        self, label: str, cases: list[CaseSpec], cached: dict[str, CaseRun]
+    ) -> dict[str, list[TokenScores]]:
+        """The reference's scores the cache holds for the cases whose runs it held."""
+        if self.config.cache_mode is CacheMode.OFF or not cached:
+            return {}
+        fingerprint = self._run_fingerprint(label)
+        if fingerprint is None:
+            return {}
+        wanted = _fingerprints([c for c in cases if c.key in cached])
+        out = {}
+        for key, payload in self.cache.get_scores(fingerprint, wanted).items():
+            scores = payload_to_scores(payload)
+            if scores is not None and len(scores) == len(cached[key].turns):
+                out[key] = scores
+        return out
+
+    def _store_scores(self, label: str, cases: list[CaseSpec], scores: dict[str, list[TokenScores]]) -> None:
+        if not self.config.cache_mode.writes:
+            return
+        fingerprint = self._run_fingerprint(label)
+        if fingerprint is not None:
+            payloads = {key: scores_to_payload(value) for key, value in scores.items()}
+            self.cache.put_scores(fingerprint, _fingerprints(cases), payloads)
+
+    def _token_divergences(self, key: str, available: list[str]) -> dict[str, dict[str, Any]]:
+        """Each available candidate's divergence on a case, for its record (``--quant-divergence``)."""
+        out: dict[str, dict[str, Any]] = {}
+        for label in available:
+            value = self._divergence_off.get(label) or self._divergences.get(label, {}).get(key)
+            if isinstance(value, CaseDivergence):
+                out[label] = value.to_dict()
+            elif value is not None:
+                out[label] = {"unavailable": value}
+        return out
+
+    def _noise(self, key: str, reference: CaseRun, outcome: Outcome, check: Check) -> dict[str, Any] | None:
+        """The reference's second run of a case: its outcome, whether it said the same, its divergence."""
+        run = self._noise_runs.get(key)
+        if run is None:
+            return None
+        result: Outcome
+        if run.error is not None:
+            result = "error"
+        elif run.failure is not None:
+            result = "fail"
+        else:
+            result, _ = check(run)
+        out: dict[str, Any] = {
+            "outcome": result,
+            "same_output": [t.reply for t in run.turns] == [t.reply for t in reference.turns],
+        }
+        divergence = self._noise_divergences.get(key)
+        if isinstance(divergence, CaseDivergence):
+            out["divergence"] = divergence.to_dict()
+        return out
 
     # -- the reference cache ------------------------------------------------
 
@@ -349,13 +485,35 @@ class Executor:
             self._fingerprints[label] = fingerprint_spec(
                 spec, dtype=self.config.dtype, device=device, exclude=exclude, versions=versions
             )
+            if self._fingerprints[label] is None and spec.kind.target == "url":
+                self._fingerprints[label] = self._reported_fingerprint(label)
         return self._fingerprints[label]
+
+    def _reported_fingerprint(self, label: str) -> str | None:
+        """A served model's fingerprint from the identity its server reports (its ``identity``
+        fact), or None. The model is loaded to ask: for a served model that is a few requests."""
+        try:
+            self.pool.get(label)
+        except BackendError:
+            return None  # the failure is reported where generation asks for the model
+        identity = self.pool.facts.get(label, {}).get("identity")
+        if not isinstance(identity, str) or not identity:
+            return None
+        spec = self.pool.specs[label]
+        return fingerprint_spec(spec, dtype=self.config.dtype, device="cpu", identity=identity)
 
     def _cached(self, label: str, cases: list[CaseSpec]) -> dict[str, CaseRun]:
         """The cases whose results the cache holds for this model, by key (none when it is off)."""
         if self.config.cache_mode is CacheMode.OFF:
             return {}
         fingerprint = self._run_fingerprint(label)
+        if fingerprint is None and self.pool.specs[label].kind.target == "url" and label not in self._said:
+            # A served model's weights cannot be fingerprinted: say so, rather than cache by its name.
+            self._said.add(label)
+            self.emit(
+                f"quantgate: {label}: reference cache off for this served model (its weights cannot be "
+                "fingerprinted and its server reports no identity; pin one with ?revision= to cache it)"
+            )
         found = self.cache.get_runs(fingerprint, _fingerprints(cases)) if fingerprint is not None else {}
         facts = self.pool.facts.setdefault(label, self._spec_facts(label))
         facts["cached_cases"] = facts.get("cached_cases", 0) + len(found)
@@ -366,7 +524,8 @@ class Executor:
                 facts.setdefault(key, value)
         if found:
             rest = len(cases) - len(found)
-            then = f"generating {rest}" if rest else "nothing to generate, the model is not loaded"
+            idle = "" if self.pool.is_loaded(label) else ", the model is not loaded"  # a served one may be
+            then = f"generating {rest}" if rest else f"nothing to generate{idle}"
             self.emit(f"quantgate: {label}: {len(found)}/{len(cases)} cases from the cache; {then}")
         return found
 
@@ -471,14 +630,22 @@ class Executor:
             transcript = tuple(t.to_dict() for t in run.turns)
             result: Outcome
             message: str | None
+            score: float | None = None
             if run.error is not None:
                 result, message = "error", run.error
             elif run.failure is not None:  # a step the trajectory rejected: the body is not asked
                 result, message = "fail", run.failure
             else:
-                result, message = check(run)
-            outcomes[label] = ModelOutcome(result, run.output, message, transcript, run.state)
+                checked = check(run)
+                result, message = checked
+                score = getattr(checked, "score", None)  # a graded check's number (records.CheckResult)
+            outcomes[label] = ModelOutcome(result, run.output, message, transcript, run.state, score=score)
         self._recorded.add(case.key)
+        reference = self.labels[0]
+        available = [label for label in self.labels[1:] if label in outcomes]
+        noise = None
+        if self.config.noise_floor and reference in outcomes:
+            noise = self._noise(case.key, self._runs[reference][case.key], outcomes[reference].outcome, check)
         return CaseRecord(
             key=case.key,
             nodeid=case.nodeid,
@@ -492,6 +659,9 @@ class Executor:
             params=case.params,
             unavailable=unavailable,
             trajectory=case.trajectory is not None,
+            token_divergences=self._token_divergences(case.key, available) if self.config.divergence else {},
+            max_kl=dict(case.max_kl),
+            noise=noise,
         )
 
     def measure_cost(self, *, sample: int = 32) -> None:
@@ -521,6 +691,76 @@ class Executor:
             self.pool.facts.setdefault(label, {})["cost"] = cost.to_dict()
             if not self.config.keep_loaded:
                 self.pool.release(label)
+
+    def measure_perplexity(self, skip: Collection[str] = ()) -> dict[str, dict[str, Any]]:
+        """Each model's perplexity on the ``--quant-ppl-corpus`` (:mod:`.perplexity`), into its facts.
+
+        Apart from the quality run, after it, like :meth:`measure_cost`: each
+        model loaded in turn, the reference first (``auto`` lengths are its
+        context's), then freed. A model that cannot be scored gets its error
+        instead (``{"error": line}``). Models in ``skip`` (they failed to load
+        elsewhere) are left out.
+
+        Returns:
+            label -> ``{"perplexity": ..., "loads": loads made here}``, for
+            the aggregator (:meth:`~..report.aggregator.Aggregator.add_model_facts`).
+        """
+        settings = self.config.perplexity
+        out: dict[str, dict[str, Any]] = {}
+        if settings is None:
+            return out
+        lengths: tuple[int, int] | None = None
+        for label in self.labels:
+            if label in self.pool.failures or label in skip:
+                if lengths is None:  # the reference: nothing to compare with
+                    return out
+                continue
+            loads = self.pool.loads.get(label, 0)
+            with self._library_warnings(label):
+                try:
+                    backend = self.pool.get(label)
+                except BackendError:
+                    if lengths is None:
+                        return out
+                    continue
+                facts = self.pool.facts.setdefault(label, {})
+                try:
+                    if lengths is None:
+                        lengths = resolve_lengths(settings, facts.get("context"))
+                    length, stride = lengths
+                    self.emit(
+                        f"quantgate: {label}: perplexity on {settings.corpus.path.name} "
+                        f"(windows of {length} tokens, stride {stride}) ..."
+                    )
+                    device = str(facts.get("device") or "cpu")
+                    run = score_corpus(
+                        backend,
+                        settings.corpus,
+                        max_length=length,
+                        stride=stride,
+                        dtype=self.config.dtype,
+                        context=facts.get("context"),
+                        batch=BatchSize(windows_per_batch(length, device)),
+                    )
+                    result: dict[str, Any] = run.to_dict()
+                    self.emit(
+                        f"quantgate: {label}: perplexity {run.ppl:.4g} over {run.protocol.scored} tokens "
+                        f"({run.bits_per_byte:.4g} bits/byte) in {run.seconds:.1f}s"
+                    )
+                except Exception as exc:  # this model's failure to score, not the session's
+                    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+                    if not isinstance(exc, (BackendError, ValueError)) or not text:
+                        text = f"{type(exc).__name__}: {text}".rstrip(": ")
+                    result = {"error": text}
+                    self.emit(f"quantgate: {label}: perplexity not measured: {text}")
+            facts["perplexity"] = result
+            loaded_here = self.pool.loads.get(label, 0) - loads
+            out[label] = {**self._spec_facts(label), "perplexity": result, "loads": loaded_here}
+            if not self.config.keep_loaded:
+                self.pool.release(label)
+            if lengths is None or "error" in out[self.labels[0]]["perplexity"]:
+                return out  # the reference has none: the candidates' would be compared with nothing
+        return out
 
     def unchecked(self) -> list[dict[str, Any]]:
         """The planned cases generated on some model but never checked (an interrupted run).

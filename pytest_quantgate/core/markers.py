@@ -23,6 +23,7 @@ __all__ = [
     "merge_tolerances",
     "parse_quant_case",
     "parse_slice_marker",
+    "slice_max_kl",
 ]
 
 
@@ -193,10 +194,14 @@ def _default_prompt(argnames: tuple[str, ...], values: Sequence[Any]) -> str:
 def parse_slice_marker(
     args: Sequence[Any], kwargs: Mapping[str, Any]
 ) -> tuple[tuple[str, ...], float | None]:
-    """Validate ``slice(*names, tolerance=None)`` -> (names, tolerance)."""
-    unknown = sorted(set(kwargs) - {"tolerance"})
+    """Validate ``slice(*names, tolerance=None, max_kl=None)`` -> (names, tolerance).
+
+    ``max_kl`` is validated here and read with :func:`slice_max_kl`.
+    """
+    unknown = sorted(set(kwargs) - {"tolerance", "max_kl"})
     if unknown:
-        raise ValueError(f"slice got unknown argument(s) {', '.join(unknown)}; known: tolerance")
+        raise ValueError(f"slice got unknown argument(s) {', '.join(unknown)}; known: tolerance, max_kl")
+    slice_max_kl(kwargs)
     if not args:
         raise ValueError("slice needs at least one slice name")
     for name in args:
@@ -208,6 +213,20 @@ def parse_slice_marker(
             raise ValueError(f"slice tolerance must be a number in [0, 1), got {tol!r}")
         tol = check_tolerance(tol, "slice tolerance")
     return tuple(args), tol
+
+
+def slice_max_kl(kwargs: Mapping[str, Any]) -> float | None:
+    """A slice marker's ``max_kl``: a positive number of nats per token, or None.
+
+    Raises:
+        ValueError: it is not a finite number above 0.
+    """
+    value = kwargs.get("max_kl")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
+        raise ValueError(f"slice max_kl must be a number above 0 (nats per token), got {value!r}")
+    return float(value)
 
 
 def explicit_ids(argvalues: Sequence[Any], ids: Any) -> tuple[str | None, ...]:

@@ -11,6 +11,7 @@ import dataclasses
 import enum
 import inspect
 import json
+import numbers
 import os
 import traceback
 from collections.abc import Callable, Mapping, Sequence
@@ -21,6 +22,7 @@ __all__ = [
     "RECORD_KEY",
     "STATUS_KEY",
     "CaseRecord",
+    "CheckResult",
     "ModelOutcome",
     "Outcome",
     "Status",
@@ -28,6 +30,7 @@ __all__ = [
     "classify",
     "describe_exception",
     "divergence",
+    "graded_score",
     "own_status",
     "resolve_skips",
     "run_check",
@@ -89,6 +92,8 @@ class ModelOutcome:
     message: str | None = None
     transcript: tuple[dict[str, Any], ...] = ()
     final_state: Any = None  # a trajectory's state after its last step
+    #: A graded check's score in [0, 1] (the check returned a number); None for pass/fail.
+    score: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out = {
@@ -99,7 +104,7 @@ class ModelOutcome:
         }
         if self.final_state is not None:
             out["final_state"] = self.final_state
-        return out
+        return {**out, "score": self.score} if self.score is not None else out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ModelOutcome:
@@ -109,6 +114,7 @@ class ModelOutcome:
             message=data.get("message"),
             transcript=tuple(data.get("transcript") or ()),
             final_state=data.get("final_state"),
+            score=None if data.get("score") is None else float(data["score"]),
         )
 
 
@@ -226,6 +232,14 @@ class CaseRecord:
     statuses: dict[str, Status] = field(default_factory=dict)
     #: Candidate -> where its run parted from the reference's (:func:`divergence`); trajectories only.
     divergences: dict[str, dict[str, Any] | None] = field(default_factory=dict)
+    #: ``--quant-divergence``: candidate -> its token divergence on the reference's transcript
+    #: (``statistics.divergence.CaseDivergence.to_dict()``), or ``{"unavailable": why}``.
+    token_divergences: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: Slice -> its ``slice(max_kl=...)`` threshold.
+    max_kl: dict[str, float] = field(default_factory=dict)
+    #: ``--quant-noise-floor``: the reference's second run — its ``outcome``, whether its
+    #: ``output`` was the same, and its token ``divergence`` from the first run (when scored).
+    noise: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         ref = self.outcomes[self.reference]
@@ -305,6 +319,9 @@ class CaseRecord:
             "tolerances": dict(self.tolerances),
             "status": {label: status.value for label, status in self.statuses.items()},
             **({"trajectory": True, "divergence": dict(self.divergences)} if self.trajectory else {}),
+            **({"token_divergence": dict(self.token_divergences)} if self.token_divergences else {}),
+            **({"max_kl": dict(self.max_kl)} if self.max_kl else {}),
+            **({"noise": dict(self.noise)} if self.noise is not None else {}),
         }
 
     @classmethod
@@ -324,6 +341,9 @@ class CaseRecord:
             trajectory=bool(data.get("trajectory")),
             statuses={k: Status(v) for k, v in (data.get("status") or {}).items()},
             divergences=dict(data.get("divergence") or {}),
+            token_divergences=dict(data.get("token_divergence") or {}),
+            max_kl={k: float(v) for k, v in (data.get("max_kl") or {}).items()},
+            noise=dict(data["noise"]) if data.get("noise") is not None else None,
         )
 
     def to_json(self) -> str:
@@ -334,6 +354,33 @@ class CaseRecord:
         return cls.from_dict(json.loads(text))
 
 
+class CheckResult(tuple[Outcome, "str | None"]):
+    """``(outcome, message)`` of a check, with the graded ``score`` it returned (None if none)."""
+
+    score: float | None
+
+    def __new__(cls, outcome: Outcome, message: str | None, score: float | None = None) -> CheckResult:
+        self = super().__new__(cls, (outcome, message))
+        self.score = score
+        return self
+
+
+def graded_score(value: Any) -> tuple[float | None, str | None]:
+    """A check's return value as a graded score: ``(score, None)``, ``(None, why)`` or ``(None, None)``.
+
+    A real number (not a bool) is a score and must lie in [0, 1]; NaN or a
+    number outside is a mistake of the check, and ``why`` says so in one
+    line. Anything else (None, a bool, other objects) is no score: the
+    check passed or failed by its assertions, as before.
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):  # numpy's bool is no Real either
+        return None, None
+    score = float(value)
+    if not 0.0 <= score <= 1.0:  # NaN fails both comparisons
+        return None, f"the check returned {value!r}: a graded score must be a number in [0, 1]"
+    return score, None
+
+
 def run_check(
     check: Callable[..., Any],
     kwargs: Mapping[str, Any],
@@ -342,7 +389,7 @@ def run_check(
     skip_types: tuple[type[BaseException], ...] = (),
     xfail_types: tuple[type[BaseException], ...] = (),
     passthrough: tuple[type[BaseException], ...] = (),
-) -> tuple[Outcome, str | None]:
+) -> CheckResult:
     """Run a test body as the check of one model's output.
 
     ``fail_types`` mean the model failed the case; ``skip_types`` and
@@ -352,20 +399,32 @@ def run_check(
     an interrupt) propagate; anything else is an error of the case, never a
     pass. ``xfail_types`` are tried before ``fail_types`` (pytest's xfail
     exception is a kind of failure).
+
+    A check that returns a number in [0, 1] is graded (:func:`graded_score`):
+    the result carries the score, and the outcome is ``"pass"`` for full
+    marks (1.0) and ``"fail"`` below, for the case's own status; the gate
+    tests the scores. A number outside [0, 1], or NaN, is an error.
     """
     try:
-        check(**kwargs)
+        returned = check(**kwargs)
     except passthrough:
         raise
     except xfail_types as exc:
-        return "xfail", str(exc).strip() or None
+        return CheckResult("xfail", str(exc).strip() or None)
     except skip_types as exc:
-        return "skip", str(exc).strip() or None
+        return CheckResult("skip", str(exc).strip() or None)
     except fail_types as exc:
-        return "fail", _short_message(exc)
+        return CheckResult("fail", _short_message(exc))
     except Exception as exc:
-        return "error", _located(describe_exception(exc), check_location(check, exc))
-    return "pass", None
+        return CheckResult("error", _located(describe_exception(exc), check_location(check, exc)))
+    score, problem = graded_score(returned)
+    if problem is not None:
+        return CheckResult("error", problem)
+    if score is None:
+        return CheckResult("pass", None)
+    if score == 1.0:
+        return CheckResult("pass", None, score)
+    return CheckResult("fail", f"graded score {score:g}", score)
 
 
 def check_location(check: Callable[..., Any], exc: BaseException) -> str | None:

@@ -20,7 +20,7 @@ import pytest
 
 from ..core.config import GateConfig
 from ..core.records import RECORD_KEY, CaseRecord
-from ..report import html, json_report, markdown, terminal
+from ..report import html, json_report, markdown, perplexity, terminal
 from ..report.aggregator import Aggregator
 from ..report.model import GateReport, GateTest, parse_gate_test_id
 from ..statistics.gate import SliceResult
@@ -74,6 +74,7 @@ class GatePlugin:
                 session.exitstatus = pytest.ExitCode.OK
         else:
             add_facts(self.aggregator, self._cases.finish(interrupted=interrupted))  # this process's own
+            self._measure_perplexity(interrupted)
             narrowed, uncounted = _narrowing(self.config)
             narrowed_by = [*narrowed, *self._cases.rerun.given]
             if self.gate_config.shard is not None:
@@ -89,6 +90,7 @@ class GatePlugin:
             stopped=str(session.shouldstop or session.shouldfail or "") or None,
             counted=counted,
         )
+        self.report = perplexity.attach(self.report)  # --quant-ppl-corpus: its section and failures
         for test in self.report.tests:
             self._log_gate_test(test)
         if self.report.failed and session.exitstatus == pytest.ExitCode.OK:
@@ -107,6 +109,21 @@ class GatePlugin:
         self._write_other_reports()
         if self.write_errors and session.exitstatus == pytest.ExitCode.OK:
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+    def _measure_perplexity(self, interrupted: bool) -> None:
+        """``--quant-ppl-corpus`` (issue 19): each model's perplexity, after the quality run.
+
+        Here, in the process that reports, once: with xdist the workers have
+        finished and the controller loads each model in turn (one in memory at
+        a time), as the only process does without. Not after an interruption,
+        nor in a shard that records (its merge has no models), and never for a
+        model that failed to load elsewhere.
+        """
+        cfg = self.gate_config
+        if cfg.perplexity is None or not cfg.enabled or interrupted or cfg.records_dir is not None:
+            return
+        measured = self._cases.executor.measure_perplexity(skip=set(self.aggregator.load_failures))
+        self.aggregator.add_model_facts(measured)
 
     def _write_records(self, session: pytest.Session, narrowed_by: list[str], counted: bool) -> None:
         """``--quant-records``: this shard's records for ``--quant-merge``; the gate is the merge's."""

@@ -18,7 +18,8 @@ MARKERS = (
     "quant_case(argnames, argvalues, *, ids=None, prompt='prompt', max_new_tokens=64, stop=None, "
     "chat_template=None, critical=False, cluster=None): parametrize a test over domain cases run "
     "on the reference and candidate models; the body checks `output`.",
-    "slice(*names, tolerance=None): tag quant cases with slices the gate reports on.",
+    "slice(*names, tolerance=None, max_kl=None): tag quant cases with slices the gate reports on; "
+    "max_kl fails a slice whose mean token KL is significantly above it (--quant-divergence).",
     "quant_cluster(name): the cluster of a quant case when quant_case has no cluster= "
     "(load_cases sets it from a data file's cluster column).",
 )
@@ -121,6 +122,36 @@ _OPTIONS = (
         "else each worker's share of the cores under pytest -n N, else 1; idle OpenMP threads "
         "sleep (OMP_WAIT_POLICY=PASSIVE) unless OMP_WAIT_POLICY is set (default: auto)",
     ),
+    # Perplexity under one recorded protocol (issue 19).
+    (
+        "--quant-ppl-corpus",
+        "quant_ppl_corpus",
+        "string",
+        "after the gate, each model's perplexity on this corpus (text, or JSONL with a text field), "
+        "in sliding windows, and each candidate's ratio to the reference's (default: none)",
+    ),
+    (
+        "--quant-ppl-max-length",
+        "quant_ppl_max_length",
+        "string",
+        "tokens per perplexity window, its BOS included, or auto: the reference's context, at most "
+        "1024 (default: auto)",
+    ),
+    (
+        "--quant-ppl-stride",
+        "quant_ppl_stride",
+        "string",
+        "tokens each perplexity window advances by; each scores only its new tokens, or auto: "
+        "half the max length (default: auto)",
+    ),
+    (
+        "--quant-ppl-tolerance",
+        "quant_ppl_tolerance",
+        "string",
+        "margin of the perplexity ratio candidate/reference above 1 (0.02: a 2 percent rise): "
+        "REGRESSED when its lower bound exceeds it, which fails the run (default: none, perplexity "
+        "is information)",
+    ),
 )
 
 #: Safe loading (``backends.base.LoadPolicy``): what a checkpoint may do while it loads; and
@@ -131,6 +162,18 @@ _SAFETY = (
         "quant_cost",
         "after the gate, measure each model's cost (latency, tokens per second, peak memory) on a "
         "sample of the suite's prompts (default: not measured)",
+    ),
+    (
+        "--quant-divergence",
+        "quant_divergence",
+        "score the reference's replies on every model (teacher forcing) and report each candidate's "
+        "token KL divergence, top-1 agreement and delta-p per slice (default: off)",
+    ),
+    (
+        "--quant-noise-floor",
+        "quant_noise_floor",
+        "run the reference a second time with batch size 1 in another order and report its flips "
+        "(and token KL with --quant-divergence) against itself (default: off)",
     ),
     (
         "--quant-trust-remote-code",

@@ -16,10 +16,30 @@ from ..core.config import GateConfig
 from ..core.cost import Cost
 from ..core.markers import merge_tolerances
 from ..core.overlap import CalibrationOverlap, overlap
-from ..core.records import CaseRecord, Status
-from ..statistics.gate import ALL, GateSettings, SliceOutcomes, Verdict, evaluate, overall_verdict
+from ..core.records import CaseRecord, ModelOutcome, Status
+from ..statistics.divergence import CaseDivergence, DivergenceSummary, summarize
+from ..statistics.gate import (
+    ALL,
+    GateSettings,
+    SliceOutcomes,
+    SliceResult,
+    Verdict,
+    evaluate,
+    overall_verdict,
+)
 from ..values.specs import ModelSpec
-from .model import CandidateGate, CostRow, Failure, FailureKind, GateReport, GateTest, Selection
+from .model import (
+    CandidateGate,
+    CostRow,
+    DivergenceRow,
+    Failure,
+    FailureKind,
+    GateReport,
+    GateTest,
+    NoiseFloor,
+    NoiseRow,
+    Selection,
+)
 
 __all__ = ["Aggregator", "gate_candidate"]
 
@@ -128,6 +148,9 @@ class Aggregator:
         reference_error = self.load_failures.get(reference.label)
         tolerances = merge_tolerances(*(r.tolerances for r in records))
         lost = tuple(sorted(self.lost))
+        # From the records (``--quant-merge`` reads them from shards run with the options).
+        with_noise = self.config.noise_floor or any(r.noise is not None for r in records)
+        noise = noise_floor(records, self.config.alpha) if with_noise else None
         candidates = tuple(
             _not_evaluated(c, self.load_failures[c.label])
             if c.label in self.load_failures
@@ -137,15 +160,17 @@ class Aggregator:
             if lost
             else _not_evaluated(c, _nothing_checked(interrupted))
             if not any(c.label in r.outcomes for r in records)
-            else gate_candidate(self.config, c, records, tolerances)
+            else gate_candidate(self.config, c, records, tolerances, noise=noise)
             for c in self.config.candidates
         )
         tests: list[GateTest] = []
+        strict = self.config.strict
         if not interrupted and (records or self.load_failures):
             for cand in candidates:
                 tests.append(GateTest(cand, None, failed=not cand.evaluated))
                 tests.extend(
-                    GateTest(cand, row, row.verdict.fails(strict=self.config.strict)) for row in cand.rows
+                    GateTest(cand, row, row.verdict.fails(strict=strict) or _kl_exceeds(cand, row))
+                    for row in cand.rows
                 )
         return GateReport(
             config=self.config,
@@ -154,7 +179,7 @@ class Aggregator:
             records=tuple(sorted(records, key=lambda r: r.nodeid)),
             complete=not interrupted and selection.whole and not self.load_failures and not lost,
             tests=tuple(tests),
-            failures=_failures(tests, records, reference.label, reference_error),
+            failures=_failures(tests, records, reference.label, reference_error, strict=self.config.strict),
             reference_passed=sum(r.outcomes[r.reference].outcome == "pass" for r in records),
             interrupted=interrupted,
             selection=selection,
@@ -162,6 +187,7 @@ class Aggregator:
             calibration_overlap=self._calibration_overlap(records),
             unchecked=tuple(sorted(self.unchecked, key=lambda e: str(e.get("nodeid")))),
             cost=_cost_rows(self._models()),
+            noise_floor=noise,
         )
 
     def _calibration_overlap(self, records: Sequence[CaseRecord]) -> CalibrationOverlap | None:
@@ -187,7 +213,12 @@ class Aggregator:
 
 
 def _failures(
-    tests: Sequence[GateTest], records: Sequence[CaseRecord], reference: str, reference_error: str | None
+    tests: Sequence[GateTest],
+    records: Sequence[CaseRecord],
+    reference: str,
+    reference_error: str | None,
+    *,
+    strict: bool,
 ) -> tuple[Failure, ...]:
     """Why the run fails: the reference's load, each failing gate test, quant cases whose test failed."""
     out: list[Failure] = []
@@ -204,8 +235,20 @@ def _failures(
             out.append(Failure(FailureKind.NOT_EVALUATED, message, test))
         else:
             row = "ALL" if test.row.is_total else f"slice {test.row.slice!r}"
-            strict = " (--quant-strict)" if test.row.verdict is Verdict.INCONCLUSIVE else ""
-            out.append(Failure(FailureKind.ROW, f"{label}: {row} {test.row.verdict}{strict}", test))
+            if test.row.verdict.fails(strict=strict):
+                flag = " (--quant-strict)" if test.row.verdict is Verdict.INCONCLUSIVE else ""
+                out.append(Failure(FailureKind.ROW, f"{label}: {row} {test.row.verdict}{flag}", test))
+            divergence = test.candidate.divergence_of(test.row.slice)
+            if divergence is not None and divergence.exceeds and divergence.summary is not None:
+                summary = divergence.summary
+                out.append(
+                    Failure(
+                        FailureKind.DIVERGENCE,
+                        f"{label}: {row} mean token KL {summary.mean_kl:.4g} (lower bound {summary.low:.4g}) "
+                        f"above its max_kl {summary.threshold:g}",
+                        test,
+                    )
+                )
     failing = [r for r in records if r.fails_test]
     if failing:
         errors = sum(r.worst is Status.ERROR for r in failing)
@@ -217,6 +260,78 @@ def _failures(
             )
         )
     return tuple(out)
+
+
+def _kl_exceeds(candidate: CandidateGate, row: SliceResult) -> bool:
+    """Whether a row's slice has a ``max_kl`` that its mean token KL is significantly above."""
+    divergence = candidate.divergence_of(row.slice)
+    return divergence is not None and divergence.exceeds
+
+
+def _divergence_rows(
+    config: GateConfig,
+    label: str,
+    records: Sequence[CaseRecord],
+    rows: Sequence[SliceResult],
+    noise: NoiseFloor | None,
+) -> tuple[DivergenceRow, ...]:
+    """Each row's token divergence (``--quant-divergence``), from the records' per-case figures."""
+    thresholds = merge_tolerances(*(r.max_kl for r in records))
+    out = []
+    for row in rows:
+        name = row.slice
+        members = records if row.is_total else [r for r in records if name in r.slices]
+        items: list[tuple[str, Any, CaseDivergence]] = []
+        why: str | None = None
+        for r in members:
+            d = r.token_divergences.get(label)
+            if d is None or "unavailable" in d:
+                why = why or (d or {}).get("unavailable") or "the reference's run of the case was not scored"
+                continue
+            items.append((r.nodeid, r.cluster, CaseDivergence.from_dict(d)))
+        threshold = None if row.is_total else thresholds.get(name)
+        summary = summarize(items, alpha=config.alpha, threshold=threshold)
+        floor_row = noise.row(name) if noise is not None else None
+        measured = floor_row is not None and floor_row.divergence is not None
+        floor = floor_row.divergence.mean_kl if floor_row is not None and floor_row.divergence else 0.0
+        out.append(
+            DivergenceRow(
+                slice=name,
+                summary=summary,
+                unavailable=why,
+                missing=len(members) - len(items),
+                flips=(row.regressions + row.improvements) / row.n if row.n else None,
+                floor=floor,
+                floor_measured=measured,
+                unseen_damage=row.verdict is Verdict.INCONCLUSIVE
+                and summary is not None
+                and summary.above(floor),
+            )
+        )
+    return tuple(out)
+
+
+def noise_floor(records: Sequence[CaseRecord], alpha: float) -> NoiseFloor:
+    """The reference against itself (``--quant-noise-floor``), per slice in order of arrival, then ALL."""
+    ran = [r for r in records if r.noise is not None]
+    names = list(dict.fromkeys(s for r in ran for s in r.slices))
+
+    def row(name: str, members: Sequence[CaseRecord]) -> NoiseRow:
+        flips = changed = 0
+        items: list[tuple[str, Any, CaseDivergence]] = []
+        for r in members:
+            assert r.noise is not None
+            first = r.outcomes[r.reference].outcome == "pass"
+            flips += first != (r.noise.get("outcome") == "pass")
+            changed += not r.noise.get("same_output", True)
+            if r.noise.get("divergence"):
+                items.append((r.nodeid, r.cluster, CaseDivergence.from_dict(r.noise["divergence"])))
+        summary: DivergenceSummary | None = summarize(items, alpha=alpha)
+        return NoiseRow(slice=name, cases=len(members), flips=flips, changed=changed, divergence=summary)
+
+    return NoiseFloor(
+        rows=(*(row(n, [r for r in ran if n in r.slices]) for n in names), row(ALL, ran)),
+    )
 
 
 def _cost_rows(models: Mapping[str, Mapping[str, Any]]) -> tuple[CostRow, ...]:
@@ -301,6 +416,8 @@ def gate_candidate(
     candidate: ModelSpec,
     records: Sequence[CaseRecord],
     marker_tolerances: Mapping[str, float],
+    *,
+    noise: NoiseFloor | None = None,
 ) -> CandidateGate:
     """Per-slice statistics and verdicts of one candidate from the records.
 
@@ -337,15 +454,31 @@ def gate_candidate(
         inconclusive=tuple(r.slice for r in rows if r.verdict is Verdict.INCONCLUSIVE),
         skipped=len(skipped),
         path=candidate.path,
+        divergence=_divergence_rows(config, label, valid, rows, noise)
+        if config.divergence or any(label in r.token_divergences for r in valid)
+        else (),
     )
 
 
 def _outcomes(name: str, records: Sequence[CaseRecord], cand: str, tolerance: float) -> SliceOutcomes:
     clusters = tuple(r.cluster for r in records)
+    pairs = [(r.outcomes[r.reference], r.outcomes[cand]) for r in records]
+    # Graded checks return scores; a slice holding any is gated on scores, a
+    # pass/fail case of it scoring 1 or 0 (SliceOutcomes.graded).
+    graded = any(o.score is not None for pair in pairs for o in pair)
     return SliceOutcomes(
         name=name,
-        reference=tuple(r.outcomes[r.reference].outcome == "pass" for r in records),
-        candidate=tuple(r.outcomes[cand].outcome == "pass" for r in records),
+        reference=tuple(ref.outcome == "pass" for ref, _ in pairs),
+        candidate=tuple(got.outcome == "pass" for _, got in pairs),
         clusters=clusters if any(c is not None for c in clusters) else None,
         tolerance=tolerance,
+        reference_scores=tuple(_score(ref) for ref, _ in pairs) if graded else None,
+        candidate_scores=tuple(_score(got) for _, got in pairs) if graded else None,
     )
+
+
+def _score(outcome: ModelOutcome) -> float:
+    """A graded check's score; 1.0 or 0.0 for a pass/fail outcome."""
+    if outcome.score is not None:
+        return outcome.score
+    return 1.0 if outcome.outcome == "pass" else 0.0

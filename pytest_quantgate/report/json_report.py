@@ -21,6 +21,8 @@ Top level::
      "unchecked": [{"nodeid", "key", "slices", "outputs": {label: {"output", "error", "transcript"}}}],
                                   # generated but never checked: an interrupted run's finished work
      "cost": [CostRow.to_dict(), ...],  # --quant-cost: each model's cost, ratios to the reference's
+     "perplexity": {...},         # --quant-ppl-corpus only: each model's PPL, bits per byte and
+                                  # protocol, each candidate's ratio with its bounds and verdict
      "cases": [CaseRecord.to_dict(), ...]}   # prompt, arguments, outcomes and outputs per model
 
 The JSON Schema of the report is ``schema.json`` beside this module
@@ -86,6 +88,8 @@ def to_dict(report: GateReport) -> dict[str, Any]:
         "cases": [r.to_dict() for r in report.records],
         "unchecked": list(report.unchecked),
         "cost": [row.to_dict() for row in report.cost],
+        **({"noise_floor": report.noise_floor.to_dict()} if report.noise_floor is not None else {}),
+        **({"perplexity": report.perplexity.to_dict()} if report.perplexity is not None else {}),
     }
 
 

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 from ..statistics.gate import Verdict
 from ..values.files import atomic_write_text
+from . import perplexity
 from .text import (
     COST_COLUMNS,
     SLICE_HEADINGS,
@@ -150,6 +151,7 @@ def _head(report: GateReport) -> Iterator[str]:
             yield "| " + " | ".join(_md(show(row)) for _, show in COST_COLUMNS) + " |"
         yield ""
         yield f"_{_md(cost_caption(report.cost))}_"
+    yield from perplexity.markdown_section(report)
     if any(gate.regressed for gate in report.candidates):
         yield ""
         yield "### Regressed cases"

@@ -20,12 +20,15 @@ if TYPE_CHECKING:
     from ..core.config import GateConfig
     from ..core.overlap import CalibrationOverlap
     from ..core.records import CaseRecord
+    from ..statistics.divergence import DivergenceSummary
     from ..statistics.gate import SliceResult, Verdict
+    from .perplexity import PerplexitySection
 
 __all__ = [
     "LOAD",
     "CandidateGate",
     "CostRow",
+    "DivergenceRow",
     "Failure",
     "FailureKind",
     "GateReport",
@@ -33,6 +36,8 @@ __all__ = [
     "Matrix",
     "MatrixCandidate",
     "MatrixCell",
+    "NoiseFloor",
+    "NoiseRow",
     "Selection",
     "Unevaluated",
     "gate_test_id",
@@ -76,10 +81,16 @@ class CandidateGate:
     path: str = ""
     lost: tuple[str, ...] = ()  # quant cases lost with a crashed worker: why there is no gate
     improved: tuple[CaseRecord, ...] = ()  # the cases the candidate passes and the reference fails
+    #: ``--quant-divergence``: one row per slice, then ALL (none without the option).
+    divergence: tuple[DivergenceRow, ...] = ()
 
     @property
     def evaluated(self) -> bool:
         return self.not_evaluated is None
+
+    def divergence_of(self, name: str) -> DivergenceRow | None:
+        """The divergence row of a slice (or ALL), if there is one."""
+        return next((d for d in self.divergence if d.slice == name), None)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -92,6 +103,134 @@ class CandidateGate:
             "errors": self.errors,
             "skipped": self.skipped,
             "slices": [r.to_dict() for r in self.rows],
+            **({"divergence": [d.to_dict() for d in self.divergence]} if self.divergence else {}),
+        }
+
+
+@dataclass(frozen=True)
+class DivergenceRow:
+    """A slice's token divergence on one candidate, beside its accuracy row.
+
+    Attributes:
+        slice: The slice's name (or ALL).
+        summary: The statistics (:class:`~..statistics.divergence.DivergenceSummary`);
+            None when nothing was scored.
+        unavailable: Why there is no divergence for some of the slice's
+            cases (the first reason met), else None.
+        missing: Cases of the slice without a divergence.
+        flips: The candidate's discordant cases over all cases (b + c) / n.
+        floor: The noise floor's mean KL on the slice (0 when not measured).
+        floor_measured: Whether ``floor`` was measured (``--quant-noise-floor``).
+        unseen_damage: Accuracy is INCONCLUSIVE while the mean KL is
+            significantly above the noise floor: divergence sees damage that
+            accuracy cannot yet show.
+    """
+
+    slice: str
+    summary: DivergenceSummary | None
+    unavailable: str | None = None
+    missing: int = 0
+    flips: float | None = None
+    floor: float = 0.0
+    floor_measured: bool = False
+    unseen_damage: bool = False
+
+    @property
+    def exceeds(self) -> bool:
+        """Whether the slice's ``max_kl`` fails the run (:attr:`DivergenceSummary.exceeds`)."""
+        return self.summary is not None and self.summary.exceeds
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "slice": self.slice,
+            **(self.summary.to_dict() if self.summary is not None else {"cases": 0, "tokens": 0}),
+            "unavailable": self.unavailable,
+            "missing": self.missing,
+            "flips": self.flips,
+            "noise_floor_kl": self.floor if self.floor_measured else None,
+            "unseen_damage": self.unseen_damage,
+        }
+
+
+@dataclass(frozen=True)
+class NoiseRow:
+    """The reference against itself on one slice (``--quant-noise-floor``).
+
+    Attributes:
+        slice: The slice (or ALL).
+        cases: Cases run twice.
+        flips: Cases whose pass/fail outcome differs between the two runs.
+        changed: Cases whose output differs between the two runs.
+        divergence: Its token divergence from itself, when scored.
+    """
+
+    slice: str
+    cases: int
+    flips: int
+    changed: int
+    divergence: DivergenceSummary | None = None
+
+    @property
+    def flip_rate(self) -> float:
+        return self.flips / self.cases if self.cases else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "slice": self.slice,
+            "cases": self.cases,
+            "flips": self.flips,
+            "changed_outputs": self.changed,
+            "flip_rate": self.flip_rate,
+            "divergence": None if self.divergence is None else self.divergence.to_dict(),
+        }
+
+
+#: A reference that disagrees with itself on more than this fraction of cases (outputs that
+#: change with batching) draws a warning: greedy decoding is not stable on this hardware.
+NOISE_WARN_FRACTION = 0.01
+
+
+@dataclass(frozen=True)
+class NoiseFloor:
+    """The reference run a second time with batch size 1 in reverse order: per slice, then ALL.
+
+    Attributes:
+        rows: One per slice, then ALL.
+        unstable: Whether the outputs changed on more than
+            :data:`NOISE_WARN_FRACTION` of the cases (the run warns).
+    """
+
+    rows: tuple[NoiseRow, ...]
+
+    @property
+    def total(self) -> NoiseRow | None:
+        return next((r for r in self.rows if r.slice == ALL), None)
+
+    @property
+    def unstable(self) -> bool:
+        total = self.total
+        return total is not None and total.cases > 0 and total.changed / total.cases > NOISE_WARN_FRACTION
+
+    def row(self, name: str) -> NoiseRow | None:
+        return next((r for r in self.rows if r.slice == name), None)
+
+    def warning(self) -> str | None:
+        """One line when greedy decoding was not stable here, else None."""
+        total = self.total
+        if total is None or not self.unstable:
+            return None
+        return (
+            f"the reference changed its output on {total.changed} of {total.cases} cases when run again "
+            f"at batch size 1 in another order (more than {NOISE_WARN_FRACTION:.0%}): greedy decoding "
+            "is not stable here, and flips at that rate are numerics, not quantization"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "warn_fraction": NOISE_WARN_FRACTION,
+            "unstable": self.unstable,
+            "warning": self.warning(),
+            "slices": [r.to_dict() for r in self.rows],
         }
 
 
@@ -102,6 +241,8 @@ class FailureKind(str, enum.Enum):
     NOT_EVALUATED = "not evaluated"  # a candidate with no gate (not loaded, cases lost)
     REFERENCE = "reference"  # the reference could not be loaded: nothing was gated
     CASE_TESTS = "case tests"  # quant cases whose own test failed (errors, critical regressions)
+    DIVERGENCE = "divergence"  # a slice's mean token KL significantly above its max_kl
+    PERPLEXITY = "perplexity"  # a candidate's perplexity ratio above --quant-ppl-tolerance, or ungated
 
     def __str__(self) -> str:
         return self.value
@@ -415,6 +556,8 @@ class GateReport:
     calibration_overlap: CalibrationOverlap | None = None
     unchecked: tuple[dict[str, Any], ...] = ()
     cost: tuple[CostRow, ...] = ()  # --quant-cost: every model measured, the reference first
+    noise_floor: NoiseFloor | None = None  # --quant-noise-floor
+    perplexity: PerplexitySection | None = None  # --quant-ppl-corpus (.perplexity)
 
     @property
     def failed(self) -> bool:

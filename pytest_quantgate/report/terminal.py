@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING, Any
 from ..core.overlap import NGRAM, CalibrationOverlap
 from ..core.records import Status
 from ..statistics.gate import SliceResult, Verdict
+from . import perplexity
+from .divergence_text import divergence_lines, format_kl, noise_floor_lines
 from .matrix import matrix
 from .text import (
     COST_COLUMNS,
@@ -116,7 +118,7 @@ FIT_STEPS: tuple[str | int, ...] = ("SE", "p", 14, "ref", "−/+", 6)
 
 def _cells(row: SliceResult) -> dict[str, str]:
     return {
-        "slice": row.slice,
+        "slice": f"{row.slice}*" if row.graded else row.slice,
         "n": str(row.n),
         "ref": format_percent(row.ref_accuracy),
         "cand": format_percent(row.cand_accuracy),
@@ -184,6 +186,11 @@ def table(rows: Sequence[SliceResult], alpha: float, width: int = DEFAULT_WIDTH)
         "−/+": "−/+: regressed/improved cases",
         "p": "p: one-sided, Holm-adjusted",
     }
+    if any(row.graded for row in rows):
+        legend["slice"] = (
+            "*: graded (the checks returned scores): ref, cand: mean scores ×100, Δ: their difference, "
+            "−/+: cases scored lower/higher"
+        )
     yield from wrapped("; ".join(text for h, text in legend.items() if h in columns), width, {})
 
 
@@ -215,7 +222,10 @@ def case_lines(record: CaseRecord, width: int = DEFAULT_WIDTH) -> Iterator[str]:
     statuses = record.statuses
     worst = record.worst
     if worst is Status.ERROR:
-        yield f"quantgate: case error in {record.nodeid} (an exception other than AssertionError)"
+        yield (
+            f"quantgate: case error in {record.nodeid} "
+            "(an exception other than AssertionError, or a returned score outside [0, 1])"
+        )
     elif worst is Status.FAILED:
         yield "quantgate: the reference fails this case (no candidate given)"
     elif worst is Status.REGRESSED:
@@ -342,7 +352,8 @@ def gate_test_lines(report: GateReport, test: GateTest) -> Iterator[str]:
     name = "all cases" if row.is_total else f"slice {row.slice!r}"
     yield f"{name} of candidate {gate.display}: {row.verdict.value}"
     yield (
-        f"  accuracy {format_percent(row.ref_accuracy)} → {format_percent(row.cand_accuracy)} "
+        f"  {'mean score (graded)' if row.graded else 'accuracy'} "
+        f"{format_percent(row.ref_accuracy)} → {format_percent(row.cand_accuracy)} "
         f"(Δ {format_points(-row.drop, signed=True)} pts, SE {format_points(row.se)}) on {row.n} cases"
     )
     yield (
@@ -356,6 +367,13 @@ def gate_test_lines(report: GateReport, test: GateTest) -> Iterator[str]:
         yield "  (regressed cases: see the quantgate summary, with prompts and outputs)"
     if row.verdict is Verdict.INCONCLUSIVE:
         yield f"  inconclusive, which fails under --quant-strict: {_note(row)}"
+    divergence = gate.divergence_of(row.slice)
+    if divergence is not None and divergence.exceeds and divergence.summary is not None:
+        d = divergence.summary
+        yield (
+            f"  FAILED on divergence: mean token KL {format_kl(d.mean_kl)} (lower bound {format_kl(d.low)}) "
+            f"is above the slice's max_kl {d.threshold:g}"
+        )
 
 
 def _not_evaluated_lines(gate: CandidateGate) -> Iterator[str]:
@@ -399,7 +417,9 @@ def summary(
     """
     yield from _no_reference_line(report)
     yield from _body(report, width)
+    yield from noise_floor_lines(report, width)
     yield from _cost(report)
+    yield from perplexity.terminal_section(report, width)
     yield from _calibration_lines(report.calibration_overlap, width)
     for error in write_errors:
         yield [(error, {"red": True, "bold": True})]
@@ -500,6 +520,7 @@ def _candidate(report: GateReport, gate: CandidateGate, partial: Line, width: in
     if partial:
         yield partial
     yield from table(gate.rows, report.config.alpha, width)
+    yield from divergence_lines(report, gate, width)
     if gate.errors:
         yield [(f"{gate.errors} case(s) with errors are left out of the statistics", {"red": True})]
     if gate.skipped:

@@ -351,6 +351,38 @@ class ResultCache:
             items[fp] = payload
         return self.put_many(run, items)
 
+    def get_scores(self, run: str | None, cases: Mapping[str, str | None]) -> dict[str, dict[str, Any]]:
+        """The reference's token scores kept beside its results (``<run>/scores``), by case key.
+
+        Divergence reads them so that a warm run need not load the
+        reference (:mod:`..core.divergence`). Not counted in :attr:`stats`.
+        """
+        if run is None:
+            return {}
+        by_fp = {fp: key for key, fp in cases.items() if fp is not None}
+        found = self._fetch(f"{run}/scores", list(by_fp))
+        return {by_fp[fp]: payload for fp, payload in found.items()}
+
+    def put_scores(
+        self, run: str | None, cases: Mapping[str, str | None], payloads: Mapping[str, Mapping[str, Any]]
+    ) -> int:
+        """Store token scores by case key beside ``run``'s results; the number written."""
+        if not self.mode.writes or run is None:
+            return 0
+        key = f"{run}/scores"
+        now = time.time()
+        rows = []
+        for case_key, payload in payloads.items():
+            fp = cases.get(case_key)
+            if fp is None:
+                continue
+            try:
+                text = _dumps(dict(payload))
+            except (TypeError, ValueError):
+                continue
+            rows.append((key, fp, text, _row_digest(key, fp, text), now))
+        return len(rows) if self._insert(rows) else 0
+
     def count(self, run: str | None = None) -> int:
         """Rows stored (under ``run``, or all); 0 when the cache is unusable."""
         conn = self._connection()

@@ -88,6 +88,7 @@ def write_script(
     log: str | None = None,
     context: int | None = None,
     oom_above: int | None = None,
+    solo_replies: Mapping[str, str] | None = None,
 ) -> Path:
     """Write a ``fake:`` script (see :mod:`pytest_quantgate.backends.fake`); returns ``path``.
 
@@ -102,6 +103,8 @@ def write_script(
         script["context"] = context
     if oom_above is not None:
         script["oom_above"] = oom_above
+    if solo_replies is not None:
+        script["solo_replies"] = dict(solo_replies)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(script, indent=1), encoding="utf-8")
     return path

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from pytest_quantgate.backends.base import Backend, BackendError, GenerationRequest
+from pytest_quantgate.backends.base import Backend, BackendError, GenerationRequest, ScoreRequest
 from pytest_quantgate.backends.fake import FakeBackend
 from pytest_quantgate.backends.registry import load_backend
 from pytest_quantgate.values.prompts import GenerationSettings, Prompt, normalize_prompt
@@ -167,13 +167,34 @@ def test_chat_prompt_is_keyed_by_the_json_of_its_messages(tmp_path: Path) -> Non
 
 def test_token_logprobs(tmp_path: Path) -> None:
     backend = load(tmp_path, {"replies": {"p": "abc"}})
-    half = math.log(0.5)
+    # 1/2 on the scripted character, the other 1/2 spread over the other 255 ids; past the
+    # scripted reply, every id equally likely.
+    half, other, uniform = math.log(0.5), math.log(0.5 / 255), math.log(1 / 256)
     assert backend.token_logprobs([("p", "abc"), ("p", "abx"), ("p", "abcd"), ("q", "a")]) == [
-        [0.0, 0.0, 0.0],
-        [0.0, 0.0, half],
-        [0.0, 0.0, 0.0, half],
-        [half],
+        [half, half, half],
+        [half, half, other],
+        [half, half, half, uniform],
+        [uniform],
     ]
+
+
+def test_scores_are_a_distribution_with_top_k_ids_and_the_rest(tmp_path: Path) -> None:
+    backend = load(tmp_path, {"replies": {"p": "ab"}})
+    (top,) = backend.score([ScoreRequest("p", "ab", top_k=3)])
+    assert top.top[0] == ((ord("a"), math.log(0.5)), (0, math.log(0.5 / 255)), (1, math.log(0.5 / 255)))
+    assert math.exp(top.rest[0]) == pytest.approx(1 - 0.5 - 2 * 0.5 / 255)
+    (asked,) = backend.score([ScoreRequest("p", "ab", ids=((ord("a"), 5), ()))])
+    assert asked.at == ((math.log(0.5), math.log(0.5 / 255)), ())
+    assert math.exp(asked.rest[0]) == pytest.approx(1 - 0.5 - 0.5 / 255)
+    assert asked.rest[1] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_solo_replies_answer_a_batch_of_one(tmp_path: Path) -> None:
+    backend = load(tmp_path, {"replies": {"p": "1", "q": "2"}, "solo_replies": {"p": "9"}})
+    settings = GenerationSettings(8)
+    both = [GenerationRequest("p", settings), GenerationRequest("q", settings)]
+    assert backend.generate(both) == ["1", "2"]
+    assert backend.generate(both[:1]) == ["9"] and backend.generate(both[1:]) == ["2"]
 
 
 def test_describe(tmp_path: Path) -> None:

@@ -1,0 +1,171 @@
+"""Token divergence and the noise floor in the terminal: a second table per candidate.
+
+Rendered from the report model (:class:`~.model.DivergenceRow`,
+:class:`~.model.NoiseFloor`); nothing is computed here but formatting.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING
+
+from ..core.divergence import TOP_K
+from .text import Line, Sep, cut_middle, wrapped
+
+if TYPE_CHECKING:
+    from ..statistics.divergence import DivergenceSummary
+    from .model import CandidateGate, DivergenceRow, GateReport, NoiseRow
+
+__all__ = ["divergence_lines", "format_kl", "noise_floor_lines"]
+
+
+def format_kl(x: float) -> str:
+    """A KL divergence in nats, three significant digits (``inf`` as such)."""
+    if math.isinf(x):
+        return "inf" if x > 0 else "-inf"
+    if math.isnan(x):
+        return "-"
+    if x == 0:
+        return "0"
+    return f"{x:.3g}"
+
+
+def _interval(s: DivergenceSummary) -> str:
+    if not math.isfinite(s.high):
+        return "-"
+    return f"[{format_kl(max(s.low, 0.0) if s.low > -1e-12 else s.low)}, {format_kl(s.high)}]"
+
+
+#: Columns of the divergence table: heading, cell of a row, and the order they are dropped in
+#: when the terminal is narrow (higher first; 0 never).
+_Cell = Callable[["DivergenceRow"], str]
+_COLUMNS: tuple[tuple[str, _Cell, int], ...] = (
+    ("slice", lambda r: r.slice, 0),
+    ("cases", lambda r: str(r.summary.cases) if r.summary else "0", 0),
+    ("tokens", lambda r: str(r.summary.tokens) if r.summary else "0", 4),
+    ("mean KL", lambda r: format_kl(r.summary.mean_kl) if r.summary else "-", 0),
+    ("interval", lambda r: _interval(r.summary) if r.summary else "-", 1),
+    ("median", lambda r: format_kl(r.summary.median_kl) if r.summary else "-", 5),
+    ("p99", lambda r: format_kl(r.summary.p99_kl) if r.summary else "-", 3),
+    ("max", lambda r: format_kl(r.summary.max_kl) if r.summary else "-", 6),
+    ("top-1", lambda r: f"{100 * r.summary.top1:.1f}%" if r.summary else "-", 0),
+    ("mean Δp", lambda r: f"{100 * r.summary.mean_dp:+.2f}%" if r.summary else "-", 7),
+    ("flips", lambda r: "-" if r.flips is None else f"{100 * r.flips:.1f}%", 2),
+)
+
+
+def _joined(cells: Sequence[str], widths: Sequence[int]) -> str:
+    """A table line: the first cell left-aligned, the others right-aligned."""
+    return "  ".join(
+        c.ljust(w) if j == 0 else c.rjust(w) for j, (c, w) in enumerate(zip(cells, widths, strict=True))
+    )
+
+
+def _table(rows: Sequence[DivergenceRow], width: int, floor: bool) -> Iterator[Line]:
+    columns = list(_COLUMNS)
+    if floor:
+        columns.append(("floor KL", lambda r: format_kl(r.floor) if r.floor_measured else "-", 2))
+    while True:
+        body = [[h for h, _, _ in columns], *([cell(r) for _, cell, _ in columns] for r in rows)]
+        widths = [max(len(line[i]) for line in body) for i in range(len(columns))]
+        droppable = [c for c in columns if c[2] > 0]
+        if sum(widths) + 2 * (len(widths) - 1) <= width or not droppable:
+            break
+        columns.remove(max(droppable, key=lambda c: c[2]))
+    for i, line in enumerate(body):
+        text = _joined(line, widths)
+        if i == 0:
+            yield [(text, {"bold": True})]
+            continue
+        row = rows[i - 1]
+        yield [(text, {"red": True, "bold": True} if row.exceeds else {"yellow": row.unseen_damage})]
+
+
+def divergence_lines(report: GateReport, gate: CandidateGate, width: int) -> Iterator[Line]:
+    """The candidate's token divergence table and what it says, under its accuracy table."""
+    if not gate.divergence:
+        return
+    ref = report.config.reference
+    floor = report.noise_floor is not None
+    yield [
+        (
+            f"token divergence from {ref.label if ref else 'the reference'} (teacher-forced on its replies; "
+            f"KL in nats/token over its top-{TOP_K} tokens + the rest):",
+            {"bold": True},
+        )
+    ]
+    yield from _table(gate.divergence, width, floor)
+    total = next((d for d in gate.divergence if d.slice == "ALL"), gate.divergence[-1])
+    if total.summary is not None and total.summary.worst is not None:
+        case, kl = total.summary.worst
+        yield [(f"largest mean KL: {format_kl(kl)} on {cut_middle(case, max(20, width - 30))}", {})]
+    for row in gate.divergence:
+        s = row.summary
+        if row.exceeds and s is not None:
+            yield from wrapped(
+                f"FAILED: slice {row.slice!r}: mean KL {format_kl(s.mean_kl)}, lower bound "
+                f"{format_kl(s.low)}, is above its max_kl {s.threshold:g}",
+                width,
+                {"red": True, "bold": True},
+            )
+        if row.unseen_damage:
+            floor_text = f"{format_kl(row.floor)}, measured" if row.floor_measured else "0, not measured"
+            yield from wrapped(
+                f"note: {row.slice}: accuracy is INCONCLUSIVE while the mean KL is significantly above "
+                f"the noise floor ({floor_text}): divergence sees damage that accuracy cannot yet show",
+                width,
+                {"yellow": True},
+            )
+        if row.missing and row.unavailable:
+            yield from wrapped(
+                f"{row.slice}: {row.missing} case(s) without divergence: {row.unavailable}", width, {}
+            )
+
+
+def noise_floor_lines(report: GateReport, width: int) -> Iterator[Line | Sep]:
+    """The reference against itself (``--quant-noise-floor``), and the warning when it is unstable."""
+    floor = report.noise_floor
+    if floor is None or not floor.rows:
+        return
+    ref = report.config.reference
+    yield Sep(f"quantgate: noise floor: {ref.label if ref else 'the reference'} against itself", {})
+    gated = [g for g in report.candidates if g.evaluated]
+    heads = ["slice", "cases", "flips", "changed outputs", "mean KL", "p99 KL", "top-1"]
+    heads += [f"{g.label} flips" for g in gated]
+
+    def candidate_flips(gate: CandidateGate, name: str) -> str:
+        row = next((r for r in gate.rows if r.slice == name), None)
+        if row is None or not row.n:
+            return "-"
+        flips = row.regressions + row.improvements
+        return f"{flips} ({100 * flips / row.n:.1f}%)"
+
+    def cells(r: NoiseRow) -> list[str]:
+        d = r.divergence
+        return [
+            r.slice,
+            str(r.cases),
+            f"{r.flips} ({100 * r.flip_rate:.1f}%)",
+            str(r.changed),
+            format_kl(d.mean_kl) if d else "-",
+            format_kl(d.p99_kl) if d else "-",
+            f"{100 * d.top1:.1f}%" if d else "-",
+            *(candidate_flips(g, r.slice) for g in gated),
+        ]
+
+    body = [heads, *(cells(r) for r in floor.rows)]
+    widths = [max(len(line[i]) for line in body) for i in range(len(heads))]
+    for i, line in enumerate(body):
+        text = _joined(line, widths)
+        yield [(text, {"bold": i == 0})]
+    yield from wrapped(
+        "the reference run again at batch size 1 in reverse order (flips: cases whose pass/fail "
+        "changed; the candidates' beside it): differences below this level between models are "
+        "numerics of this hardware, not quantization",
+        width,
+        {},
+    )
+    warning = floor.warning()
+    if warning:
+        yield from wrapped(f"warning: {warning}", width, {"yellow": True, "bold": True})
