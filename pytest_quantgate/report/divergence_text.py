@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
 from ..core.divergence import TOP_K
-from .text import Line, Sep, cut_middle, wrapped
+from .text import Line, Sep, wrapped
 
 if TYPE_CHECKING:
     from ..statistics.divergence import DivergenceSummary
@@ -88,18 +88,29 @@ def divergence_lines(report: GateReport, gate: CandidateGate, width: int) -> Ite
         return
     ref = report.config.reference
     floor = report.noise_floor is not None
-    yield [
-        (
-            f"token divergence from {ref.label if ref else 'the reference'} (teacher-forced on its replies; "
-            f"KL in nats/token over its top-{TOP_K} tokens + the rest):",
-            {"bold": True},
-        )
-    ]
+    yield from wrapped(
+        f"token divergence from {ref.label if ref else 'the reference'} (teacher-forced on its replies; "
+        f"KL in nats/token over its top-{TOP_K} tokens + the rest):",
+        width,
+        {"bold": True},
+    )
     yield from _table(gate.divergence, width, floor)
     total = next((d for d in gate.divergence if d.slice == "ALL"), gate.divergence[-1])
     if total.summary is not None and total.summary.worst is not None:
         case, kl = total.summary.worst
-        yield [(f"largest mean KL: {format_kl(kl)} on {cut_middle(case, max(20, width - 30))}", {})]
+        yield [(f"largest mean KL: {format_kl(kl)} on", {})]
+        yield [(f"  {case}", {})]  # whole: copied to find the case
+    unseen = [row for row in gate.divergence if row.unseen_damage]
+    if unseen:
+        measured = all(row.floor_measured for row in unseen)
+        floor_text = "measured" if measured else "0: not measured, see --quant-noise-floor"
+        yield from wrapped(
+            f"note: {', '.join(row.slice for row in unseen)}: accuracy is INCONCLUSIVE while the mean KL "
+            f"is significantly above the noise floor ({floor_text}): divergence sees damage that accuracy "
+            "cannot yet show",
+            width,
+            {"yellow": True},
+        )
     for row in gate.divergence:
         s = row.summary
         if row.exceeds and s is not None:
@@ -108,14 +119,6 @@ def divergence_lines(report: GateReport, gate: CandidateGate, width: int) -> Ite
                 f"{format_kl(s.low)}, is above its max_kl {s.threshold:g}",
                 width,
                 {"red": True, "bold": True},
-            )
-        if row.unseen_damage:
-            floor_text = f"{format_kl(row.floor)}, measured" if row.floor_measured else "0, not measured"
-            yield from wrapped(
-                f"note: {row.slice}: accuracy is INCONCLUSIVE while the mean KL is significantly above "
-                f"the noise floor ({floor_text}): divergence sees damage that accuracy cannot yet show",
-                width,
-                {"yellow": True},
             )
         if row.missing and row.unavailable:
             yield from wrapped(
@@ -155,7 +158,18 @@ def noise_floor_lines(report: GateReport, width: int) -> Iterator[Line | Sep]:
         ]
 
     body = [heads, *(cells(r) for r in floor.rows)]
-    widths = [max(len(line[i]) for line in body) for i in range(len(heads))]
+    if all(r.divergence is None for r in floor.rows):  # scored only with --quant-divergence
+        kl_columns = [heads.index(h) for h in ("mean KL", "p99 KL", "top-1")]
+        body = [[c for i, c in enumerate(line) if i not in kl_columns] for line in body]
+    # Narrow terminals lose these first; the flips, the reference's and the candidates', stay.
+    for dropped in ("p99 KL", "top-1", "changed outputs", "mean KL"):
+        widths = [max(len(line[i]) for line in body) for i in range(len(body[0]))]
+        if sum(widths) + 2 * (len(widths) - 1) <= width:
+            break
+        if dropped in body[0]:
+            at = body[0].index(dropped)
+            body = [line[:at] + line[at + 1 :] for line in body]
+    widths = [max(len(line[i]) for line in body) for i in range(len(body[0]))]
     for i, line in enumerate(body):
         text = _joined(line, widths)
         yield [(text, {"bold": i == 0})]
