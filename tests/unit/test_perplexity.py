@@ -138,11 +138,18 @@ def _direct_loop(model_dir: Path, text: str, max_length: int, stride: int) -> tu
 @pytest.fixture(scope="module")
 def tiny(tiny_ref: Path) -> Any:
     pytest.importorskip("transformers")
+    import torch
+
     from pytest_quantgate.backends.hf import HFBackend
 
+    # One thread, as the plugin runs a gate: torch's default spins on a shared 2-core machine,
+    # and these loops make hundreds of small forward passes.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     backend = HFBackend.load(parse_spec(str(tiny_ref)), "cpu", "float32")
     yield backend
     backend.close()
+    torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize(
