@@ -39,6 +39,10 @@ _TIE_TOL = 1e-9
 # skipped (see _support); ln(1/1e-17).
 _LOG_INV_EPS = 39.14
 
+# Per ψ, discordant counts weighing less than e^-46 ≈ 1e-20 of the likeliest
+# one are left out of a tail (_weighted_tails).
+_LOG_LIVE = 46.0
+
 # Keeps root brackets off ±1, where the score variance vanishes.
 _EDGE = 1e-12
 
@@ -53,8 +57,10 @@ __all__ = [
     "min_detectable_drop",
     "n_needed_at_margin",
     "noninferiority_pvalue",
+    "noninferiority_rejects",
     "paired_se",
     "pass_power",
+    "pass_region",
     "region_probability",
     "regression_power",
     "regression_pvalue",
@@ -242,8 +248,8 @@ def _support(n: int, p: float) -> tuple[int, int]:
 #: 1 − γ confidence interval of the discordance rate, plus γ.
 BB_GAMMA = 0.001
 #: The maximum over ψ is searched on this many evenly spaced points of the
-#: interval (and the restricted MLE's ψ), then on as many between the best
-#: point's neighbours.
+#: interval (with the restricted MLE's ψ and the edge |δ|), then on as many
+#: between the neighbours of each peak.
 PSI_POINTS = 9
 
 
@@ -257,25 +263,51 @@ def _psi_interval(m: int, n: int) -> tuple[float, float]:
 def psi_points(b: int, c: int, n: int, delta: float) -> NDArray[np.float64]:
     """The coarse discordance rates over which the exact p-value of a table is maximised.
 
-    PSI_POINTS evenly spaced across the 1 − γ interval of ψ, and the rate of
-    the restricted MLE under ``Δ = δ`` when it lies inside (so the p-value is
-    never below the plain estimated one, plus γ). Sorted.
+    PSI_POINTS evenly spaced across the 1 − γ interval of ψ, and, when they
+    lie inside it, the rate of the restricted MLE under ``Δ = δ`` (so the
+    p-value is never below the plain estimated one, plus γ) and the edge of
+    the feasible region, ``ψ = |δ|``: every discordant pair in one direction.
+    The tail is often largest at the edge (for the lower tail no ψ below it
+    is feasible), and an even grid steps over it: at (b, c, n, δ) =
+    (2, 3, 30, 0.05) the grid alone gave a non-inferiority p-value of 0.167
+    where the tail at the edge is 0.215. Sorted, without duplicates.
     """
     lo, hi = _psi_interval(b + c, n)
     x = float(_p01(np.array([b], dtype=float), np.array([c], dtype=float), float(n), delta)[0])
     psi0 = min(max(2.0 * x + delta, 0.0), 1.0)
     points: NDArray[np.float64] = np.linspace(lo, hi, PSI_POINTS, dtype=np.float64)
-    if lo <= psi0 <= hi:
-        points = np.sort(np.append(points, psi0))
+    extra = [p for p in (psi0, abs(delta)) if lo <= p <= hi]
+    if extra:
+        points = np.unique(np.append(points, extra))
     return points
 
 
 def _refine(points: NDArray[np.float64], tails: NDArray[np.float64]) -> NDArray[np.float64]:
-    """PSI_POINTS rates strictly between the neighbours of the best coarse point."""
-    best = int(np.argmax(tails))
-    lo = points[max(best - 1, 0)]
-    hi = points[min(best + 1, points.size - 1)]
-    return np.linspace(lo, hi, PSI_POINTS + 2)[1:-1]
+    """PSI_POINTS rates strictly between the neighbours of every local maximum of the coarse tails.
+
+    The tail need not be unimodal in ψ: at (5, 6, 20, δ = 0.1) it has three
+    peaks, and refining around the best coarse point alone found 0.2032
+    where the largest tail is 0.2053. Refining around each peak keeps the
+    search within the bound that tools/verify_gate.py states (section 4).
+    """
+    inner = tails[1:-1]
+    peak = np.zeros(tails.size, dtype=bool)
+    peak[1:-1] = (inner >= tails[:-2]) & (inner >= tails[2:])
+    peak[0] = tails.size == 1 or tails[0] >= tails[1]
+    peak[-1] = tails.size == 1 or tails[-1] >= tails[-2]
+    peak &= tails > 0.0
+    if not peak.any():
+        peak[int(np.argmax(tails))] = True
+    return _refine_at(points, peak)
+
+
+def _refine_at(points: NDArray[np.float64], peak: NDArray[np.bool_]) -> NDArray[np.float64]:
+    """The rates _refine searches around the coarse points marked as peaks."""
+    chunks = [
+        np.linspace(points[max(i - 1, 0)], points[min(i + 1, points.size - 1)], PSI_POINTS + 2)[1:-1]
+        for i in np.nonzero(peak)[0]
+    ]
+    return np.concatenate(chunks)
 
 
 def _null_rates(
@@ -292,35 +324,70 @@ def _null_rates(
     return (psi + drop) / 2.0, feasible
 
 
+#: The thresholds of one table's tail: the first discordant count they start at, and per count
+#: the first b′ beyond the observed score (see _tails_at).
+_Thresholds = tuple[int, NDArray[np.int64]]
+
+
 def _tails_at(
     n: int,
     delta: float,
     upper: bool,
     z_obs: float,
     psis: NDArray[np.float64],
+    known: _Thresholds | None = None,
 ) -> NDArray[np.float64]:
     """``P(Z ≥ z_obs)`` (or ``≤``) at the null rates of each ψ; 0.0 where H0 cannot hold."""
+    return _tails_and_thresholds(n, delta, upper, z_obs, psis, known)[0]
+
+
+def _tails_and_thresholds(
+    n: int,
+    delta: float,
+    upper: bool,
+    z_obs: float,
+    psis: NDArray[np.float64],
+    known: _Thresholds | None = None,
+) -> tuple[NDArray[np.float64], _Thresholds | None]:
+    """_tails_at, and the thresholds it used (None when H0 holds at no ψ).
+
+    ``known``: thresholds of the same table already found for a range of
+    counts; the refinement reuses the coarse search's, whose range covers
+    its own (its ψ lie inside the coarse interval).
+    """
     p10, feasible = _null_rates(psis, delta, upper)
     out = np.zeros(psis.size)
     if not feasible.any():
-        return out
+        return out, None
     where = np.nonzero(feasible)[0]
     psis, p10 = psis[where], p10[where]
-    slack = _TIE_TOL * max(1.0, abs(z_obs))
-    cut = z_obs - slack if upper else z_obs + slack
     m_lo = min(_support(n, float(p))[0] for p in (psis.min(), psis.max()))
     m_hi = max(_support(n, float(p))[1] for p in (psis.min(), psis.max()))
     m = np.arange(m_lo, m_hi + 1, dtype=np.int64)
-    # first[i]: the smallest b′ with Z(b′, m−b′) beyond the cut. Upper tail:
-    # Z ≥ cut, the tables at least as extreme are b′ ≥ first. Lower tail:
-    # Z > cut, the tables at most as extreme are b′ < first.
+    first = _first_beyond(n, delta, upper, z_obs, m_lo, m_hi, known)
+    out[where] = _weighted_tails(n, m, first, psis, p10, upper)
+    return out, (m_lo, first)
+
+
+def _first_beyond(
+    n: int, delta: float, upper: bool, z_obs: float, m_lo: int, m_hi: int, known: _Thresholds | None = None
+) -> NDArray[np.int64]:
+    """Per discordant count m_lo..m_hi, the smallest b′ with Z(b′, m − b′) beyond the observed score.
+
+    Upper tail: Z ≥ cut, the tables at least as extreme are b′ ≥ first.
+    Lower tail: Z > cut, the tables at most as extreme are b′ < first. The
+    value of each count does not depend on the range asked for.
+    """
+    if known is not None and known[0] <= m_lo and m_hi < known[0] + known[1].size:
+        return known[1][m_lo - known[0] : m_hi - known[0] + 1]
+    slack = _TIE_TOL * max(1.0, abs(z_obs))
+    cut = z_obs - slack if upper else z_obs + slack
+    m = np.arange(m_lo, m_hi + 1, dtype=np.int64)
     if n <= _GRID_MAX_N:
         rows = _z_grid(n, delta)[m_lo : m_hi + 1]
-        first = m + 1 - (rows >= cut).sum(axis=1) if upper else (rows <= cut).sum(axis=1)
-    else:
-        first = _bisect_first(m, n, delta, cut, strict=not upper)
-    out[where] = _weighted_tails(n, m, first, psis, p10, upper)
-    return out
+        first: NDArray[np.int64] = m + 1 - (rows >= cut).sum(axis=1) if upper else (rows <= cut).sum(axis=1)
+        return first
+    return _bisect_first(m, n, delta, cut, strict=not upper)
 
 
 def _weighted_tails(
@@ -338,9 +405,10 @@ def _weighted_tails(
     log_weight = (
         log_choose[None, :] + special.xlogy(mf[None, :], col) + special.xlog1py(n - mf[None, :], -col)
     )
-    # Only counts with visible mass need their binomial tail (about half of
-    # the union of the supports): the rest weigh less than 1e-300.
-    live = log_weight > -690.0
+    # Only counts with visible mass need their binomial tail: per ψ, those
+    # within e^-46 (1e-20) of its largest weight. The rest, a few hundred at
+    # most, change a tail by less than 1e-17.
+    live = log_weight > np.maximum(log_weight.max(axis=1, keepdims=True) - _LOG_LIVE, -690.0)
     share = np.clip(p10 / np.where(psis > 0.0, psis, 1.0), 0.0, 1.0)[:, None]
     rows, cols = np.nonzero(live)
     k = first[cols] - 1
@@ -361,12 +429,16 @@ def _unconditional_tail(b: int, c: int, n: int, delta: float, upper: bool) -> fl
     at the null point, maximised over the discordance rate ψ across a
     1 − γ Clopper–Pearson interval from the observed ``b + c``, plus γ
     (Berger & Boos 1994, γ = :data:`BB_GAMMA`). The maximum is searched on a
-    coarse grid, then between the best point's neighbours (psi_points,
-    _refine); the exact checks sum the decisions this makes, so they hold for
-    the test as computed. The tail at the restricted MLE
-    alone (the "estimated" p-value) is not level α: summed over every table,
-    its false-alarm rate at the boundary reaches 0.0502 at n = 2001, δ = 0.02,
-    ψ = 0.03. The maximum over the interval, plus γ, is valid at every n.
+    coarse grid that holds the edge ψ = |δ| and the restricted MLE, then
+    between the neighbours of every peak of the coarse tails (psi_points,
+    _refine); over every table up to n = 50 at the margins
+    tools/verify_gate.py checks, that search is at most 3.7e-4 below a
+    400-point one (docs/verification.md, section 4). The exact checks sum
+    the decisions this makes, so they hold for the test as computed. The
+    tail at the restricted MLE alone (the "estimated" p-value) is not level
+    α: summed over every table, its false-alarm rate at the boundary reaches
+    0.0502 at n = 2001, δ = 0.02, ψ = 0.03. The maximum over the interval,
+    plus γ, is valid at every n.
 
     Each tail is summed one discordant count ``m = b′ + c′`` at a time: ``m``
     is Binomial(n, ψ) and, given ``m``, ``b′`` is Binomial(m, p10/ψ). For
@@ -374,16 +446,239 @@ def _unconditional_tail(b: int, c: int, n: int, delta: float, upper: bool) -> fl
     the tables at least as extreme are ``b′ ≥ b*(m)``, read off a cached grid
     of every table's Z for small n and found by bisection for large n, and
     their mass is one binomial tail. Counts ``m`` outside a range holding all
-    but 2·1e-17 of Binomial(n, ψ) are skipped (see _support). A few
+    but 2·1e-17 of Binomial(n, ψ) are skipped (see _support). Tens of
     milliseconds at n = 100,000.
 
-    Memoised: the gate, its bounds and its power ask for the same tables often.
+    Memoised (and its first stage, _coarse_tails): the gate, its bounds and
+    its power ask for the same tables often.
     """
+    z_obs, coarse, tails, known = _coarse_tails(b, c, n, delta, upper)
+    fine = _tails_at(n, delta, upper, z_obs, _refine(coarse, tails), known)
+    return min(max(float(tails.max()), float(fine.max())) + BB_GAMMA, 1.0)
+
+
+@lru_cache(maxsize=8192)
+def _coarse_tails(
+    b: int, c: int, n: int, delta: float, upper: bool
+) -> tuple[float, NDArray[np.float64], NDArray[np.float64], _Thresholds | None]:
+    """The first stage of _unconditional_tail: Z_obs, the coarse ψ points, their tails, the thresholds."""
     z_obs = float(_z(np.array([b], dtype=float), np.array([c], dtype=float), float(n), delta)[0])
     coarse = psi_points(b, c, n, delta)
-    tails = _tails_at(n, delta, upper, z_obs, coarse)
-    fine = _tails_at(n, delta, upper, z_obs, _refine(coarse, tails))
-    return min(max(float(tails.max()), float(fine.max())) + BB_GAMMA, 1.0)
+    tails, known = _tails_and_thresholds(n, delta, upper, z_obs, coarse)
+    coarse.setflags(write=False)
+    tails.setflags(write=False)
+    return z_obs, coarse, tails, known
+
+
+def _tail_below(b: int, c: int, n: int, delta: float, upper: bool, alpha: float) -> bool:
+    """``_unconditional_tail(...) < α``, from bounds on the tails when they settle it.
+
+    The p-value is the larger of the coarse and the refined maxima, plus γ,
+    so a coarse tail at or above ``α − γ`` decides "not below" on its own.
+    _banded_decision tries the decision from the likeliest counts of each ψ
+    alone; where its bounds leave it open, the p-value is computed in full
+    (a coarse tail reaching ``α − γ`` still skipping the refinement). The
+    decision is the same as comparing the full p-value either way.
+    """
+    decided = _banded_decision(b, c, n, delta, upper, alpha)
+    if decided is not None:
+        return decided
+    tails = _coarse_tails(b, c, n, delta, upper)[2]
+    if min(float(tails.max()) + BB_GAMMA, 1.0) >= alpha:
+        return False
+    return _unconditional_tail(b, c, n, delta, upper) < alpha
+
+
+#: Per (n, δ, upper): the index of the coarse point where the last table's
+#: tail peaked (neighbouring tables peak at the same index most often). A
+#: hint for _banded_decision's first look; it never changes a decision.
+_PEAK_HINT: dict[tuple[int, float, bool], int] = {}
+
+#: A decision taken from bounds on a sum needs this much room, far above the
+#: rounding of a sum of a few thousand terms in [0, 1] (under 1e-12).
+_DECIDE_SLACK = 1e-9
+
+#: _banded_decision sums each ψ's tail over the counts within this many
+#: standard deviations of its mean (the full sum spans about ±9.6): the
+#: coarse tails, whose order decides the peaks, over more of them than the
+#: first look and the refinement, which only need to stay clear of α − γ.
+_BAND_SDS = 5.5
+_NARROW_SDS = 3.5
+
+
+def _banded_decision(b: int, c: int, n: int, delta: float, upper: bool, alpha: float) -> bool | None:
+    """``_unconditional_tail(...) < α`` from bounds on its tails; None where they do not settle it.
+
+    Every tail is a sum of non-negative terms, each at most the weight of its
+    count: summed over the counts within _BAND_SDS standard deviations of the
+    mean, it is a lower bound L, and L plus the weight outside the band is an
+    upper bound U (the full sum leaves out less than 1e-17 more). A tail
+    with ``L ≥ α − γ`` decides "not below"; "below" needs ``U < α − γ`` at
+    every coarse point and at every point the refinement would add, and the
+    refinement's points are those of the full search only when the bounds
+    settle which coarse points are peaks (the refined points' upper bounds
+    come first from the coarse tails themselves, _refined_above). Each
+    comparison keeps _DECIDE_SLACK of room, so the answer is the one the
+    full p-value gives. About half the terms of the full sum at a coarse
+    point and a third at a refined one (_BAND_SDS, _NARROW_SDS), and a tenth
+    of the points for most tables that are "not below", where the hint's
+    point settles it.
+    """
+    need = alpha - BB_GAMMA
+    points = psi_points(b, c, n, delta)
+    _, feasible = _null_rates(points, delta, upper)
+    if not feasible.any():
+        return None
+    z_obs = float(_z(np.array([b], dtype=float), np.array([c], dtype=float), float(n), delta)[0])
+    spread = points[feasible]
+    lo_end = _band(n, float(spread.min()))
+    hi_end = _band(n, float(spread.max()))
+    m_lo, m_hi = min(lo_end[0], hi_end[0]), max(lo_end[1], hi_end[1])
+    known = (m_lo, _first_beyond(n, delta, upper, z_obs, m_lo, m_hi))
+    key = (n, delta, upper)
+    guess = _PEAK_HINT.get(key, -1)
+    if 0 <= guess < points.size:
+        low, _, _ = _banded_tails(n, delta, upper, known, points[guess : guess + 1], _NARROW_SDS)
+        if low[0] - _DECIDE_SLACK >= need:
+            return False
+    low, high, chance = _banded_tails(n, delta, upper, known, points, _BAND_SDS)
+    if len(_PEAK_HINT) > 64:
+        _PEAK_HINT.clear()
+    _PEAK_HINT[key] = int(np.argmax(low))
+    if (low - _DECIDE_SLACK >= need).any():
+        return False
+    if not (high + _DECIDE_SLACK < need).all():
+        return None
+    # Where H0 is impossible a tail is exactly 0 in both sums.
+    lo = np.where(feasible, low - _DECIDE_SLACK, 0.0)
+    hi = np.where(feasible, high + _DECIDE_SLACK, 0.0)
+    peak = _sure_peaks(lo, hi)
+    if peak is None:
+        return None
+    fine = _refine_at(points, peak)
+    above = _refined_above(n, known, points, feasible, chance, fine)
+    if above is not None and (above + _DECIDE_SLACK < need).all():
+        return True
+    low, high, _ = _banded_tails(n, delta, upper, known, fine, _NARROW_SDS)
+    if (low - _DECIDE_SLACK >= need).any():
+        return False
+    if (high + _DECIDE_SLACK < need).all():
+        return True
+    return None
+
+
+def _sure_peaks(lo: NDArray[np.float64], hi: NDArray[np.float64]) -> NDArray[np.bool_] | None:
+    """_refine's peaks of tails known to lie in [lo, hi]; None unless the bounds settle every one."""
+    size = lo.size
+    yes = np.zeros(size, dtype=bool)
+    maybe = np.zeros(size, dtype=bool)
+    for i in range(size):
+        sure, possible = lo[i] > 0.0, hi[i] > 0.0
+        for j in (i - 1, i + 1):
+            if 0 <= j < size:
+                sure = sure and lo[i] >= hi[j]
+                possible = possible and hi[i] >= lo[j]
+        yes[i], maybe[i] = sure, possible
+    if (maybe & ~yes).any() or not yes.any():
+        return None
+    return yes
+
+
+def _band(n: int, psi: float) -> tuple[int, int]:
+    """The counts within _BAND_SDS standard deviations of a Binomial(n, ψ) mean."""
+    sd = math.sqrt(n * psi * (1.0 - psi))
+    return max(math.floor(n * psi - _BAND_SDS * sd) - 1, 0), min(math.ceil(n * psi + _BAND_SDS * sd) + 1, n)
+
+
+def _band_weights(
+    n: int, psis: NDArray[np.float64], k_lo: int, k_hi: int, sds: float
+) -> tuple[int, NDArray[np.int64], NDArray[np.float64]]:
+    """Binomial(n, ψ) weights of the counts in each ψ's band cut to k_lo..k_hi, 0.0 outside it.
+
+    Returns the first count of the columns, the counts and the weights (a row per ψ).
+    """
+    sd = np.sqrt(n * psis * (1.0 - psis))
+    band_lo = np.clip(np.floor(n * psis - sds * sd) - 1, k_lo, k_hi).astype(np.int64)
+    band_hi = np.clip(np.ceil(n * psis + sds * sd) + 1, k_lo, k_hi).astype(np.int64)
+    a, z = int(band_lo.min()), int(band_hi.max())
+    m = np.arange(a, z + 1, dtype=np.int64)
+    mf = m.astype(float)
+    log_choose = special.gammaln(n + 1.0) - special.gammaln(mf + 1.0) - special.gammaln(n - mf + 1.0)
+    col = psis[:, None]
+    weight = np.exp(
+        log_choose[None, :] + special.xlogy(mf[None, :], col) + special.xlog1py(n - mf[None, :], -col)
+    )
+    inband = (m[None, :] >= band_lo[:, None]) & (m[None, :] <= band_hi[:, None])
+    return a, m, np.where(inband, weight, 0.0)
+
+
+def _banded_tails(
+    n: int, delta: float, upper: bool, known: _Thresholds, psis: NDArray[np.float64], sds: float
+) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
+    """Lower and upper bounds on _tails_at from the counts in each ψ's band (see _banded_decision).
+
+    The band is cut to the counts whose thresholds are known; what it leaves
+    out goes to the upper bound. 0.0 and 0.0 where H0 cannot hold. Also
+    returns, per ψ and per known count, the chance inside the tail given the
+    count where it was computed and 1.0 (a bound) where it was not.
+    """
+    low = np.zeros(psis.size)
+    high = np.zeros(psis.size)
+    k_lo, first_all = known
+    k_hi = k_lo + first_all.size - 1
+    chance = np.ones((psis.size, first_all.size))
+    p10, feasible = _null_rates(psis, delta, upper)
+    where = np.nonzero(feasible)[0]
+    if where.size == 0:
+        return low, high, chance
+    psis, p10 = psis[where], p10[where]
+    a, m, weight = _band_weights(n, psis, k_lo, k_hi, sds)
+    first = first_all[a - k_lo : a - k_lo + m.size]
+    share = np.clip(p10 / np.where(psis > 0.0, psis, 1.0), 0.0, 1.0)
+    rows, cols = np.nonzero(weight > 0.0)
+    k = first[cols] - 1
+    if upper:
+        inside = special.bdtrc(k, m[cols], share[rows])
+    else:
+        inside = np.where(k < 0, 0.0, special.bdtr(np.maximum(k, 0), m[cols], share[rows]))
+    part = np.zeros(psis.size)
+    np.add.at(part, rows, weight[rows, cols] * inside)
+    low[where] = part
+    high[where] = part + np.maximum(1.0 - weight.sum(axis=1), 0.0)
+    chance[where[rows], cols + (a - k_lo)] = inside
+    return low, high, chance
+
+
+def _refined_above(
+    n: int,
+    known: _Thresholds,
+    points: NDArray[np.float64],
+    feasible: NDArray[np.bool_],
+    chance: NDArray[np.float64],
+    fine: NDArray[np.float64],
+) -> NDArray[np.float64] | None:
+    """Upper bounds on the tails at the refined rates, without a binomial tail of their own.
+
+    The regression share of the null point, p10/ψ, is monotone in ψ (1 or
+    0 up to ψ = |δ|, then ½ + δ/(2ψ)), and the chance inside a tail given a
+    count is monotone in that share, so between two coarse points it lies
+    between the chances at the two: their larger one bounds it, and the
+    weights are those of the refined rate itself. None when a coarse point
+    next to a refined rate is one where H0 cannot hold (its chances are
+    not known). Most often the bounds fall short of settling the table;
+    they spare the refinement's binomial tails for the rest.
+    """
+    k_lo, first_all = known
+    k_hi = k_lo + first_all.size - 1
+    right = np.clip(np.searchsorted(points, fine, side="left"), 1, points.size - 1)
+    left = right - 1
+    if not (feasible[left].all() and feasible[right].all()):
+        return None
+    bound = np.maximum(chance[left], chance[right])
+    a, m, weight = _band_weights(n, fine, k_lo, k_hi, _NARROW_SDS)
+    inside = bound[:, a - k_lo : a - k_lo + m.size]
+    above: NDArray[np.float64] = (weight * inside).sum(axis=1) + np.maximum(1.0 - weight.sum(axis=1), 0.0)
+    return above
 
 
 #: Up to this n, the score of every table is computed once per (n, δ) and kept.
@@ -404,9 +699,29 @@ def _z_grid(n: int, delta: float) -> NDArray[np.float64]:
 def _bisect_first(
     m: NDArray[np.int64], n: int, delta: float, cut: float, *, strict: bool
 ) -> NDArray[np.int64]:
-    """Per m, the smallest b′ in [0, m + 1] with Z(b′, m − b′) ≥ cut (> cut when strict)."""
-    lo = np.zeros_like(m)
-    hi = m + 1
+    """Per m, the smallest b′ in [0, m + 1] with Z(b′, m − b′) ≥ cut (> cut when strict).
+
+    The search starts from a bracket of ±4 around the root of the Wald form
+    of Z, ``((2b′ − m)/n − δ)/√((m/n − δ²)/n) = cut``, which lies within 3
+    of the answer over every table of the tests; a bracket whose ends do not
+    hold the answer falls back to all of [0, m + 1].
+    """
+    mf = m.astype(float)
+    var = np.maximum(mf / n - delta * delta, 1e-12) / n
+    centre = (mf + n * delta + n * cut * np.sqrt(var)) / 2.0
+    lo = np.clip(np.floor(centre) - 4, 0, m + 1).astype(np.int64)
+    hi = np.clip(np.ceil(centre) + 4, 0, m + 1).astype(np.int64)
+    # The bracket holds the answer when the table just below it is not
+    # beyond the cut (or there is none) and its top one is (or is m + 1).
+    ends = np.concatenate([lo - 1, hi])
+    mm = np.concatenate([m, m])
+    z = _z(ends.astype(float), (mm - ends).astype(float), float(n), delta)
+    beyond = z > cut if strict else z >= cut
+    below_ok = (lo == 0) | ~beyond[: m.size]
+    top_ok = (hi == m + 1) | beyond[m.size :]
+    bad = ~(below_ok & top_ok)
+    lo = np.where(bad, 0, lo)
+    hi = np.where(bad, m + 1, hi)
     while np.any(lo < hi):
         mid = (lo + hi) // 2
         z = _z(mid.astype(float), (m - mid).astype(float), float(n), delta)
@@ -636,6 +951,26 @@ def regression_region(n: int, delta: float, alpha: float) -> NDArray[np.bool_]:
     if delta > 0.0 and b.size:
         reject[b, c] = _pvalues_of(n, delta, b, c, upper=True) < alpha
     return reject
+
+
+def pass_region(n: int, delta: float, alpha: float) -> NDArray[np.bool_]:
+    """The tables of n cases whose exact upper bound lies below the margin δ (the gate's PASS test).
+
+    Entry ``[b, c]`` is ``upper_bound(b, c, n, α) < δ``. A table whose drop
+    ``(b − c)/n`` is at least δ has a score of at least 0 at δ and is never
+    shown below it (no such table up to n = 30 at δ = 0.02, 0.05, 0.1 has a
+    bound below δ), so only the others are computed: a few hundred bounds,
+    for exact sums of the size of PASS.
+    """
+    _check_alpha(alpha)
+    if not 0.0 <= delta < 1.0:
+        raise ValueError(f"pass_region takes a margin in [0, 1), got {delta}")
+    region = np.zeros((n + 1, n + 1), dtype=bool)
+    for b in range(n + 1):
+        for c in range(n + 1 - b):
+            if b - c < delta * n:
+                region[b, c] = exact_upper_bound(b, c, n, float(alpha)) < delta
+    return region
 
 
 def region_probability(region: NDArray[np.bool_], p10: float, p01: float) -> float:
@@ -973,7 +1308,10 @@ class _Boundaries:
     With ``upward`` the decision holds for ``b ≥ r(m)`` and the boundary is
     r(m) (m + 1 when it never holds); otherwise it holds for ``b ≤ s(m)`` and
     the boundary is s(m) (−1 when never). Boundaries move little from one m
-    to the next, so each search starts from the nearest known one.
+    to the next, so each search starts from the nearest known one, moved
+    along the slope of the known ones behind it; most boundaries then take
+    two decisions, one on each side. Kept per (n, margin, α) for the whole
+    run (_regression_boundaries, _pass_boundaries), whatever row asks.
     """
 
     def __init__(self, decide: Callable[[int, int], bool], *, upward: bool):
@@ -1005,8 +1343,13 @@ class _Boundaries:
             lo, hi = -1, m
         near = min(self.known, key=lambda k: abs(k - m), default=None)
         if near is not None:
-            # Gallop from the nearest known boundary: it moves by a step or two.
-            g = min(max(self.known[near], lo), hi)
+            # Gallop from the nearest known boundary, moved along the slope of
+            # the known ones behind it: it moves by about half a step per count.
+            guess = float(self.known[near])
+            back = near - 4 if m > near else near + 4
+            if back in self.known:
+                guess += (self.known[near] - self.known[back]) / (near - back) * (m - near)
+            g = min(max(round(guess), lo), hi)
             inner, outer = (g, g - 1) if self.upward else (g, g + 1)
             if holds(inner):
                 # Walk outward while the decision still holds one step further.
@@ -1058,6 +1401,55 @@ def _power(n: int, drop: float, psi: float, boundaries: _Boundaries) -> float:
     return float(np.dot(weight, inside))
 
 
+def _power_reaches(n: int, drop: float, psi: float, boundaries: _Boundaries, target: float) -> bool:
+    """``_power(n, drop, psi, boundaries) >= target``, finding only the boundaries it needs.
+
+    The counts are taken from the likeliest outward. The part of the sum
+    already known is a lower bound on the power, and adding the weight of
+    every count not yet taken gives an upper bound (the chance inside is at
+    most 1); once the target lies outside those bounds, by more than the
+    rounding of the sum, the answer is the one the full sum gives. Only when
+    the target lies within them is every boundary found and the sum taken
+    as _power takes it. Near the centre the boundaries are found as often
+    anyway; the tails of the count range, a third of it, are often skipped.
+    """
+    psi_floor = max(psi, abs(drop))
+    p10 = (psi_floor + drop) / 2.0
+    share = min(max(p10 / psi_floor, 0.0), 1.0) if psi_floor > 0.0 else 0.0
+    span = _count_range(n, psi_floor)
+    m = np.array(span, dtype=np.int64)
+    weight = _binom_pmf(m, n, psi_floor)
+    order = np.argsort(-weight, kind="stable")
+    left = float(weight.sum())
+    done = 0.0
+    for i in order:
+        k = boundaries.at(int(m[i]))
+        size = int(m[i])
+        if boundaries.upward:
+            inside = 1.0 if k <= 0 else 0.0 if k > size else float(special.bdtrc(k - 1, size, share))
+        else:
+            inside = 0.0 if k < 0 else 1.0 if k >= size else float(special.bdtr(k, size, share))
+        done += float(weight[i]) * inside
+        left -= float(weight[i])
+        if done >= target + _DECIDE_SLACK:
+            return True
+        if done + max(left, 0.0) < target - _DECIDE_SLACK:
+            return False
+    return _power(n, drop, psi, boundaries) >= target
+
+
+def _regression_reaches(n: int, drop: float, psi: float, margin: float, alpha: float, target: float) -> bool:
+    """``regression_power(...) >= target``, the same answer from fewer boundaries (_power_reaches)."""
+    return _power_reaches(n, drop, psi, _regression_boundaries(n, float(margin), float(alpha)), target)
+
+
+def _pass_reaches(n: int, drop: float, psi: float, margin: float, alpha: float, target: float) -> bool:
+    """``pass_power(...) >= target``, the same answer from fewer boundaries (_power_reaches)."""
+    if margin <= 0.0:
+        return target <= 0.0
+    return _power_reaches(n, drop, psi, _pass_boundaries(n, float(margin), float(alpha)), target)
+
+
 def _binom_pmf(m: NDArray[np.int64], n: int, p: float) -> NDArray[np.float64]:
     """``P(X = m)`` for ``X ~ Binomial(n, p)``, elementwise (0 and 1 handled exactly)."""
     mf = m.astype(np.float64)
@@ -1075,12 +1467,23 @@ def regression_rejects(b: int, c: int, n: int, delta: float, alpha: float) -> bo
     """``regression_pvalue(b, c, n, δ) < α`` (exact method), McNemar's test first (it is cheap)."""
     if _tail(b, c, n, 0.0, "exact", 1.0, None, upper=True) >= alpha:
         return False
-    return delta <= 0.0 or _tail(b, c, n, delta, "exact", 1.0, None, upper=True) < alpha
+    return delta <= 0.0 or _tail_below(int(b), int(c), int(n), float(delta), True, alpha)
+
+
+def noninferiority_rejects(b: int, c: int, n: int, delta: float, alpha: float) -> bool:
+    """``noninferiority_pvalue(b, c, n, δ) < α`` (exact method), without refining a clear miss."""
+    _check_counts(b, c, n)
+    _check_delta(delta)
+    if n == 0 or (delta == 0.0 and b + c == 0):
+        return False  # p = 1.0: no evidence either way
+    if delta == 0.0:
+        return _mcnemar_lower(b, c) < alpha
+    return _tail_below(int(b), int(c), int(n), float(delta), False, alpha)
 
 
 @lru_cache(maxsize=256)
 def _pass_boundaries(n: int, margin: float, alpha: float) -> _Boundaries:
-    return _Boundaries(lambda b, c: noninferiority_pvalue(b, c, n, margin) < alpha, upward=False)
+    return _Boundaries(lambda b, c: noninferiority_rejects(b, c, n, margin, alpha), upward=False)
 
 
 def regression_power(n: int, drop: float, psi: float, margin: float, alpha: float) -> float:
@@ -1112,7 +1515,9 @@ def detectable_drop(n: int, psi: float, margin: float, alpha: float, power: floa
 
     Exact power (regression_power) at discordance ``max(ψ, drop)``, bisected
     on the drop to 0.1 point and rounded up to that grid, so that the chance
-    of REGRESSED at the returned drop is at least ``power``.
+    of REGRESSED at the returned drop is at least ``power``. Each comparison
+    with ``power`` stops summing once the rest of the sum cannot change it
+    (_power_reaches).
 
     Returns:
         The drop as a fraction; ``math.inf`` when not even a total collapse
@@ -1121,7 +1526,7 @@ def detectable_drop(n: int, psi: float, margin: float, alpha: float, power: floa
     _check_alpha(alpha)
     _check_power(power)
     step = 0.001
-    if regression_power(n, 1.0, 1.0, margin, alpha) < power:
+    if not _regression_reaches(n, 1.0, 1.0, margin, alpha, power):
         return math.inf
     # Bracket from the large-sample answer outward (in steps of 0.1 point):
     # lo is short of the power (the margin itself always is), hi reaches it.
@@ -1130,12 +1535,12 @@ def detectable_drop(n: int, psi: float, margin: float, alpha: float, power: floa
     guess = min_detectable_drop(n, psi, alpha, power) + margin
     if math.isfinite(guess):
         g = min(max(math.ceil(guess / step), lo + 1), hi)
-        while g < hi and regression_power(n, g * step, psi, margin, alpha) < power:
+        while g < hi and not _regression_reaches(n, g * step, psi, margin, alpha, power):
             lo, g = g, min(hi, lo + 2 * (g - lo) + 1)
         hi = g
     while hi - lo > 1:
         mid = (lo + hi) // 2
-        if regression_power(n, mid * step, psi, margin, alpha) >= power:
+        if _regression_reaches(n, mid * step, psi, margin, alpha, power):
             hi = mid
         else:
             lo = mid
@@ -1156,7 +1561,7 @@ def cases_needed(
     smaller ones may have it too.
 
     Above :data:`EXACT_PLAN_MAX_N` cases the large-sample answer is returned
-    as it is: exact power there costs seconds per candidate n, and the
+    as it is: exact power there costs 0.1–0.5 s per candidate n, and the
     large-sample power of the score test is accurate at that size.
 
     Returns:
@@ -1168,10 +1573,10 @@ def cases_needed(
         return None
     if start > EXACT_PLAN_MAX_N:
         return max(start, at_least) if start <= 1_000_000 else None
-    chance = pass_power if drop < margin else regression_power
+    reaches = _pass_reaches if drop < margin else _regression_reaches
 
     def enough(n: int) -> bool:
-        return chance(n, drop, psi, margin, alpha) >= power
+        return reaches(n, drop, psi, margin, alpha, power)
 
     # Bracket [lo, hi] with lo short of the power and hi reaching it, from
     # the large-sample answer outward, then bisect to 1 % (the row says "~n").
