@@ -18,6 +18,25 @@ TINY_REF = REPO / "models" / "tiny-ref"
 EXAMPLE_DATA = REPO / "example_suites" / "tiny" / "data"
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--run-slow",
+        action="store_true",
+        help="also run the tests marked slow (a real transformers serve, gptq: quantizing on the fly); "
+        ".ci/run runs them in a step of their own",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip the ``slow`` tests unless ``--run-slow``: the README's test command stays near 2 minutes."""
+    if config.getoption("--run-slow"):
+        return
+    skip = pytest.mark.skip(reason="slow: run with --run-slow (.ci/run does, in a step of its own)")
+    for item in items:
+        if item.get_closest_marker("slow") is not None:
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return REPO

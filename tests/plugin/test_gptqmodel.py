@@ -79,6 +79,7 @@ def test_shipped_gptq_and_awq_with_nf4_and_torchao_in_one_run(
     assert not (pytester.path / "logs").exists()
 
 
+@pytest.mark.slow
 def test_gptq_on_the_fly_is_stored_then_reused(
     pytester: pytest.Pytester, tiny_ref: Path, example_data: Path, repo_root: Path
 ) -> None:

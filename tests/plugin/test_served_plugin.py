@@ -131,6 +131,7 @@ def outputs(report: Path) -> dict[tuple[str, str], Any]:
     return out
 
 
+@pytest.mark.slow
 def test_served_equals_local_through_one_gateway(
     pytester: pytest.Pytester, server: str, tiny_ref: Path, chat_model: Path, example_data: Path
 ) -> None:
@@ -165,6 +166,7 @@ def test_served_equals_local_through_one_gateway(
     assert got == want
 
 
+@pytest.mark.slow
 def test_faults_keys_and_the_cache(
     pytester: pytest.Pytester,
     monkeypatch: pytest.MonkeyPatch,
