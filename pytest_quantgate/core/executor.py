@@ -524,7 +524,9 @@ class Executor:
                 facts.setdefault(key, value)
         if found:
             rest = len(cases) - len(found)
-            idle = "" if self.pool.is_loaded(label) else ", the model is not loaded"  # a served one may be
+            # A served model may be loaded already; divergence and the noise floor may still load it.
+            later = self.config.divergence or self.config.noise_floor
+            idle = "" if self.pool.is_loaded(label) or later else ", the model is not loaded"
             then = f"generating {rest}" if rest else f"nothing to generate{idle}"
             self.emit(f"quantgate: {label}: {len(found)}/{len(cases)} cases from the cache; {then}")
         return found
