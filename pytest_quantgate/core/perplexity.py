@@ -24,7 +24,6 @@ meaningless, so only the per-byte ratio is given then.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Sequence
@@ -36,6 +35,7 @@ from ..backends.base import Backend, BackendError
 from ..statistics.gate import Verdict
 from ..statistics.perplexity import PairedRatio, paired_ratio
 from ..values.digest import json_digest
+from ..values.files import jsonl_rows
 from .runner import BatchSize, is_out_of_memory
 
 __all__ = [
@@ -95,13 +95,7 @@ class Corpus:
             raise ValueError(f"cannot read the perplexity corpus {path}: {exc}") from None
         if path.suffix.lower() in _JSONL:
             documents: list[str] = []
-            for number, line in enumerate(raw.splitlines(), 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except ValueError as exc:
-                    raise ValueError(f"{path}: line {number}: not valid JSON ({exc})") from None
+            for number, row in jsonl_rows(path, raw):
                 text = row.get("text") if isinstance(row, dict) else None
                 if not isinstance(text, str):
                     raise ValueError(f"{path}: line {number}: no string 'text' field")

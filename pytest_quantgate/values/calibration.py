@@ -9,11 +9,12 @@ configuration read.
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from .files import jsonl_rows
 
 __all__ = ["Calibration", "calibration_digest", "read_calibration"]
 
@@ -56,13 +57,7 @@ def read_calibration(path: Path) -> list[str]:
     if path.suffix.lower() not in (".jsonl", ".json", ".ndjson"):
         return [line for line in raw.splitlines() if line.strip()]
     texts: list[str] = []
-    for number, line in enumerate(raw.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except ValueError as exc:
-            raise ValueError(f"{path}: line {number}: not valid JSON ({exc})") from None
+    for _, row in jsonl_rows(path, raw):
         texts.extend(_strings(row.get("text", row) if isinstance(row, dict) else row))
     return texts
 

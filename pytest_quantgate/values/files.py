@@ -4,13 +4,30 @@ cache and the quantized-checkpoint store share."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import secrets
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
-__all__ = ["atomic_write_text", "file_lock"]
+__all__ = ["atomic_write_text", "file_lock", "jsonl_rows"]
+
+
+def jsonl_rows(path: Path, raw: str) -> Iterator[tuple[int, Any]]:
+    """``(line number, value)`` of each non-blank line of a JSONL file's text ``raw``.
+
+    Raises:
+        ValueError: a line is not JSON; one line naming the file and the line.
+    """
+    for number, line in enumerate(raw.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            yield number, json.loads(line)
+        except ValueError as exc:
+            raise ValueError(f"{path}: line {number}: not valid JSON ({exc})") from None
 
 
 def atomic_write_text(path: Path, text: str) -> None:

@@ -26,6 +26,7 @@ from .fakes import (
     read_report,
     suite_source,
 )
+from .test_trajectories import ECHO
 
 ARITH = cases("arith", 60)
 RECALL = cases("recall", 60)
@@ -228,26 +229,16 @@ def test_noise_floor_warns_when_batching_changes_the_reference(pytester: pytest.
     assert "greedy decoding is not stable here" in " ".join(result.stdout.str().split())
 
 
-ECHO_CHAIN = """
-import pytest
-from pytest_quantgate import Trajectory, quant_case, quant_slice
-
-
-class Echo(Trajectory):
-    max_steps = 4
-    def __init__(self, start): self.start = start
-    def initial_state(self): return {"text": self.start, "got": []}
-    def render(self, state): return state["text"]
-    def apply(self, state, reply):
-        return {"text": state["text"] + reply[:2], "got": state["got"] + [reply[:2]]}
-    def done(self, state): return len(state["got"]) >= 4
-
+ECHO_CHAIN = (
+    ECHO
+    + """
 
 @quant_slice("chain")
 @quant_case("case, expected", [(Echo("ab"), ["cd", "ef", "gh", "ij"])], prompt="case", max_new_tokens=3)
 def test_chain(case, expected, final_state):
     assert final_state["got"] == expected
 """
+)
 
 
 def test_a_trajectory_is_scored_on_every_step_of_the_references_path(pytester: pytest.Pytester) -> None:
