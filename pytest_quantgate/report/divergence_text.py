@@ -47,6 +47,7 @@ _COLUMNS: tuple[tuple[str, _Cell, int], ...] = (
     ("mean KL", lambda r: format_kl(r.summary.mean_kl) if r.summary else "-", 0),
     ("interval", lambda r: _interval(r.summary) if r.summary else "-", 1),
     ("median", lambda r: format_kl(r.summary.median_kl) if r.summary else "-", 5),
+    ("p90", lambda r: format_kl(r.summary.p90_kl) if r.summary else "-", 8),
     ("p99", lambda r: format_kl(r.summary.p99_kl) if r.summary else "-", 3),
     ("max", lambda r: format_kl(r.summary.max_kl) if r.summary else "-", 6),
     ("top-1", lambda r: f"{100 * r.summary.top1:.1f}%" if r.summary else "-", 0),
