@@ -17,7 +17,13 @@ if TYPE_CHECKING:
     from ..statistics.divergence import DivergenceSummary
     from .model import CandidateGate, DivergenceRow, GateReport, NoiseRow
 
-__all__ = ["divergence_lines", "format_kl", "noise_floor_lines"]
+__all__ = [
+    "divergence_lines",
+    "divergence_markdown",
+    "format_kl",
+    "noise_floor_lines",
+    "noise_floor_markdown",
+]
 
 
 def format_kl(x: float) -> str:
@@ -184,3 +190,59 @@ def noise_floor_lines(report: GateReport, width: int) -> Iterator[Line | Sep]:
     warning = floor.warning()
     if warning:
         yield from wrapped(f"warning: {warning}", width, {"yellow": True, "bold": True})
+
+
+# -- Markdown (the job summary) ----------------------------------------------------------------
+
+
+def _md_cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def divergence_markdown(report: GateReport, gate: CandidateGate) -> Iterator[str]:
+    """The candidate's divergence table in Markdown, under its accuracy table (``--quant-divergence``)."""
+    if not gate.divergence:
+        return
+    floor = report.noise_floor is not None
+    columns = [c for c in _COLUMNS if c[0] != "slice"]
+    if floor:
+        columns.append(("floor KL", lambda r: format_kl(r.floor) if r.floor_measured else "-", 2))
+    yield ""
+    yield f"Token divergence (KL in nats/token over the reference's top-{TOP_K} tokens + the rest):"
+    yield ""
+    yield "| slice | " + " | ".join(h for h, _, _ in columns) + " |"
+    yield "|---|" + "---:|" * len(columns)
+    for row in gate.divergence:
+        name = f"**{row.slice}** (above max_kl)" if row.exceeds else row.slice
+        yield "| " + " | ".join([_md_cell(name), *(_md_cell(cell(row)) for _, cell, _ in columns)]) + " |"
+    unseen = [row.slice for row in gate.divergence if row.unseen_damage]
+    if unseen:
+        yield ""
+        yield (
+            f"_{_md_cell(', '.join(unseen))}: accuracy is INCONCLUSIVE while the mean KL is significantly "
+            "above the noise floor: divergence sees damage that accuracy cannot yet show._"
+        )
+
+
+def noise_floor_markdown(report: GateReport) -> Iterator[str]:
+    """The reference against itself in Markdown (``--quant-noise-floor``), with its warning."""
+    floor = report.noise_floor
+    if floor is None or not floor.rows:
+        return
+    yield ""
+    yield "### Noise floor: the reference against itself (batch size 1, reverse order)"
+    yield ""
+    scored = any(r.divergence is not None for r in floor.rows)
+    heads = ["slice", "cases", "flips", "changed outputs", *(["mean KL", "p99 KL"] if scored else [])]
+    yield "| " + " | ".join(heads) + " |"
+    yield "|---|" + "---:|" * (len(heads) - 1)
+    for r in floor.rows:
+        cells = [r.slice, str(r.cases), f"{r.flips} ({100 * r.flip_rate:.1f}%)", str(r.changed)]
+        if scored:
+            d = r.divergence
+            cells += [format_kl(d.mean_kl) if d else "-", format_kl(d.p99_kl) if d else "-"]
+        yield "| " + " | ".join(map(_md_cell, cells)) + " |"
+    warning = floor.warning()
+    if warning:
+        yield ""
+        yield f"> **warning**: {_md_cell(warning)}"

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 from ..statistics.gate import Verdict
 from ..values.files import atomic_write_text
 from . import perplexity
+from .divergence_text import divergence_markdown, noise_floor_markdown
 from .text import (
     COST_COLUMNS,
     SLICE_HEADINGS,
@@ -138,6 +139,8 @@ def _head(report: GateReport) -> Iterator[str]:
             yield f"### {_md(gate.display)} vs reference {_md(ref.label)}: {gate.verdict}"
             yield ""
             yield from _table(gate.rows)
+            yield from divergence_markdown(report, gate)
+    yield from noise_floor_markdown(report)
     if len(report.candidates) > 1:
         yield ""
         yield from _matrix(report)

@@ -270,3 +270,24 @@ def test_the_ini_keys_turn_both_on(pytester: pytest.Pytester) -> None:
     data = read_report(report)
     assert data["config"]["divergence"] is True and data["config"]["noise_floor"] is True
     assert _rows(data, "same")["ALL"]["mean_kl"] == 0 and data["noise_floor"]["slices"]
+
+
+def test_the_markdown_report_has_the_divergence_and_the_noise_floor(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_suite=suite_source(Slice("arith", ARITH)))
+    ref = model(pytester, "ref", answers(ARITH), solo_replies={c.prompt: "wrong" for c in ARITH[:5]})
+    bad = model(pytester, "bad", answers(ARITH, wrong=range(10)))
+    summary = pytester.path / "summary.md"
+    pytester.runpytest(
+        "-p",
+        "no:xdist",
+        *gate_args(ref, bad),
+        "--quant-divergence",
+        "--quant-noise-floor",
+        f"--quant-markdown={summary}",
+    )
+    text = summary.read_text(encoding="utf-8")
+    assert "Token divergence (KL in nats/token over the reference's top-32 tokens + the rest):" in text
+    assert "| slice | cases | tokens | mean KL |" in text
+    assert "### Noise floor: the reference against itself (batch size 1, reverse order)" in text
+    assert "| ALL | 60 | 5 (8.3%) | 5 |" in text
+    assert "> **warning**: the reference changed its output on 5 of 60 cases" in text
