@@ -291,3 +291,21 @@ def test_the_markdown_report_has_the_divergence_and_the_noise_floor(pytester: py
     assert "### Noise floor: the reference against itself (batch size 1, reverse order)" in text
     assert "| ALL | 60 | 5 (8.3%) | 5 |" in text
     assert "> **warning**: the reference changed its output on 5 of 60 cases" in text
+
+
+def test_merged_shards_carry_the_divergence_and_the_noise_floor(pytester: pytest.Pytester) -> None:
+    """Per-case figures travel in the shards' records: the merge computes the same rows."""
+    pytester.makepyfile(test_suite=suite_source(Slice("arith", ARITH), Slice("recall", RECALL)))
+    ref = model(pytester, "ref", REPLIES)
+    bad = model(pytester, "bad", {**answers(ARITH, wrong=range(20)), **answers(RECALL)})
+    args = ["-p", "no:xdist", *gate_args(ref, bad), "--quant-divergence", "--quant-noise-floor"]
+    whole = pytester.path / "whole.json"
+    pytester.runpytest(*args, f"--quant-report={whole}")
+    records = pytester.path / "records"
+    for k in (1, 2):
+        pytester.runpytest(*args, f"--quant-shard={k}/2", f"--quant-records={records}")
+    merged = pytester.path / "merged.json"
+    pytester.runpytest(*args, "--quant-merge", str(records), f"--quant-report={merged}")
+    expected, got = read_report(whole), read_report(merged)
+    assert _rows(got, "bad") == _rows(expected, "bad")
+    assert got["noise_floor"] == expected["noise_floor"]
