@@ -6,6 +6,7 @@ Rendered from the report model (:class:`~.model.DivergenceRow`,
 
 from __future__ import annotations
 
+import html
 import math
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING
@@ -18,9 +19,11 @@ if TYPE_CHECKING:
     from .model import CandidateGate, DivergenceRow, GateReport, NoiseRow
 
 __all__ = [
+    "divergence_html",
     "divergence_lines",
     "divergence_markdown",
     "format_kl",
+    "noise_floor_html",
     "noise_floor_lines",
     "noise_floor_markdown",
 ]
@@ -246,3 +249,57 @@ def noise_floor_markdown(report: GateReport) -> Iterator[str]:
     if warning:
         yield ""
         yield f"> **warning**: {_md_cell(warning)}"
+
+
+# -- HTML ----------------------------------------------------------------------------------------
+
+
+def divergence_html(report: GateReport, gate: CandidateGate) -> Iterator[str]:
+    """The candidate's divergence table in the HTML report, under its accuracy table."""
+    if not gate.divergence:
+        return
+    columns = list(_COLUMNS)
+    if report.noise_floor is not None:
+        columns.append(("floor KL", lambda r: format_kl(r.floor) if r.floor_measured else "-", 2))
+    yield (
+        f"<p>Token divergence from the reference, teacher-forced on its replies (KL in nats/token "
+        f"over its top-{TOP_K} tokens + the rest):</p>"
+    )
+    yield "<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h, _, _ in columns) + "</tr>"
+    for row in gate.divergence:
+        style = ' class="REGRESSED"' if row.exceeds else ""
+        cells = "".join(f"<td>{html.escape(cell(row))}</td>" for _, cell, _ in columns)
+        yield f"<tr{style}>{cells}</tr>"
+    yield "</table>"
+    unseen = [row.slice for row in gate.divergence if row.unseen_damage]
+    if unseen:
+        yield (
+            f'<p class="note">{html.escape(", ".join(unseen))}: accuracy is INCONCLUSIVE while the mean '
+            "KL is significantly above the noise floor: divergence sees damage that accuracy cannot yet "
+            "show.</p>"
+        )
+
+
+def noise_floor_html(report: GateReport) -> Iterator[str]:
+    """The reference against itself in the HTML report (``--quant-noise-floor``), with its warning."""
+    floor = report.noise_floor
+    if floor is None or not floor.rows:
+        return
+    yield "<h2>Noise floor: the reference against itself (batch size 1, reverse order)</h2>"
+    heads = ["slice", "cases", "flips", "changed outputs", "mean KL", "p99 KL"]
+    yield "<table><tr>" + "".join(f"<th>{h}</th>" for h in heads) + "</tr>"
+    for r in floor.rows:
+        d = r.divergence
+        cells = [
+            r.slice,
+            str(r.cases),
+            f"{r.flips} ({100 * r.flip_rate:.1f}%)",
+            str(r.changed),
+            format_kl(d.mean_kl) if d else "-",
+            format_kl(d.p99_kl) if d else "-",
+        ]
+        yield "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>"
+    yield "</table>"
+    warning = floor.warning()
+    if warning:
+        yield f'<p class="note">warning: {html.escape(warning)}</p>'

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..statistics.gate import Verdict
 from ..values.files import atomic_write_text
+from .divergence_text import divergence_html, noise_floor_html
 from .markdown import headline
 from .text import (
     COST_COLUMNS,
@@ -100,7 +101,8 @@ def _body(report: GateReport) -> Iterator[str]:
         yield f'<li class="{cls}">{_e(headline(gate))}</li>'
     yield "</ul>"
     for gate in report.candidates:
-        yield from _candidate(gate, report.config.alpha)
+        yield from _candidate(report, gate)
+    yield from noise_floor_html(report)
     if len(report.candidates) > 1:
         yield from _matrix(report)
     yield from _cost(report)
@@ -109,17 +111,18 @@ def _body(report: GateReport) -> Iterator[str]:
     yield f"<pre>{_e(json.dumps(report.config.to_dict(), indent=2, sort_keys=True))}</pre>"
 
 
-def _candidate(gate: CandidateGate, alpha: float) -> Iterator[str]:
+def _candidate(report: GateReport, gate: CandidateGate) -> Iterator[str]:
     yield f'<h2 id="{_e(gate.label)}">{_e(gate.display)}: {_verdict(gate.verdict)}</h2>'
     if not gate.evaluated:
         yield f"<p>Not evaluated:</p><pre>{_e(gate.not_evaluated or '')}</pre>"
         return
-    yield forest_plot(gate.rows, alpha)
+    yield forest_plot(gate.rows, report.config.alpha)
     yield "<table><tr>" + "".join(f"<th>{_e(h)}</th>" for h in SLICE_HEADINGS) + "</tr>"
     for r in gate.rows:
         cells = "".join(f"<td>{_e(c)}</td>" for c in slice_cells(r))
         yield f"<tr>{cells}<td>{_verdict(r.verdict)}</td></tr>"
     yield "</table>"
+    yield from divergence_html(report, gate)
     yield from _cases(f"Regressed cases ({len(gate.regressed)})", gate.regressed, gate.label)
     yield from _cases(f"Improved cases ({len(gate.improved)})", gate.improved, gate.label)
 

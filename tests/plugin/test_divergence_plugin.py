@@ -272,7 +272,9 @@ def test_the_ini_keys_turn_both_on(pytester: pytest.Pytester) -> None:
     assert _rows(data, "same")["ALL"]["mean_kl"] == 0 and data["noise_floor"]["slices"]
 
 
-def test_the_markdown_report_has_the_divergence_and_the_noise_floor(pytester: pytest.Pytester) -> None:
+def test_the_markdown_and_html_reports_have_the_divergence_and_the_noise_floor(
+    pytester: pytest.Pytester,
+) -> None:
     pytester.makepyfile(test_suite=suite_source(Slice("arith", ARITH)))
     ref = model(pytester, "ref", answers(ARITH), solo_replies={c.prompt: "wrong" for c in ARITH[:5]})
     bad = model(pytester, "bad", answers(ARITH, wrong=range(10)))
@@ -284,7 +286,13 @@ def test_the_markdown_report_has_the_divergence_and_the_noise_floor(pytester: py
         "--quant-divergence",
         "--quant-noise-floor",
         f"--quant-markdown={summary}",
+        "--quant-html=gate.html",
     )
+    page = (pytester.path / "gate.html").read_text(encoding="utf-8")
+    assert "Token divergence from the reference, teacher-forced on its replies" in page
+    assert "<h2>Noise floor: the reference against itself (batch size 1, reverse order)</h2>" in page
+    assert "<td>ALL</td><td>60</td><td>5 (8.3%)</td><td>5</td>" in page
+    assert "warning: the reference changed its output on 5 of 60 cases" in page
     text = summary.read_text(encoding="utf-8")
     assert "Token divergence (KL in nats/token over the reference's top-32 tokens + the rest):" in text
     assert "| slice | cases | tokens | mean KL |" in text
