@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pytest_quantgate.core.executor import Progress
+from pytest_quantgate.core.pool import Progress
 
 
 class Clock:

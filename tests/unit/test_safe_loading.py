@@ -34,7 +34,7 @@ from pytest_quantgate.backends.hf import HFBackend
 from pytest_quantgate.backends.hf_tokenizers import reference_fingerprint, tokenizer_differences
 from pytest_quantgate.backends.registry import load_backend
 from pytest_quantgate.core.config import ConfigError, GateConfig
-from pytest_quantgate.core.executor import ModelPool
+from pytest_quantgate.core.pool import ModelPool
 from pytest_quantgate.values.prompts import GenerationSettings
 from pytest_quantgate.values.specs import ModelSpec, parse_spec
 
