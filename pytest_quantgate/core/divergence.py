@@ -19,9 +19,12 @@ from ..backends.base import Backend, ScoreRequest, TokenScores
 from ..statistics.divergence import CaseDivergence, case_divergence
 from ..values.transcript import CaseRun
 from .cases import CaseSpec
+from .records import Outcome, describe_exception
+from .runner import BatchSize, run_cases
 
 __all__ = [
     "TOP_K",
+    "Scoring",
     "candidate_divergences",
     "payload_to_scores",
     "reference_scores",
@@ -164,3 +167,127 @@ def payload_to_scores(payload: Any) -> list[TokenScores] | None:
         ]
     except (AttributeError, KeyError, TypeError, ValueError):
         return None
+
+
+class Scoring:
+    """What ``--quant-divergence`` and ``--quant-noise-floor`` keep over a session, on one process.
+
+    The reference's scores of its replies (computed, or read from the
+    cache), each candidate's divergence per case, the models whose
+    divergence is not available and why, and the reference's second run for
+    the noise floor with its divergence from the first. The executor calls
+    it while each model is loaded, and asks it for a case's figures when it
+    makes the case's record.
+    """
+
+    def __init__(
+        self, labels: Sequence[str], *, divergence: bool, noise_floor: bool, emit: Callable[[str], None]
+    ):
+        self.reference, self.candidates = labels[0], list(labels[1:])
+        self.divergence, self.noise_floor, self.emit = divergence, noise_floor, emit
+        self.reference_scores: dict[str, list[TokenScores]] = {}
+        self.divergences: dict[str, Divergences] = {}
+        #: Models whose divergence is not available -> why (a backend that cannot score, say).
+        self.off: dict[str, str] = {}
+        self.noise_runs: dict[str, CaseRun] = {}
+        self.noise_divergences: Divergences = {}
+
+    def needs_model(self, label: str, cases: Sequence[CaseSpec]) -> bool:
+        """Whether ``label`` must load though every case's run came from the cache.
+
+        The reference must, to run again for the noise floor, or to score
+        replies whose scores the cache does not hold.
+        """
+        if label != self.reference:
+            return False
+        return self.noise_floor or (
+            self.divergence and any(c.key not in self.reference_scores for c in cases)
+        )
+
+    def score(
+        self,
+        label: str,
+        backend: Backend,
+        cases: Sequence[CaseSpec],
+        runs: dict[str, CaseRun],
+        *,
+        batch_size: int,
+    ) -> dict[str, list[TokenScores]]:
+        """Score ``label``'s side while it is loaded; the reference's new scores (for the cache).
+
+        ``runs`` are the reference's. A backend that cannot score turns
+        divergence off for that model (for every model, when it is the
+        reference), with one line saying why.
+        """
+        if not self.divergence or label in self.off:
+            return {}
+        try:
+            if label != self.reference:
+                self.divergences.setdefault(label, {}).update(
+                    candidate_divergences(backend, cases, runs, self.reference_scores, batch_size=batch_size)
+                )
+                return {}
+            missing = [c for c in cases if c.key not in self.reference_scores]
+            if not missing:
+                return {}
+            self.emit(f"quantgate: {label}: scoring its replies to {len(missing)} cases ...")
+            scores = reference_scores(backend, missing, runs, batch_size=batch_size)
+            self.reference_scores.update(scores)
+            return scores
+        except Exception as exc:
+            why = f"{label} cannot score replies: {describe_exception(exc).splitlines()[0]}"
+            self.off[label] = why
+            self.emit(f"quantgate: divergence not available: {why}")
+            if label == self.reference:
+                self.off.update(dict.fromkeys(self.candidates, why))
+            return {}
+
+    def run_noise_floor(self, backend: Backend, cases: Sequence[CaseSpec], runs: dict[str, CaseRun]) -> None:
+        """The reference again, at batch size 1 in reverse order; scored against its first run too."""
+        self.emit(
+            f"quantgate: {self.reference}: noise floor: generating {len(cases)} cases again at batch size 1"
+        )
+        self.noise_runs.update(run_cases(backend, list(reversed(cases)), batch_size=BatchSize(1)))
+        if self.divergence and self.reference not in self.off:
+            try:
+                self.noise_divergences.update(
+                    candidate_divergences(
+                        backend, cases, runs, self.reference_scores, batch_size=1, reverse=True
+                    )
+                )
+            except Exception as exc:
+                self.emit(f"quantgate: noise floor: cannot score: {describe_exception(exc)}")
+
+    def of_case(self, key: str, candidates: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """Each candidate's divergence on a case, for its record, or why it has none."""
+        out: dict[str, dict[str, Any]] = {}
+        for label in candidates:
+            value = self.off.get(label) or self.divergences.get(label, {}).get(key)
+            if isinstance(value, CaseDivergence):
+                out[label] = value.to_dict()
+            elif value is not None:
+                out[label] = {"unavailable": value}
+        return out
+
+    def noise_of(
+        self, key: str, reference: CaseRun, check: Callable[[CaseRun], tuple[Outcome, str | None]]
+    ) -> dict[str, Any] | None:
+        """The reference's second run of a case: its outcome, whether it said the same, its divergence."""
+        run = self.noise_runs.get(key)
+        if run is None:
+            return None
+        result: Outcome
+        if run.error is not None:
+            result = "error"
+        elif run.failure is not None:
+            result = "fail"
+        else:
+            result, _ = check(run)
+        out: dict[str, Any] = {
+            "outcome": result,
+            "same_output": [t.reply for t in run.turns] == [t.reply for t in reference.turns],
+        }
+        divergence = self.noise_divergences.get(key)
+        if isinstance(divergence, CaseDivergence):
+            out["divergence"] = divergence.to_dict()
+        return out

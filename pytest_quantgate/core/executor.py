@@ -20,24 +20,17 @@ from typing import Any
 
 from ..backends.base import Backend, BackendError, GenerationRequest, TokenScores
 from ..backends.registry import load_backend
-from ..statistics.divergence import CaseDivergence
 from ..storage.fingerprint import environment_versions, fingerprint_spec
 from ..storage.store import DEFAULT_DIR_NAME, CacheMode, ResultCache
 from ..values.transcript import CaseRun
 from .cases import CaseSpec
 from .config import GateConfig
 from .cost import measure
-from .divergence import (
-    Divergences,
-    candidate_divergences,
-    payload_to_scores,
-    reference_scores,
-    scores_to_payload,
-)
+from .divergence import Scoring, payload_to_scores, scores_to_payload
 from .perplexity import measure as score_corpus
 from .perplexity import resolve_lengths, windows_per_batch
 from .pool import Emit, ModelPool, Progress, ReferenceUnavailable, token_counter
-from .records import CaseRecord, ModelOutcome, Outcome, describe_exception, resolve_skips
+from .records import CaseRecord, ModelOutcome, Outcome, resolve_skips
 from .runner import BatchSize, run_cases
 from .source import case_fingerprint
 
@@ -88,14 +81,13 @@ class Executor:
         self._cache: ResultCache | None = None
         self._fingerprints: dict[str, str | None] = {}
         self._said: set[str] = set()  # served models whose cache being off was reported
-        #: ``--quant-divergence``: the reference's scores of its replies, by case key; each
-        #: candidate's divergence by case key; models whose divergence is not available -> why.
-        self._ref_scores: dict[str, list[TokenScores]] = {}
-        self._divergences: dict[str, Divergences] = {}
-        self._divergence_off: dict[str, str] = {}
-        #: ``--quant-noise-floor``: the reference's second run, and its divergence from the first.
-        self._noise_runs: dict[str, CaseRun] = {}
-        self._noise_divergences: Divergences = {}
+        #: ``--quant-divergence`` and ``--quant-noise-floor``: scores, divergences, the second run.
+        self.scoring = Scoring(
+            self.labels if config.reference is not None else [""],
+            divergence=config.divergence,
+            noise_floor=config.noise_floor,
+            emit=self.emit,
+        )
         #: Seconds between progress updates, and whether only the last line is shown.
         self.progress_every = 30.0 if os.environ.get("CI") else 5.0
         self.quiet = False
@@ -153,8 +145,8 @@ class Executor:
                     cached = self._cached(label, cases)
                     todo = [c for c in cases if c.key not in cached]
                     if self.config.divergence:
-                        self._ref_scores.update(self._cached_scores(label, cases, cached))
-                if not todo and not self._needs_model(label, cases):
+                        self.scoring.reference_scores.update(self._cached_scores(label, cases, cached))
+                if not todo and not self.scoring.needs_model(label, cases):
                     self._runs.setdefault(label, {}).update(cached)
                     continue
                 try:
@@ -189,64 +181,23 @@ class Executor:
                         f"quantgate: {label}: out of memory at batch {before}; continued at {sizer.size}"
                     )
                 self._runs.setdefault(label, {}).update(runs)
-                self._after_generation(label, backend, cases)
+                self._score(label, backend, cases)
             if not self.config.keep_loaded and all(g in self._generated for g in self._groups):
                 self.pool.release(label)
 
-    # -- divergence and the noise floor ----------------------------------------
+    # -- divergence and the noise floor (core.divergence.Scoring) -------------------
 
-    def _needs_model(self, label: str, cases: list[CaseSpec]) -> bool:
-        """Whether the model must load though every case's run came from the cache.
-
-        The reference must, to run again for the noise floor, or to score
-        replies whose scores the cache does not hold.
-        """
-        if label != self.labels[0]:
-            return False
-        if self.config.noise_floor:
-            return True
-        return self.config.divergence and any(c.key not in self._ref_scores for c in cases)
-
-    def _after_generation(self, label: str, backend: Backend, cases: list[CaseSpec]) -> None:
+    def _score(self, label: str, backend: Backend, cases: list[CaseSpec]) -> None:
         """While the model is loaded: its scores for divergence, and the reference's second run."""
-        reference = self.labels[0]
-        size = self._batch_size(label).size
-        ref_runs = self._runs.get(reference, {})
-        started = time.perf_counter()
-        if self.config.divergence and label not in self._divergence_off:
-            try:
-                if label == reference:
-                    missing = [c for c in cases if c.key not in self._ref_scores]
-                    if missing:
-                        self.emit(f"quantgate: {label}: scoring its replies to {len(missing)} cases ...")
-                        scores = reference_scores(backend, missing, ref_runs, batch_size=size)
-                        self._ref_scores.update(scores)
-                        self._store_scores(label, missing, scores)
-                else:
-                    self._divergences.setdefault(label, {}).update(
-                        candidate_divergences(backend, cases, ref_runs, self._ref_scores, batch_size=size)
-                    )
-            except Exception as exc:
-                why = f"{label} cannot score replies: {describe_exception(exc).splitlines()[0]}"
-                self._divergence_off[label] = why
-                self.emit(f"quantgate: divergence not available: {why}")
-                if label == reference:
-                    self._divergence_off.update(dict.fromkeys(self.labels[1:], why))
+        runs = self._runs.get(self.labels[0], {})
+        if self.config.divergence:
+            started = time.perf_counter()
+            scores = self.scoring.score(label, backend, cases, runs, batch_size=self._batch_size(label).size)
+            self._store_scores(label, cases, scores)
             facts = self.pool.facts.setdefault(label, {})
             facts["score_seconds"] = round(facts.get("score_seconds", 0.0) + time.perf_counter() - started, 3)
-        if self.config.noise_floor and label == reference:
-            self.emit(f"quantgate: {label}: noise floor: generating {len(cases)} cases again at batch size 1")
-            again = run_cases(backend, list(reversed(cases)), batch_size=BatchSize(1))
-            self._noise_runs.update(again)
-            if self.config.divergence and label not in self._divergence_off:
-                try:
-                    self._noise_divergences.update(
-                        candidate_divergences(
-                            backend, cases, ref_runs, self._ref_scores, batch_size=1, reverse=True
-                        )
-                    )
-                except Exception as exc:
-                    self.emit(f"quantgate: noise floor: cannot score: {describe_exception(exc)}")
+        if self.config.noise_floor and label == self.labels[0]:
+            self.scoring.run_noise_floor(backend, cases, runs)
 
     def _cached_scores(
         self, label: str, cases: list[CaseSpec], cached: dict[str, CaseRun]
@@ -266,44 +217,12 @@ class Executor:
         return out
 
     def _store_scores(self, label: str, cases: list[CaseSpec], scores: dict[str, list[TokenScores]]) -> None:
-        if not self.config.cache_mode.writes:
+        if not scores or not self.config.cache_mode.writes:
             return
         fingerprint = self._run_fingerprint(label)
         if fingerprint is not None:
             payloads = {key: scores_to_payload(value) for key, value in scores.items()}
             self.cache.put_scores(fingerprint, _fingerprints(cases), payloads)
-
-    def _token_divergences(self, key: str, available: list[str]) -> dict[str, dict[str, Any]]:
-        """Each available candidate's divergence on a case, for its record (``--quant-divergence``)."""
-        out: dict[str, dict[str, Any]] = {}
-        for label in available:
-            value = self._divergence_off.get(label) or self._divergences.get(label, {}).get(key)
-            if isinstance(value, CaseDivergence):
-                out[label] = value.to_dict()
-            elif value is not None:
-                out[label] = {"unavailable": value}
-        return out
-
-    def _noise(self, key: str, reference: CaseRun, outcome: Outcome, check: Check) -> dict[str, Any] | None:
-        """The reference's second run of a case: its outcome, whether it said the same, its divergence."""
-        run = self._noise_runs.get(key)
-        if run is None:
-            return None
-        result: Outcome
-        if run.error is not None:
-            result = "error"
-        elif run.failure is not None:
-            result = "fail"
-        else:
-            result, _ = check(run)
-        out: dict[str, Any] = {
-            "outcome": result,
-            "same_output": [t.reply for t in run.turns] == [t.reply for t in reference.turns],
-        }
-        divergence = self._noise_divergences.get(key)
-        if isinstance(divergence, CaseDivergence):
-            out["divergence"] = divergence.to_dict()
-        return out
 
     # -- the reference cache ------------------------------------------------
 
@@ -492,7 +411,7 @@ class Executor:
         available = [label for label in self.labels[1:] if label in outcomes]
         noise = None
         if self.config.noise_floor and reference in outcomes:
-            noise = self._noise(case.key, self._runs[reference][case.key], outcomes[reference].outcome, check)
+            noise = self.scoring.noise_of(case.key, self._runs[reference][case.key], check)
         return CaseRecord(
             key=case.key,
             nodeid=case.nodeid,
@@ -506,7 +425,7 @@ class Executor:
             params=case.params,
             unavailable=unavailable,
             trajectory=case.trajectory is not None,
-            token_divergences=self._token_divergences(case.key, available) if self.config.divergence else {},
+            token_divergences=self.scoring.of_case(case.key, available) if self.config.divergence else {},
             max_kl=dict(case.max_kl),
             noise=noise,
         )
