@@ -16,7 +16,7 @@ from .text import Line, Sep, wrapped
 
 if TYPE_CHECKING:
     from ..statistics.divergence import DivergenceSummary
-    from .model import CandidateGate, DivergenceRow, GateReport, NoiseRow
+    from .model import CandidateGate, DivergenceRow, GateReport
 
 __all__ = [
     "divergence_html",
@@ -65,6 +65,57 @@ _COLUMNS: tuple[tuple[str, _Cell, int], ...] = (
 )
 
 
+_FLOOR_COLUMN: tuple[str, _Cell, int] = (
+    "floor KL",
+    lambda r: format_kl(r.floor) if r.floor_measured else "-",
+    2,
+)
+
+
+def _columns(report: GateReport) -> list[tuple[str, _Cell, int]]:
+    """The divergence table's columns; the noise floor's mean KL last when it was measured."""
+    return [*_COLUMNS, *([_FLOOR_COLUMN] if report.noise_floor is not None else [])]
+
+
+def _unseen_note(rows: Sequence[DivergenceRow]) -> str | None:
+    """The sentence for slices where divergence sees what accuracy cannot yet show; None when none."""
+    unseen = [row for row in rows if row.unseen_damage]
+    if not unseen:
+        return None
+    measured = all(row.floor_measured for row in unseen)
+    floor_text = "measured" if measured else "0: not measured, see --quant-noise-floor"
+    return (
+        f"{', '.join(row.slice for row in unseen)}: accuracy is INCONCLUSIVE while the mean KL is "
+        f"significantly above the noise floor ({floor_text}): divergence sees damage that accuracy "
+        "cannot yet show"
+    )
+
+
+#: The noise floor's columns; the KL ones only when the reference was scored (--quant-divergence).
+_NOISE_HEADS = ("slice", "cases", "flips", "changed outputs", "mean KL", "p99 KL", "top-1")
+_NOISE_KL = ("mean KL", "p99 KL", "top-1")
+
+
+def _noise_body(report: GateReport) -> list[list[str]]:
+    """The noise floor's table as cells, headings first (its KL columns only when scored)."""
+    assert report.noise_floor is not None
+    rows = report.noise_floor.rows
+    scored = any(r.divergence is not None for r in rows)
+    heads = [h for h in _NOISE_HEADS if scored or h not in _NOISE_KL]
+    body = [heads]
+    for r in rows:
+        d = r.divergence
+        cells = [r.slice, str(r.cases), f"{r.flips} ({100 * r.flip_rate:.1f}%)", str(r.changed)]
+        if scored:
+            cells += [
+                format_kl(d.mean_kl) if d else "-",
+                format_kl(d.p99_kl) if d else "-",
+                f"{100 * d.top1:.1f}%" if d else "-",
+            ]
+        body.append(cells)
+    return body
+
+
 def _joined(cells: Sequence[str], widths: Sequence[int]) -> str:
     """A table line: the first cell left-aligned, the others right-aligned."""
     return "  ".join(
@@ -72,10 +123,8 @@ def _joined(cells: Sequence[str], widths: Sequence[int]) -> str:
     )
 
 
-def _table(rows: Sequence[DivergenceRow], width: int, floor: bool) -> Iterator[Line]:
-    columns = list(_COLUMNS)
-    if floor:
-        columns.append(("floor KL", lambda r: format_kl(r.floor) if r.floor_measured else "-", 2))
+def _table(report: GateReport, rows: Sequence[DivergenceRow], width: int) -> Iterator[Line]:
+    columns = _columns(report)
     while True:
         body = [[h for h, _, _ in columns], *([cell(r) for _, cell, _ in columns] for r in rows)]
         widths = [max(len(line[i]) for line in body) for i in range(len(columns))]
@@ -97,30 +146,21 @@ def divergence_lines(report: GateReport, gate: CandidateGate, width: int) -> Ite
     if not gate.divergence:
         return
     ref = report.config.reference
-    floor = report.noise_floor is not None
     yield from wrapped(
         f"token divergence from {ref.label if ref else 'the reference'} (teacher-forced on its replies; "
         f"KL in nats/token over its top-{TOP_K} tokens + the rest):",
         width,
         {"bold": True},
     )
-    yield from _table(gate.divergence, width, floor)
+    yield from _table(report, gate.divergence, width)
     total = next((d for d in gate.divergence if d.slice == "ALL"), gate.divergence[-1])
     if total.summary is not None and total.summary.worst is not None:
         case, kl = total.summary.worst
         yield [(f"largest mean KL: {format_kl(kl)} on", {})]
         yield [(f"  {case}", {})]  # whole: copied to find the case
-    unseen = [row for row in gate.divergence if row.unseen_damage]
-    if unseen:
-        measured = all(row.floor_measured for row in unseen)
-        floor_text = "measured" if measured else "0: not measured, see --quant-noise-floor"
-        yield from wrapped(
-            f"note: {', '.join(row.slice for row in unseen)}: accuracy is INCONCLUSIVE while the mean KL "
-            f"is significantly above the noise floor ({floor_text}): divergence sees damage that accuracy "
-            "cannot yet show",
-            width,
-            {"yellow": True},
-        )
+    note = _unseen_note(gate.divergence)
+    if note:
+        yield from wrapped(f"note: {note}", width, {"yellow": True})
     for row in gate.divergence:
         s = row.summary
         if row.exceeds and s is not None:
@@ -144,8 +184,6 @@ def noise_floor_lines(report: GateReport, width: int) -> Iterator[Line | Sep]:
     ref = report.config.reference
     yield Sep(f"quantgate: noise floor: {ref.label if ref else 'the reference'} against itself", {})
     gated = [g for g in report.candidates if g.evaluated]
-    heads = ["slice", "cases", "flips", "changed outputs", "mean KL", "p99 KL", "top-1"]
-    heads += [f"{g.label} flips" for g in gated]
 
     def candidate_flips(gate: CandidateGate, name: str) -> str:
         row = next((r for r in gate.rows if r.slice == name), None)
@@ -154,23 +192,10 @@ def noise_floor_lines(report: GateReport, width: int) -> Iterator[Line | Sep]:
         flips = row.regressions + row.improvements
         return f"{flips} ({100 * flips / row.n:.1f}%)"
 
-    def cells(r: NoiseRow) -> list[str]:
-        d = r.divergence
-        return [
-            r.slice,
-            str(r.cases),
-            f"{r.flips} ({100 * r.flip_rate:.1f}%)",
-            str(r.changed),
-            format_kl(d.mean_kl) if d else "-",
-            format_kl(d.p99_kl) if d else "-",
-            f"{100 * d.top1:.1f}%" if d else "-",
-            *(candidate_flips(g, r.slice) for g in gated),
-        ]
-
-    body = [heads, *(cells(r) for r in floor.rows)]
-    if all(r.divergence is None for r in floor.rows):  # scored only with --quant-divergence
-        kl_columns = [heads.index(h) for h in ("mean KL", "p99 KL", "top-1")]
-        body = [[c for i, c in enumerate(line) if i not in kl_columns] for line in body]
+    body = _noise_body(report)
+    body[0] += [f"{g.label} flips" for g in gated]
+    for line, r in zip(body[1:], floor.rows, strict=True):
+        line += [candidate_flips(g, r.slice) for g in gated]
     # Narrow terminals lose these first; the flips, the reference's and the candidates', stay.
     for dropped in ("p99 KL", "top-1", "changed outputs", "mean KL"):
         widths = [max(len(line[i]) for line in body) for i in range(len(body[0]))]
@@ -206,25 +231,21 @@ def divergence_markdown(report: GateReport, gate: CandidateGate) -> Iterator[str
     """The candidate's divergence table in Markdown, under its accuracy table (``--quant-divergence``)."""
     if not gate.divergence:
         return
-    floor = report.noise_floor is not None
-    columns = [c for c in _COLUMNS if c[0] != "slice"]
-    if floor:
-        columns.append(("floor KL", lambda r: format_kl(r.floor) if r.floor_measured else "-", 2))
+    columns = _columns(report)
     yield ""
     yield f"Token divergence (KL in nats/token over the reference's top-{TOP_K} tokens + the rest):"
     yield ""
-    yield "| slice | " + " | ".join(h for h, _, _ in columns) + " |"
-    yield "|---|" + "---:|" * len(columns)
+    yield "| " + " | ".join(h for h, _, _ in columns) + " |"
+    yield "|---|" + "---:|" * (len(columns) - 1)
     for row in gate.divergence:
-        name = f"**{row.slice}** (above max_kl)" if row.exceeds else row.slice
-        yield "| " + " | ".join([_md_cell(name), *(_md_cell(cell(row)) for _, cell, _ in columns)]) + " |"
-    unseen = [row.slice for row in gate.divergence if row.unseen_damage]
-    if unseen:
+        cells = [cell(row) for _, cell, _ in columns]
+        if row.exceeds:
+            cells[0] = f"**{row.slice}** (above max_kl)"
+        yield "| " + " | ".join(map(_md_cell, cells)) + " |"
+    note = _unseen_note(gate.divergence)
+    if note:
         yield ""
-        yield (
-            f"_{_md_cell(', '.join(unseen))}: accuracy is INCONCLUSIVE while the mean KL is significantly "
-            "above the noise floor: divergence sees damage that accuracy cannot yet show._"
-        )
+        yield f"_{_md_cell(note)}._"
 
 
 def noise_floor_markdown(report: GateReport) -> Iterator[str]:
@@ -235,15 +256,10 @@ def noise_floor_markdown(report: GateReport) -> Iterator[str]:
     yield ""
     yield "### Noise floor: the reference against itself (batch size 1, reverse order)"
     yield ""
-    scored = any(r.divergence is not None for r in floor.rows)
-    heads = ["slice", "cases", "flips", "changed outputs", *(["mean KL", "p99 KL"] if scored else [])]
+    heads, *rows = _noise_body(report)
     yield "| " + " | ".join(heads) + " |"
     yield "|---|" + "---:|" * (len(heads) - 1)
-    for r in floor.rows:
-        cells = [r.slice, str(r.cases), f"{r.flips} ({100 * r.flip_rate:.1f}%)", str(r.changed)]
-        if scored:
-            d = r.divergence
-            cells += [format_kl(d.mean_kl) if d else "-", format_kl(d.p99_kl) if d else "-"]
+    for cells in rows:
         yield "| " + " | ".join(map(_md_cell, cells)) + " |"
     warning = floor.warning()
     if warning:
@@ -258,9 +274,7 @@ def divergence_html(report: GateReport, gate: CandidateGate) -> Iterator[str]:
     """The candidate's divergence table in the HTML report, under its accuracy table."""
     if not gate.divergence:
         return
-    columns = list(_COLUMNS)
-    if report.noise_floor is not None:
-        columns.append(("floor KL", lambda r: format_kl(r.floor) if r.floor_measured else "-", 2))
+    columns = _columns(report)
     yield (
         f"<p>Token divergence from the reference, teacher-forced on its replies (KL in nats/token "
         f"over its top-{TOP_K} tokens + the rest):</p>"
@@ -271,13 +285,9 @@ def divergence_html(report: GateReport, gate: CandidateGate) -> Iterator[str]:
         cells = "".join(f"<td>{html.escape(cell(row))}</td>" for _, cell, _ in columns)
         yield f"<tr{style}>{cells}</tr>"
     yield "</table>"
-    unseen = [row.slice for row in gate.divergence if row.unseen_damage]
-    if unseen:
-        yield (
-            f'<p class="note">{html.escape(", ".join(unseen))}: accuracy is INCONCLUSIVE while the mean '
-            "KL is significantly above the noise floor: divergence sees damage that accuracy cannot yet "
-            "show.</p>"
-        )
+    note = _unseen_note(gate.divergence)
+    if note:
+        yield f'<p class="note">{html.escape(note)}.</p>'
 
 
 def noise_floor_html(report: GateReport) -> Iterator[str]:
@@ -286,18 +296,9 @@ def noise_floor_html(report: GateReport) -> Iterator[str]:
     if floor is None or not floor.rows:
         return
     yield "<h2>Noise floor: the reference against itself (batch size 1, reverse order)</h2>"
-    heads = ["slice", "cases", "flips", "changed outputs", "mean KL", "p99 KL"]
-    yield "<table><tr>" + "".join(f"<th>{h}</th>" for h in heads) + "</tr>"
-    for r in floor.rows:
-        d = r.divergence
-        cells = [
-            r.slice,
-            str(r.cases),
-            f"{r.flips} ({100 * r.flip_rate:.1f}%)",
-            str(r.changed),
-            format_kl(d.mean_kl) if d else "-",
-            format_kl(d.p99_kl) if d else "-",
-        ]
+    heads, *rows = _noise_body(report)
+    yield "<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in heads) + "</tr>"
+    for cells in rows:
         yield "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>"
     yield "</table>"
     warning = floor.warning()
