@@ -9,9 +9,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
-import subprocess
-import sys
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -20,6 +17,7 @@ import pytest
 from pytest_quantgate.report.json_report import SCHEMA_FILE
 
 from .fakes import gate_args, model, read_report, statuses, table_rows
+from .test_readme import needs_ruff, ruff_check
 
 REPO = Path(__file__).resolve().parents[2]
 N = 60
@@ -140,19 +138,8 @@ def test_the_readme_snippet_runs(pytester: pytest.Pytester) -> None:
     assert table_rows(out, "cand") == {"extraction*": "INCONCLUSIVE", "ALL*": "INCONCLUSIVE"}
 
 
-@pytest.mark.skipif(
-    shutil.which("ruff") is None and not (Path(sys.executable).parent / "ruff").exists(),
-    reason="ruff is not installed",
-)
+@needs_ruff
 def test_the_readme_snippet_passes_ruff() -> None:
     path, text = readme_snippet()
-    ruff = shutil.which("ruff") or str(Path(sys.executable).parent / "ruff")
-    result = subprocess.run(
-        [ruff, "check", "--no-cache", f"--stdin-filename={REPO / path}", "-"],
-        input=text,
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        check=False,
-    )
+    result = ruff_check(path, text)
     assert result.returncode == 0, result.stdout + result.stderr

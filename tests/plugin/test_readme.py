@@ -61,18 +61,18 @@ def test_every_python_snippet_is_run_here() -> None:
     assert saved == ["byob/conftest.py", "byob/test_canned.py", "test_multistep.py", "test_suite.py"]
 
 
-@pytest.mark.skipif(
+#: Skips a test that runs ruff where ruff is not installed (the oldest-pytest job has none).
+needs_ruff = pytest.mark.skipif(
     shutil.which("ruff") is None and not (Path(sys.executable).parent / "ruff").exists(),
     reason="ruff is not installed",
 )
-@pytest.mark.parametrize(
-    "path", ["byob/conftest.py", "byob/test_canned.py", "test_multistep.py", "test_suite.py"]
-)
-def test_every_python_snippet_passes_ruff_where_it_is_saved(path: str) -> None:
-    (text,) = [files[path] for files, _ in _groups() if path in files]
+
+
+def ruff_check(path: str, text: str) -> subprocess.CompletedProcess[str]:
+    """ruff's check of a README snippet as the file ``path`` it would be in this repository,
+    with the repository's configuration."""
     ruff = shutil.which("ruff") or str(Path(sys.executable).parent / "ruff")
-    # Checked as the file it would be in this repository, with the repository's configuration.
-    result = subprocess.run(
+    return subprocess.run(
         [ruff, "check", "--no-cache", f"--stdin-filename={REPO / path}", "-"],
         input=text,
         capture_output=True,
@@ -80,6 +80,15 @@ def test_every_python_snippet_passes_ruff_where_it_is_saved(path: str) -> None:
         cwd=REPO,
         check=False,
     )
+
+
+@needs_ruff
+@pytest.mark.parametrize(
+    "path", ["byob/conftest.py", "byob/test_canned.py", "test_multistep.py", "test_suite.py"]
+)
+def test_every_python_snippet_passes_ruff_where_it_is_saved(path: str) -> None:
+    (text,) = [files[path] for files, _ in _groups() if path in files]
+    result = ruff_check(path, text)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
