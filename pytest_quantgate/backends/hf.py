@@ -442,27 +442,13 @@ class HFBackend(Backend):
         rows: list[int],
         results: list[TokenScores | None],
     ) -> None:
-        """Score the requests ``rows`` in one left-padded forward pass, into ``results``."""
+        """Score the requests ``rows`` in one forward pass (:meth:`_teacher_forced`), into ``results``."""
         import torch
 
-        pad = self.tokenizer.pad_token_id
-        pad = 0 if pad is None else int(pad)
         seqs = [encoded[i][0] + encoded[i][1] for i in rows]
-        width = max(map(len, seqs))
-        device = self.model.device
-        ids = torch.tensor([[pad] * (width - len(q)) + q for q in seqs], device=device)
-        mask = torch.tensor([[0] * (width - len(q)) + [1] * len(q) for q in seqs], device=device)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        keep = max(len(encoded[i][1]) for i in rows) + 1
-        kwargs: dict[str, Any] = {"input_ids": ids, "attention_mask": mask, "position_ids": positions}
-        if self._takes_logits_to_keep:
-            kwargs["logits_to_keep"] = keep
-        logits = self.model(**kwargs).logits[:, -keep:]
-        for row, i in enumerate(rows):
+        for i, logp in zip(rows, self._teacher_forced(seqs, [len(encoded[i][1]) for i in rows]), strict=True):
             req = requests[i]
             cont = encoded[i][1]
-            # The logits that predict the continuation: from the prompt's last token on.
-            logp = torch.log_softmax(logits[row, keep - len(cont) - 1 : keep - 1].float(), dim=-1)
             picked = logp.gather(1, torch.tensor(cont, device=logp.device)[:, None])[:, 0]
             top: tuple[tuple[tuple[int, float], ...], ...] = ()
             at: tuple[tuple[float, ...], ...] = ()
@@ -486,6 +472,35 @@ class HFBackend(Backend):
                 empty = [p for p, a in enumerate(asked) if not a]
                 rest = _rest(logp, index, keep_rows=empty)
             results[i] = TokenScores(tuple(cont), tuple(float(x) for x in picked.cpu()), top, at, rest)
+
+    def _teacher_forced(self, seqs: Sequence[Sequence[int]], scored: Sequence[int]) -> list[Any]:
+        """Per sequence, the float32 log-softmax over the full vocabulary that predicts its last
+        ``scored`` tokens, each given every token before it: one forward pass.
+
+        Left-padded, with position ids from the attention mask, so a row
+        scores as it would alone; only the last ``max(scored) + 1`` positions'
+        logits are computed where the model can (``logits_to_keep``). No logit
+        is clamped. What scoring continuations and perplexity windows share.
+        """
+        import torch
+
+        pad = self.tokenizer.pad_token_id
+        pad = 0 if pad is None else int(pad)
+        width = max(map(len, seqs))
+        device = self.model.device
+        ids = torch.tensor([[pad] * (width - len(q)) + list(q) for q in seqs], device=device)
+        mask = torch.tensor([[0] * (width - len(q)) + [1] * len(q) for q in seqs], device=device)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        keep = max(scored) + 1
+        kwargs: dict[str, Any] = {"input_ids": ids, "attention_mask": mask, "position_ids": positions}
+        if self._takes_logits_to_keep:
+            kwargs["logits_to_keep"] = keep
+        logits = self.model(**kwargs).logits[:, -keep:]
+        # The logits that predict a row's scored tokens: from the token before the first of them.
+        return [
+            torch.log_softmax(logits[row, keep - n - 1 : keep - 1].float(), dim=-1)
+            for row, n in enumerate(scored)
+        ]
 
     @functools.cached_property
     def _takes_logits_to_keep(self) -> bool:
@@ -589,9 +604,8 @@ class HFBackend(Backend):
     ) -> list[list[float]]:
         """log p of each window's tokens from ``first_scored`` on (teacher forcing), in one batch.
 
-        Right-padded with an attention mask, so that every real token keeps
-        its position and sees exactly the tokens before it in its window;
-        full-vocabulary log-softmax in float32, no clamping of logits.
+        One forward pass of :meth:`_teacher_forced`: every real token keeps
+        its position and sees exactly the tokens before it in its window.
         """
         import torch
 
@@ -603,20 +617,13 @@ class HFBackend(Backend):
             raise BackendError(f"{self.label}: a window must have a token of context before those it scores")
         if not windows:
             return []
-        width = max(len(w) for w in windows)
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        ids = torch.full((len(windows), width), int(pad), dtype=torch.long)
-        mask = torch.zeros((len(windows), width), dtype=torch.long)
-        for row, window in enumerate(windows):
-            ids[row, : len(window)] = torch.tensor(list(window), dtype=torch.long)
-            mask[row, : len(window)] = 1
         out: list[list[float]] = []
         with torch.inference_mode():
-            device = self.model.device
-            logits = self.model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
-            for row, (window, first) in enumerate(zip(windows, first_scored, strict=True)):
-                logp = torch.log_softmax(logits[row, first - 1 : len(window) - 1].float(), dim=-1)
-                target = ids[row, first : len(window)].to(logp.device)
+            scored = [len(w) - f for w, f in zip(windows, first_scored, strict=True)]
+            for window, first, logp in zip(
+                windows, first_scored, self._teacher_forced(windows, scored), strict=True
+            ):
+                target = torch.tensor(list(window[first:]), dtype=torch.long, device=logp.device)
                 out.append([float(v) for v in logp.gather(1, target[:, None])[:, 0].cpu()])
         return out
 
