@@ -15,7 +15,7 @@ of clustered cases (Miller 2024) and Connor's (1987) power formula.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from functools import lru_cache
 from typing import Literal
 
@@ -681,6 +681,266 @@ def _refined_above(
     return above
 
 
+# --------------------------------------------------------------------------
+# many tables of n cases decided at once (the boundaries of the exact power)
+
+#: _decide_tables works through its tables this many at a time, which bounds
+#: its (table × ψ × count) arrays to a few megabytes.
+_TABLES_AT_ONCE = 64
+
+
+@lru_cache(maxsize=4)
+def _log_factorials(size: int) -> NDArray[np.float64]:
+    """``ln k!`` for k = 0..size − 1."""
+    table: NDArray[np.float64] = special.gammaln(np.arange(size, dtype=np.float64) + 1.0)
+    table.setflags(write=False)
+    return table
+
+
+def _log_factorials_to(n: int) -> NDArray[np.float64]:
+    """``ln k!`` for k = 0..n at least (the size rounded up to a power of two, so that few are kept)."""
+    return _log_factorials(max(1024, 1 << (n + 1).bit_length()))
+
+
+#: ln 0 as a finite number: ``0 · _LOG_ZERO = 0`` where ``0 · −inf`` is NaN,
+#: and any count above 0 times it is far below the smallest double's log.
+_LOG_ZERO = -1e300
+
+
+def _logs(p: NDArray[np.float64]) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """``ln p`` and ``ln(1 − p)``, _LOG_ZERO where they are −inf (p in [0, 1])."""
+    with np.errstate(divide="ignore"):
+        return np.maximum(np.log(p), _LOG_ZERO), np.maximum(np.log1p(-p), _LOG_ZERO)
+
+
+def _psi_points_many(b: NDArray[np.int64], c: NDArray[np.int64], n: int, delta: float) -> NDArray[np.float64]:
+    """psi_points of many tables: a row each, sorted, NaN after a row's last point."""
+    m = b + c
+    lo = np.where(m == 0, 0.0, special.betaincinv(np.maximum(m, 1), n - m + 1, BB_GAMMA / 2))
+    hi = np.where(m == n, 1.0, special.betaincinv(m + 1, np.maximum(n - m, 1), 1.0 - BB_GAMMA / 2))
+    x = _p01(b.astype(float), c.astype(float), float(n), delta)
+    extra = np.stack([np.clip(2.0 * x + delta, 0.0, 1.0), np.full(m.size, abs(delta))], axis=1)
+    extra = np.where((extra >= lo[:, None]) & (extra <= hi[:, None]), extra, np.nan)
+    points = np.sort(np.concatenate([np.linspace(lo, hi, PSI_POINTS, axis=1), extra], axis=1), axis=1)
+    # np.unique's duplicates become NaN and sort to the end.
+    points[:, 1:] = np.where(points[:, 1:] == points[:, :-1], np.nan, points[:, 1:])
+    out: NDArray[np.float64] = np.sort(points, axis=1)
+    return out
+
+
+def _count_weights(
+    n: int, counts: NDArray[np.int64], used: NDArray[np.bool_], psis: NDArray[np.float64]
+) -> NDArray[np.float64]:
+    """Binomial(n, ψ) probabilities of each table's counts, 0.0 where unused: (table, ψ, count)."""
+    log_fact = _log_factorials_to(n)
+    log_choose = np.where(used, log_fact[n] - log_fact[counts] - log_fact[n - counts], -np.inf)
+    log_psi, log_rest = _logs(psis)
+    mf = counts[:, None, :].astype(float)
+    with np.errstate(over="ignore"):
+        out: NDArray[np.float64] = np.exp(
+            log_choose[:, None, :] + mf * log_psi[:, :, None] + (n - mf) * log_rest[:, :, None]
+        )
+    return out
+
+
+def _conditional_cdfs(
+    counts: NDArray[np.int64], k: NDArray[np.int64], share: NDArray[np.float64]
+) -> NDArray[np.float64]:
+    """``P(B ≤ k_j)`` for ``B ~ Binomial(counts_j, share)``: (table, share, count).
+
+    Along a row the counts rise by one and k by 0 or 1 (the caller checks),
+    so each value follows from the one before with a single probability:
+    ``B_{m+1} = B_m + X``, hence ``P(B_{m+1} ≤ k) = P(B_m ≤ k) − s·P(B_m = k)``
+    and ``P(B_{m+1} ≤ k + 1) = P(B_m ≤ k) + (1 − s)·P(B_m = k + 1)``. The
+    first of a row is scipy's bdtr. Summing a few hundred terms of at most 1
+    rounds by under 1e-13, far inside _DECIDE_SLACK.
+    """
+    s = share[:, :, None]
+    step = np.diff(k, axis=1)
+    entering = k[:, :-1] + step
+    before = counts[:, :-1]
+    kc = np.clip(entering, 0, before)
+    log_fact = _log_factorials_to(int(counts.max()))
+    log_choose = np.where(
+        (entering >= 0) & (entering <= before),
+        log_fact[before] - log_fact[kc] - log_fact[before - kc],
+        -np.inf,
+    )
+    log_s, log_rest = _logs(share)
+    kf = kc[:, None, :].astype(float)
+    with np.errstate(over="ignore"):
+        pmf = np.exp(
+            log_choose[:, None, :] + kf * log_s[:, :, None] + (before[:, None, :] - kf) * log_rest[:, :, None]
+        )
+    # Up a step the new value adds (1 − s)·P(B = k + 1); on the flat it takes away s·P(B = k).
+    moves = pmf * (step[:, None, :] - s)
+    k0, m0 = k[:, :1], counts[:, :1]
+    start = np.where(k0 < 0, 0.0, np.where(k0 >= m0, 1.0, special.bdtr(np.clip(k0, 0, m0), m0, share)))
+    cdf = np.concatenate([start[:, :, None], start[:, :, None] + np.cumsum(moves, axis=2)], axis=2)
+    out: NDArray[np.float64] = np.clip(cdf, 0.0, 1.0)
+    return out
+
+
+def _between_bounds(
+    weight: NDArray[np.float64], chance: NDArray[np.float64], feasible: NDArray[np.bool_], upper: bool
+) -> NDArray[np.float64]:
+    """Upper bounds on the tail at every ψ between each two neighbouring coarse points: (table, gap).
+
+    In a gap the chance given a count is at most the chance at one end (it
+    is monotone in ψ: the left end for the upper tail, the right end for
+    the lower one); call that f. f need not be monotone in the count, but
+    its running maximum from either side is, and the expectation of a
+    monotone function of a Binomial(n, ψ) count is monotone in ψ, so over
+    the gap it is largest at one end: the tail is at most the smaller of
+    those two expectations, plus the weight outside the counts summed at
+    either end. Loose (a few times the largest tail), but it needs no new
+    weights or chances, and it holds whichever rates _refine would search.
+    """
+    f = chance[:, :-1, :] if upper else chance[:, 1:, :]
+    falling = np.maximum.accumulate(f[:, :, ::-1], axis=2)[:, :, ::-1]
+    rising = np.maximum.accumulate(f, axis=2)
+    outside = np.maximum(1.0 - weight.sum(axis=2), 0.0)
+    left_out, right_out = outside[:, :-1], outside[:, 1:]
+    bound = (
+        np.minimum(
+            (weight[:, :-1, :] * falling).sum(axis=2) + left_out,
+            (weight[:, 1:, :] * rising).sum(axis=2) + right_out,
+        )
+        + left_out
+        + right_out
+    )
+    # The lower tail is 0 where H0 cannot hold: below δ, so in a gap whose right end is infeasible.
+    live = np.ones_like(bound, dtype=bool) if upper else feasible[:, 1:]
+    out: NDArray[np.float64] = np.where(live, bound, 0.0)
+    return out
+
+
+def _decide_tables(
+    b: NDArray[np.int64], c: NDArray[np.int64], n: int, delta: float, upper: bool, alpha: float
+) -> NDArray[np.int8]:
+    """_tail_below of many tables of n cases at once: 1 below α, 0 not, −1 left open.
+
+    The same bounds as _banded_decision, for a batch of tables in array
+    operations (the boundaries of one n ask for a hundred or more tables,
+    each a millisecond on its own): per table, every coarse ψ's tail summed
+    over the counts within _BAND_SDS standard deviations of any of its ψ,
+    plus the weight left out for the upper bound; the peaks those bounds
+    settle; the refined rates' tails bounded by the chances of their coarse
+    neighbour (_refined_above), then summed exactly where that bound is not
+    enough. The chance inside a tail given a count follows from the one
+    before (_conditional_cdfs) rather than a binomial tail per count. A
+    table is decided only where the full p-value would decide it the same
+    way with _DECIDE_SLACK to spare; the rest are left to _tail_below. Only
+    δ > 0 (the margins of the power searches); −1 otherwise.
+    """
+    out = np.full(b.size, -1, dtype=np.int8)
+    if delta <= 0.0:
+        return out
+    for at in range(0, b.size, _TABLES_AT_ONCE):
+        part = slice(at, at + _TABLES_AT_ONCE)
+        out[part] = _decide_some(b[part], c[part], n, delta, upper, alpha)
+    return out
+
+
+def _decide_some(
+    b: NDArray[np.int64], c: NDArray[np.int64], n: int, delta: float, upper: bool, alpha: float
+) -> NDArray[np.int8]:
+    """_decide_tables of up to _TABLES_AT_ONCE tables."""
+    need = alpha - BB_GAMMA
+    size = b.size
+    rows = np.arange(size)
+    points = _psi_points_many(b, c, n, delta)
+    real = ~np.isnan(points)
+    last = real.sum(axis=1) - 1
+    points = np.where(real, points, points[rows, last][:, None])  # padding: the last point again
+    z_obs = _z(b.astype(float), c.astype(float), float(n), delta)
+    slack = _TIE_TOL * np.maximum(1.0, np.abs(z_obs))
+    cut = z_obs - slack if upper else z_obs + slack
+    # Each table's counts: the union of its points' bands.
+    sd = np.sqrt(n * points * (1.0 - points))
+    lowest = np.clip(np.floor(n * points - _BAND_SDS * sd) - 1, 0, n).min(axis=1).astype(np.int64)
+    highest = np.clip(np.ceil(n * points + _BAND_SDS * sd) + 1, 0, n).max(axis=1).astype(np.int64)
+    width = highest - lowest + 1
+    columns = np.arange(int(width.max()))
+    used = columns[None, :] < width[:, None]
+    counts = np.minimum(lowest[:, None] + columns[None, :], n)
+    first = np.zeros(counts.shape, dtype=np.int64)
+    first[used] = _bisect_first(
+        counts[used], n, delta, np.broadcast_to(cut[:, None], counts.shape)[used], strict=not upper
+    )
+    first = np.where(used, first, first[rows, width - 1][:, None])  # past a row's end: flat
+    k = first - 1
+    step = np.diff(k, axis=1)
+    open_ = ~((step == 0) | (step == 1)).all(axis=1)
+    p10, feasible = _null_rates(points, delta, upper)
+    share = np.clip(p10 / np.where(points > 0.0, points, 1.0), 0.0, 1.0)
+    cdf = _conditional_cdfs(counts, k, share)
+    chance = 1.0 - cdf if upper else cdf  # past a row's end too: its weights there are 0
+    weight = _count_weights(n, counts, used, points)
+    low = np.where(feasible, (weight * chance).sum(axis=2), 0.0)
+    high = np.where(feasible, low + np.maximum(1.0 - weight.sum(axis=2), 0.0), 0.0)
+    result = np.full(size, -1, dtype=np.int8)
+    result[(low - _DECIDE_SLACK >= need).any(axis=1)] = 0
+    candidate = (result < 0) & (high + _DECIDE_SLACK < need).all(axis=1) & ~open_
+    if not candidate.any():
+        result[open_] = -1
+        return result
+    # The peaks _refine would search around, where the bounds settle them (_sure_peaks).
+    lo = np.where(feasible & real, low - _DECIDE_SLACK, 0.0)
+    hi = np.where(feasible & real, high + _DECIDE_SLACK, 0.0)
+    index = np.arange(points.shape[1])[None, :]
+    has_left = index >= 1
+    has_right = index < last[:, None]
+    lo_left, hi_left = np.roll(lo, 1, axis=1), np.roll(hi, 1, axis=1)
+    lo_right, hi_right = np.roll(lo, -1, axis=1), np.roll(hi, -1, axis=1)
+    sure = (lo > 0.0) & (~has_left | (lo >= hi_left)) & (~has_right | (lo >= hi_right)) & real
+    maybe = (hi > 0.0) & (~has_left | (hi >= lo_left)) & (~has_right | (hi >= lo_right)) & real
+    settled = ~(maybe & ~sure).any(axis=1) & sure.any(axis=1)
+    unsure = np.nonzero(candidate & ~settled)[0]
+    if unsure.size:
+        # Peaks the bounds leave open (most often every tail is near 0): every rate
+        # between the first and last coarse point at once, whatever _refine would pick.
+        inside = np.where(used[unsure][:, None, :], chance[unsure], 0.0)
+        spans = _between_bounds(weight[unsure], inside, feasible[unsure], upper)
+        result[unsure[(spans + _DECIDE_SLACK < need).all(axis=1)]] = 1
+    candidate &= settled
+    table, peak = np.nonzero(sure & candidate[:, None])
+    if table.size:
+        left = points[table, np.maximum(peak - 1, 0)]
+        right = points[table, np.minimum(peak + 1, last[table])]
+        fine = np.linspace(left, right, PSI_POINTS + 2, axis=1)[:, 1:-1]  # (peak, point)
+        # The coarse neighbour whose chances bound a refined rate's: the chance is
+        # monotone in ψ, rising for the lower tail and falling for the upper one.
+        after = np.clip((points[table][:, None, :] < fine[:, :, None]).sum(axis=2), 1, last[table][:, None])
+        neighbour = after - 1 if upper else after
+        fine_weight = _count_weights(n, counts[table], used[table], fine)
+        bound_chance = chance[table[:, None], neighbour]
+        fine_p10, fine_feasible = _null_rates(fine, delta, upper)
+        left_out = np.maximum(1.0 - fine_weight.sum(axis=2), 0.0)
+        above = np.where(fine_feasible, (fine_weight * bound_chance).sum(axis=2) + left_out, 0.0)
+        clear = np.ones(size, dtype=bool)
+        np.logical_and.at(clear, table, (above + _DECIDE_SLACK < need).all(axis=1))
+        # Where the bound is not enough, the refined tails themselves.
+        again = ~clear[table]
+        if again.any():
+            sub = np.nonzero(again)[0]
+            fine_share = np.clip(fine_p10[sub] / np.where(fine[sub] > 0.0, fine[sub], 1.0), 0.0, 1.0)
+            fine_cdf = _conditional_cdfs(counts[table[sub]], k[table[sub]], fine_share)
+            fine_chance = 1.0 - fine_cdf if upper else fine_cdf
+            fine_low = np.where(fine_feasible[sub], (fine_weight[sub] * fine_chance).sum(axis=2), 0.0)
+            fine_high = np.where(fine_feasible[sub], fine_low + left_out[sub], 0.0)
+            reached = np.zeros(size, dtype=bool)
+            np.logical_or.at(reached, table[sub], (fine_low - _DECIDE_SLACK >= need).any(axis=1))
+            short = np.zeros(size, dtype=bool)
+            short[table[sub]] = True
+            np.logical_and.at(short, table[sub], (fine_high + _DECIDE_SLACK < need).all(axis=1))
+            result[candidate & reached] = 0
+            clear |= short & ~reached
+        result[candidate & clear & (result < 0)] = 1
+    result[open_] = -1
+    return result
+
+
 #: Up to this n, the score of every table is computed once per (n, δ) and kept.
 _GRID_MAX_N = 400
 
@@ -697,9 +957,11 @@ def _z_grid(n: int, delta: float) -> NDArray[np.float64]:
 
 
 def _bisect_first(
-    m: NDArray[np.int64], n: int, delta: float, cut: float, *, strict: bool
+    m: NDArray[np.int64], n: int, delta: float, cut: float | NDArray[np.float64], *, strict: bool
 ) -> NDArray[np.int64]:
     """Per m, the smallest b′ in [0, m + 1] with Z(b′, m − b′) ≥ cut (> cut when strict).
+
+    ``cut`` is one score for every m or one per m.
 
     The search starts from a bracket of ±4 around the root of the Wald form
     of Z, ``((2b′ − m)/n − δ)/√((m/n − δ²)/n) = cut``, which lies within 3
@@ -715,8 +977,10 @@ def _bisect_first(
     # beyond the cut (or there is none) and its top one is (or is m + 1).
     ends = np.concatenate([lo - 1, hi])
     mm = np.concatenate([m, m])
+    cuts = np.broadcast_to(cut, m.shape)
+    both = np.concatenate([cuts, cuts])
     z = _z(ends.astype(float), (mm - ends).astype(float), float(n), delta)
-    beyond = z > cut if strict else z >= cut
+    beyond = z > both if strict else z >= both
     below_ok = (lo == 0) | ~beyond[: m.size]
     top_ok = (hi == m + 1) | beyond[m.size :]
     bad = ~(below_ok & top_ok)
@@ -1302,6 +1566,11 @@ EXACT_PLAN_MAX_N = 2000
 _POWER_SDS = 3.5
 
 
+#: _Boundaries.fill moves each guess this many steps at most before leaving
+#: the count to the one-at-a-time search.
+_FILL_ROUNDS = 6
+
+
 class _Boundaries:
     """Where a test's decision switches, per discordant count m, found on demand and kept.
 
@@ -1314,10 +1583,88 @@ class _Boundaries:
     run (_regression_boundaries, _pass_boundaries), whatever row asks.
     """
 
-    def __init__(self, decide: Callable[[int, int], bool], *, upward: bool):
+    def __init__(
+        self,
+        decide: Callable[[int, int], bool],
+        *,
+        upward: bool,
+        decide_many: Callable[[NDArray[np.int64], NDArray[np.int64]], NDArray[np.int8]] | None = None,
+        near: Callable[[NDArray[np.int64]], NDArray[np.int64]] | None = None,
+    ):
         self.decide = decide
         self.upward = upward
+        #: Many tables at once: 1 the decision holds, 0 it does not, −1 left to ``decide``.
+        self.decide_many = decide_many
+        #: Per count, a b near its boundary (the large-sample one): where fill starts.
+        self.near = near
         self.known: dict[int, int] = {}
+        #: Every table decided so far, by (b, m): fill's and at's searches share them.
+        self.decided: dict[tuple[int, int], bool] = {}
+
+    def _holds(self, b: int, m: int) -> bool:
+        key = (b, m)
+        if key not in self.decided:
+            self.decided[key] = self.decide(b, m - b)
+        return self.decided[key]
+
+    def fill(self, counts: Iterable[int]) -> None:
+        """Find the boundaries of many counts together, deciding their tables in batches.
+
+        Each count starts from ``near``, moved by how far the nearest count
+        already known lay from its own. A round asks decide_many for the two
+        tables that would pin every open boundary (the guess and the table
+        next to it on the other side) and moves each guess one step towards
+        its boundary; within _FILL_ROUNDS rounds nearly all are found, and the
+        rest (and every table decide_many leaves open) go through ``at``.
+        The boundaries are those ``at`` finds: each is pinned by the same two
+        decisions.
+        """
+        todo = sorted({int(m) for m in counts} - self.known.keys())
+        if not todo or self.decide_many is None or self.near is None:
+            return
+        pending = np.array(todo, dtype=np.int64)
+        guess = self.near(pending)
+        if self.known:
+            seen = np.array(sorted(self.known), dtype=np.int64)
+            shift = np.array([self.known[int(m)] for m in seen], dtype=np.int64) - self.near(seen)
+            at = np.clip(np.searchsorted(seen, pending), 1, max(seen.size - 1, 1))
+            closer = np.abs(seen[at - 1] - pending) <= np.abs(seen[np.minimum(at, seen.size - 1)] - pending)
+            guess = guess + shift[np.where(closer, at - 1, np.minimum(at, seen.size - 1))]
+        lowest = np.zeros_like(pending) if self.upward else np.full_like(pending, -1)
+        guess = np.clip(guess, lowest, pending + 1 if self.upward else pending)
+        toward = -1 if self.upward else 1  # from a table where the decision holds to the boundary's far side
+        left = dict(zip(pending.tolist(), guess.tolist(), strict=True))
+        for _ in range(_FILL_ROUNDS):
+            wanted = sorted(
+                {
+                    (b, m)
+                    for m, g in left.items()
+                    for b in (g, g + toward)
+                    if 0 <= b <= m and (b, m) not in self.decided
+                }
+            )
+            if wanted:
+                tables = np.array(wanted, dtype=np.int64)
+                verdicts = self.decide_many(tables[:, 0], tables[:, 1] - tables[:, 0])
+                for (b, m), verdict in zip(wanted, verdicts.tolist(), strict=True):
+                    if verdict >= 0:
+                        self.decided[(b, m)] = bool(verdict)
+            moved: dict[int, int] = {}
+            for m, g in left.items():
+                beyond = g + toward
+                here = g == (m + 1 if self.upward else -1) or self.decided.get((g, m))
+                there = False if beyond in (-1, m + 1) else self.decided.get((beyond, m))
+                if here is None or there is None:
+                    continue  # decide_many left a table open: at() decides it
+                if here and not there:
+                    self.known[m] = g
+                else:
+                    moved[m] = beyond if here else g - toward
+            left = moved
+            if not left:
+                break
+        for m in todo:
+            self.at(m)
 
     def at(self, m: int) -> int:
         """The boundary of discordant count m."""
@@ -1326,7 +1673,7 @@ class _Boundaries:
         if self.upward:
             # The smallest b in [0, m + 1] where the decision holds (at m + 1 by convention).
             def holds(b: int) -> bool:
-                return b == m + 1 or self.decide(b, m - b)
+                return b == m + 1 or self._holds(b, m)
 
             def is_boundary(g: int) -> bool:
                 return holds(g) and (g == 0 or not holds(g - 1))
@@ -1335,7 +1682,7 @@ class _Boundaries:
         else:
             # The largest b in [-1, m] where the decision holds (at -1 by convention).
             def holds(b: int) -> bool:
-                return b == -1 or self.decide(b, m - b)
+                return b == -1 or self._holds(b, m)
 
             def is_boundary(g: int) -> bool:
                 return holds(g) and (g == m or not holds(g + 1))
@@ -1392,6 +1739,7 @@ def _power(n: int, drop: float, psi: float, boundaries: _Boundaries) -> float:
     p10 = (psi + drop) / 2.0
     share = min(max(p10 / psi, 0.0), 1.0) if psi > 0.0 else 0.0
     m = np.array(_count_range(n, psi), dtype=np.int64)
+    boundaries.fill(m.tolist())
     k = np.array([boundaries.at(int(x)) for x in m], dtype=np.int64)
     weight = _binom_pmf(m, n, psi)
     if boundaries.upward:  # P(B ≥ k) of B ~ Binomial(m, share)
@@ -1417,6 +1765,7 @@ def _power_reaches(n: int, drop: float, psi: float, boundaries: _Boundaries, tar
     p10 = (psi_floor + drop) / 2.0
     share = min(max(p10 / psi_floor, 0.0), 1.0) if psi_floor > 0.0 else 0.0
     span = _count_range(n, psi_floor)
+    boundaries.fill(span)
     m = np.array(span, dtype=np.int64)
     weight = _binom_pmf(m, n, psi_floor)
     order = np.argsort(-weight, kind="stable")
@@ -1460,7 +1809,25 @@ def _binom_pmf(m: NDArray[np.int64], n: int, p: float) -> NDArray[np.float64]:
 
 @lru_cache(maxsize=256)
 def _regression_boundaries(n: int, margin: float, alpha: float) -> _Boundaries:
-    return _Boundaries(lambda b, c: regression_rejects(b, c, n, margin, alpha), upward=True)
+    def many(b: NDArray[np.int64], c: NDArray[np.int64]) -> NDArray[np.int8]:
+        # McNemar's test first, as regression_rejects: its p-value as _tail computes it.
+        with np.errstate(invalid="ignore"):
+            mcnemar = np.where(b >= 1, special.bdtrc(b - 1, b + c, 0.5), 1.0)
+        out = np.zeros(b.size, dtype=np.int8)
+        maybe = mcnemar < alpha
+        if maybe.any():
+            out[maybe] = _decide_tables(b[maybe], c[maybe], n, margin, True, alpha)
+        return out
+
+    def near(m: NDArray[np.int64]) -> NDArray[np.int64]:
+        return _bisect_first(m, n, margin, float(-special.ndtri(alpha - BB_GAMMA)), strict=False)
+
+    return _Boundaries(
+        lambda b, c: regression_rejects(b, c, n, margin, alpha),
+        upward=True,
+        decide_many=many if margin > 0.0 else None,
+        near=near,
+    )
 
 
 def regression_rejects(b: int, c: int, n: int, delta: float, alpha: float) -> bool:
@@ -1483,7 +1850,18 @@ def noninferiority_rejects(b: int, c: int, n: int, delta: float, alpha: float) -
 
 @lru_cache(maxsize=256)
 def _pass_boundaries(n: int, margin: float, alpha: float) -> _Boundaries:
-    return _Boundaries(lambda b, c: noninferiority_rejects(b, c, n, margin, alpha), upward=False)
+    def many(b: NDArray[np.int64], c: NDArray[np.int64]) -> NDArray[np.int8]:
+        return _decide_tables(b, c, n, margin, False, alpha)
+
+    def near(m: NDArray[np.int64]) -> NDArray[np.int64]:
+        return _bisect_first(m, n, margin, float(special.ndtri(alpha - BB_GAMMA)), strict=True) - 1
+
+    return _Boundaries(
+        lambda b, c: noninferiority_rejects(b, c, n, margin, alpha),
+        upward=False,
+        decide_many=many if margin > 0.0 and n > 0 else None,
+        near=near,
+    )
 
 
 def regression_power(n: int, drop: float, psi: float, margin: float, alpha: float) -> float:

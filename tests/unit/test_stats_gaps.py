@@ -193,7 +193,11 @@ def test_the_plan_decides_tables_without_refining_clear_misses(monkeypatch: pyte
         decisions += 1
         return stats._unconditional_tail(b, c, n, delta, upper) < alpha
 
+    def none_at_once(b: np.ndarray, c: np.ndarray, *_: object) -> np.ndarray:
+        return np.full(b.size, -1, dtype=np.int8)
+
     monkeypatch.setattr(stats, "_tail_below", full)
+    monkeypatch.setattr(stats, "_decide_tables", none_at_once)
     clear_caches()
     assert stats.cases_needed(*row, at_least=31) == fast == 201
     assert full_pvalues < 0.1 * decisions

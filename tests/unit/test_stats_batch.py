@@ -1,0 +1,114 @@
+"""Many tables decided at once: the boundaries of the exact power, found in batches.
+
+Every shortcut here must give the decisions, boundaries and plan that the
+one-table-at-a-time search gives; these tests hold them to it table by table.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import special
+
+from pytest_quantgate.statistics import stats
+
+ALPHA = 0.05
+
+
+def tables_near_the_boundaries(n: int, delta: float, spread: float = 0.3) -> tuple[np.ndarray, np.ndarray]:
+    """The tables of up to spread·n discordant pairs whose score lies near either one-sided boundary."""
+    bs, cs = [], []
+    for m in range(0, int(spread * n) + 1, max(1, n // 60)):
+        for b in range(m + 1):
+            z = stats.score_z(b, m - b, n, delta)
+            if -2.8 < z < 0.3 or 1.2 < z < 2.8:
+                bs.append(b)
+                cs.append(m - b)
+    return np.array(bs, dtype=np.int64), np.array(cs, dtype=np.int64)
+
+
+@pytest.mark.parametrize(("n", "delta"), [(1, 0.02), (20, 0.05), (150, 0.02), (401, 0.3), (1578, 0.0125)])
+def test_the_points_of_many_tables_are_psi_points(n: int, delta: float) -> None:
+    bs, cs = tables_near_the_boundaries(n, delta, spread=1.0 if n < 1000 else 0.2)
+    many = stats._psi_points_many(bs, cs, n, delta)
+    for row, b, c in zip(many, bs, cs, strict=True):
+        np.testing.assert_array_equal(row[~np.isnan(row)], stats.psi_points(int(b), int(c), n, delta))
+
+
+def test_the_conditional_cdfs_are_scipys_binomial_cdfs() -> None:
+    rng = np.random.default_rng(7)
+    counts = np.arange(40, 300)[None, :].repeat(3, axis=0)
+    k = np.cumsum(rng.integers(0, 2, size=counts.shape), axis=1) - 5 + np.array([[0], [20], [60]])
+    share = np.array([[0.0, 0.3, 0.5, 0.77, 1.0]] * 3)
+    cdf = stats._conditional_cdfs(counts, k, share)
+    for t in range(3):
+        for p in range(share.shape[1]):
+            kk, mm, ss = k[t], counts[t], share[t, p]
+            with np.errstate(invalid="ignore"):
+                inside = special.bdtr(np.maximum(kk, 0), mm, ss)
+                expected = np.where(kk < 0, 0.0, np.where(kk >= mm, 1.0, inside))
+            np.testing.assert_allclose(cdf[t, p], expected, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("n", "delta", "upper"),
+    [
+        (20, 0.05, True),
+        (45, 0.3, False),
+        (60, 0.0125, False),
+        (150, 0.02, False),
+        (300, 0.02, True),
+        (700, 0.05, True),
+        (1578, 0.02, False),
+        (2000, 0.0125, True),
+    ],
+)
+def test_tables_decided_at_once_are_decided_as_the_full_pvalue_decides_them(
+    n: int, delta: float, upper: bool
+) -> None:
+    bs, cs = tables_near_the_boundaries(n, delta)
+    if n > 500:  # every third table: the full p-values are the slow part of this test
+        bs, cs = bs[::3], cs[::3]
+    verdicts = stats._decide_tables(bs, cs, n, delta, upper, ALPHA)
+    tables = zip(bs.tolist(), cs.tolist(), strict=True)
+    pvalues = [stats._unconditional_tail(b, c, n, delta, upper) for b, c in tables]
+    full = np.array(pvalues) < ALPHA
+    decided = verdicts >= 0
+    assert np.array_equal(verdicts[decided].astype(bool), full[decided])
+    assert decided.mean() > 0.95  # a batch that leaves many open would be slower than no batch
+    assert full.any() and not full.all()
+
+
+def test_no_table_is_decided_at_a_margin_of_zero() -> None:
+    bs, cs = tables_near_the_boundaries(100, 0.0)
+    assert (stats._decide_tables(bs, cs, 100, 0.0, True, ALPHA) == -1).all()
+
+
+def one_at_a_time(boundaries: stats._Boundaries) -> stats._Boundaries:
+    return stats._Boundaries(boundaries.decide, upward=boundaries.upward)
+
+
+@pytest.mark.parametrize(
+    ("n", "margin", "alpha", "regression"),
+    [
+        (40, 0.05, ALPHA, False),
+        (300, 0.02, ALPHA, False),
+        (900, 0.05, 0.0125, True),
+        (1578, 0.02, ALPHA, False),
+    ],
+)
+def test_boundaries_found_in_batches_are_those_found_one_at_a_time(
+    n: int, margin: float, alpha: float, regression: bool
+) -> None:
+    make = stats._regression_boundaries if regression else stats._pass_boundaries
+    make.cache_clear()
+    batched = make(n, margin, alpha)
+    counts = list(range(0, min(n, 40) + 1)) + list(range(int(0.08 * n), int(0.14 * n)))
+    batched.fill(counts)
+    assert set(counts) <= batched.known.keys()
+    single = one_at_a_time(batched)
+    assert {m: single.at(m) for m in counts} == {m: batched.known[m] for m in counts}
+    # A second fill starts from the boundaries the first found.
+    more = list(range(int(0.14 * n), int(0.2 * n)))
+    batched.fill(more)
+    assert {m: single.at(m) for m in more} == {m: batched.known[m] for m in more}
