@@ -731,14 +731,18 @@ def _psi_points_many(b: NDArray[np.int64], c: NDArray[np.int64], n: int, delta: 
 def _count_weights(
     n: int, counts: NDArray[np.int64], used: NDArray[np.bool_], psis: NDArray[np.float64]
 ) -> NDArray[np.float64]:
-    """Binomial(n, ψ) probabilities of each table's counts, 0.0 where unused: (table, ψ, count)."""
+    """Binomial(n, ψ) probabilities of counts, 0.0 where not used.
+
+    ``counts`` and ``used`` are (..., count), ``psis`` (...): one rate per
+    row of counts, the shapes broadcast (a table's counts with a row per ψ).
+    """
     log_fact = _log_factorials_to(n)
     log_choose = np.where(used, log_fact[n] - log_fact[counts] - log_fact[n - counts], -np.inf)
     log_psi, log_rest = _logs(psis)
-    mf = counts[:, None, :].astype(float)
+    mf = counts.astype(float)
     with np.errstate(over="ignore"):
         out: NDArray[np.float64] = np.exp(
-            log_choose[:, None, :] + mf * log_psi[:, :, None] + (n - mf) * log_rest[:, :, None]
+            log_choose + mf * log_psi[..., None] + (n - mf) * log_rest[..., None]
         )
     return out
 
@@ -746,19 +750,22 @@ def _count_weights(
 def _conditional_cdfs(
     counts: NDArray[np.int64], k: NDArray[np.int64], share: NDArray[np.float64]
 ) -> NDArray[np.float64]:
-    """``P(B ≤ k_j)`` for ``B ~ Binomial(counts_j, share)``: (table, share, count).
+    """``P(B ≤ k_j)`` for ``B ~ Binomial(counts_j, share)`` along each row.
 
-    Along a row the counts rise by one and k by 0 or 1 (the caller checks),
-    so each value follows from the one before with a single probability:
-    ``B_{m+1} = B_m + X``, hence ``P(B_{m+1} ≤ k) = P(B_m ≤ k) − s·P(B_m = k)``
-    and ``P(B_{m+1} ≤ k + 1) = P(B_m ≤ k) + (1 − s)·P(B_m = k + 1)``. The
-    first of a row is scipy's bdtr. Summing a few hundred terms of at most 1
-    rounds by under 1e-13, far inside _DECIDE_SLACK.
+    ``counts`` and ``k`` are (..., count), ``share`` (...), broadcasting as
+    in _count_weights. Along a row the counts rise by one and k by 0 or 1
+    (the caller checks), so each value follows from the one before with a
+    single probability: ``B_{m+1} = B_m + X``, hence
+    ``P(B_{m+1} ≤ k) = P(B_m ≤ k) − s·P(B_m = k)`` and
+    ``P(B_{m+1} ≤ k + 1) = P(B_m ≤ k) + (1 − s)·P(B_m = k + 1)``. The first
+    of a row is scipy's bdtr. Summing a few hundred terms of at most 1
+    rounds by under 1e-13, far inside _DECIDE_SLACK (so a value may stray
+    that far outside [0, 1]).
     """
-    s = share[:, :, None]
-    step = np.diff(k, axis=1)
-    entering = k[:, :-1] + step
-    before = counts[:, :-1]
+    s = share[..., None]
+    step = np.diff(k, axis=-1)
+    entering = k[..., :-1] + step
+    before = counts[..., :-1]
     kc = np.clip(entering, 0, before)
     log_fact = _log_factorials_to(int(counts.max()))
     log_choose = np.where(
@@ -767,17 +774,17 @@ def _conditional_cdfs(
         -np.inf,
     )
     log_s, log_rest = _logs(share)
-    kf = kc[:, None, :].astype(float)
+    kf = kc.astype(float)
     with np.errstate(over="ignore"):
-        pmf = np.exp(
-            log_choose[:, None, :] + kf * log_s[:, :, None] + (before[:, None, :] - kf) * log_rest[:, :, None]
-        )
+        pmf = np.exp(log_choose + kf * log_s[..., None] + (before - kf) * log_rest[..., None])
     # Up a step the new value adds (1 − s)·P(B = k + 1); on the flat it takes away s·P(B = k).
-    moves = pmf * (step[:, None, :] - s)
-    k0, m0 = k[:, :1], counts[:, :1]
+    moves = pmf * (step - s)
+    k0, m0 = k[..., 0], counts[..., 0]
     start = np.where(k0 < 0, 0.0, np.where(k0 >= m0, 1.0, special.bdtr(np.clip(k0, 0, m0), m0, share)))
-    cdf = np.concatenate([start[:, :, None], start[:, :, None] + np.cumsum(moves, axis=2)], axis=2)
-    out: NDArray[np.float64] = np.clip(cdf, 0.0, 1.0)
+    out: NDArray[np.float64] = np.empty((*moves.shape[:-1], moves.shape[-1] + 1))
+    out[..., 0] = start
+    np.cumsum(moves, axis=-1, out=out[..., 1:])
+    out[..., 1:] += start[..., None]
     return out
 
 
@@ -813,6 +820,43 @@ def _between_bounds(
     live = np.ones_like(bound, dtype=bool) if upper else feasible[:, 1:]
     out: NDArray[np.float64] = np.where(live, bound, 0.0)
     return out
+
+
+def _thresholds_many(
+    counts: NDArray[np.int64], n: int, delta: float, cut: NDArray[np.float64], *, strict: bool
+) -> NDArray[np.int64]:
+    """_bisect_first of each table's counts at its own cut: (table, count), from (table, count) and (table,).
+
+    The tables share n and δ, so the scores are computed once, on a window
+    of every count's row that holds the thresholds of all the cuts (around
+    the root of the Wald form of Z, as _bisect_first's bracket); each
+    threshold is then the window's start plus the number of scores short of
+    the cut (rows rise in b′). A window that does not hold a threshold (its
+    first score already beyond the cut, or its last short of it) leaves
+    that one to _bisect_first.
+    """
+    top, bottom = int(counts.max()), int(counts.min())
+    m = np.arange(bottom, top + 1, dtype=np.int64)
+    mf = m.astype(float)
+    sd = np.sqrt(np.maximum(mf / n - delta * delta, 1e-12) / n)
+    start = np.floor((mf + n * delta + n * float(cut.min()) * sd) / 2.0).astype(np.int64) - 4
+    stop = np.ceil((mf + n * delta + n * float(cut.max()) * sd) / 2.0).astype(np.int64) + 4
+    start = np.clip(start, 0, m + 1)
+    # Each row's window, from the table before it.
+    b = start[:, None] - 1 + np.arange(int((stop - start).max()) + 2)[None, :]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        z = _z(b.astype(float), (m[:, None] - b).astype(float), float(n), delta)
+    z = np.where(b < 0, -np.inf, np.where(b > m[:, None], np.inf, z))
+    rows = z[counts - bottom]  # (table, count, window)
+    short = (rows <= cut[:, None, None]) if strict else (rows < cut[:, None, None])
+    below = short.sum(axis=2)
+    first = start[counts - bottom] - 1 + below
+    missed = (below == 0) | (below == rows.shape[2])
+    if missed.any():
+        first[missed] = _bisect_first(
+            counts[missed], n, delta, np.broadcast_to(cut[:, None], counts.shape)[missed], strict=strict
+        )
+    return first
 
 
 def _decide_tables(
@@ -864,26 +908,58 @@ def _decide_some(
     columns = np.arange(int(width.max()))
     used = columns[None, :] < width[:, None]
     counts = np.minimum(lowest[:, None] + columns[None, :], n)
-    first = np.zeros(counts.shape, dtype=np.int64)
-    first[used] = _bisect_first(
-        counts[used], n, delta, np.broadcast_to(cut[:, None], counts.shape)[used], strict=not upper
-    )
+    first = _thresholds_many(counts, n, delta, cut, strict=not upper)
     first = np.where(used, first, first[rows, width - 1][:, None])  # past a row's end: flat
     k = first - 1
     step = np.diff(k, axis=1)
-    open_ = ~((step == 0) | (step == 1)).all(axis=1)
+    steady = ((step == 0) | (step == 1)).all(axis=1)  # else the recurrence of the chances does not hold
     p10, feasible = _null_rates(points, delta, upper)
     share = np.clip(p10 / np.where(points > 0.0, points, 1.0), 0.0, 1.0)
-    cdf = _conditional_cdfs(counts, k, share)
+    result = np.full(size, -1, dtype=np.int8)
+    # One point first, the middle one: a table that is not below α has a tail
+    # reaching α − γ at nearly every ψ, so one tail settles most of them.
+    middle = last // 2
+    weight = _count_weights(n, counts, used, points[rows, middle])
+    cdf = _conditional_cdfs(counts, k, share[rows, middle])
+    low = (weight * (1.0 - cdf if upper else cdf)).sum(axis=1)
+    result[steady & feasible[rows, middle] & (low - _DECIDE_SLACK >= need)] = 0
+    rest = np.nonzero(steady & (result < 0))[0]
+    if rest.size:
+        result[rest] = _decide_at_every_point(
+            n, delta, upper, need, points[rest], real[rest], counts[rest], used[rest], k[rest]
+        )
+    return result
+
+
+def _decide_at_every_point(
+    n: int,
+    delta: float,
+    upper: bool,
+    need: float,
+    points: NDArray[np.float64],
+    real: NDArray[np.bool_],
+    counts: NDArray[np.int64],
+    used: NDArray[np.bool_],
+    k: NDArray[np.int64],
+) -> NDArray[np.int8]:
+    """The second stage of _decide_some: every coarse tail, the peaks, the refined rates.
+
+    ``counts``, ``used`` and ``k``: each table's counts (the union of its
+    points' bands), whether a column is one, and the thresholds there.
+    """
+    size = points.shape[0]
+    last = real.sum(axis=1) - 1
+    p10, feasible = _null_rates(points, delta, upper)
+    share = np.clip(p10 / np.where(points > 0.0, points, 1.0), 0.0, 1.0)
+    cdf = _conditional_cdfs(counts[:, None, :], k[:, None, :], share)
     chance = 1.0 - cdf if upper else cdf  # past a row's end too: its weights there are 0
-    weight = _count_weights(n, counts, used, points)
+    weight = _count_weights(n, counts[:, None, :], used[:, None, :], points)
     low = np.where(feasible, (weight * chance).sum(axis=2), 0.0)
     high = np.where(feasible, low + np.maximum(1.0 - weight.sum(axis=2), 0.0), 0.0)
     result = np.full(size, -1, dtype=np.int8)
     result[(low - _DECIDE_SLACK >= need).any(axis=1)] = 0
-    candidate = (result < 0) & (high + _DECIDE_SLACK < need).all(axis=1) & ~open_
+    candidate = (result < 0) & (high + _DECIDE_SLACK < need).all(axis=1)
     if not candidate.any():
-        result[open_] = -1
         return result
     # The peaks _refine would search around, where the bounds settle them (_sure_peaks).
     lo = np.where(feasible & real, low - _DECIDE_SLACK, 0.0)
@@ -911,33 +987,42 @@ def _decide_some(
         fine = np.linspace(left, right, PSI_POINTS + 2, axis=1)[:, 1:-1]  # (peak, point)
         # The coarse neighbour whose chances bound a refined rate's: the chance is
         # monotone in ψ, rising for the lower tail and falling for the upper one.
+        # The refined rate's tail is summed over the counts within _NARROW_SDS
+        # standard deviations of its mean (the rest goes to its upper bound).
         after = np.clip((points[table][:, None, :] < fine[:, :, None]).sum(axis=2), 1, last[table][:, None])
-        neighbour = after - 1 if upper else after
-        fine_weight = _count_weights(n, counts[table], used[table], fine)
-        bound_chance = chance[table[:, None], neighbour]
-        fine_p10, fine_feasible = _null_rates(fine, delta, upper)
+        owner, near = table[:, None], after - 1 if upper else after
+        sd = np.sqrt(n * fine * (1.0 - fine))
+        band_lo = np.clip(np.floor(n * fine - _NARROW_SDS * sd) - 1, counts[owner, 0], n).astype(np.int64)
+        band_hi = np.clip(np.ceil(n * fine + _NARROW_SDS * sd) + 1, 0, n).astype(np.int64)
+        column = np.minimum(
+            band_lo[:, :, None] - counts[owner, :1] + np.arange(int((band_hi - band_lo).max()) + 1),
+            counts.shape[1] - 1,
+        )
+        band_counts = counts[owner[:, :, None], column]
+        band_used = used[owner[:, :, None], column] & (band_counts <= band_hi[:, :, None])
+        fine_weight = _count_weights(n, band_counts, band_used, fine)
+        bound_chance = chance[owner[:, :, None], near[:, :, None], column]
+        _, fine_feasible = _null_rates(fine, delta, upper)
         left_out = np.maximum(1.0 - fine_weight.sum(axis=2), 0.0)
         above = np.where(fine_feasible, (fine_weight * bound_chance).sum(axis=2) + left_out, 0.0)
-        clear = np.ones(size, dtype=bool)
-        np.logical_and.at(clear, table, (above + _DECIDE_SLACK < need).all(axis=1))
-        # Where the bound is not enough, the refined tails themselves.
-        again = ~clear[table]
-        if again.any():
-            sub = np.nonzero(again)[0]
-            fine_share = np.clip(fine_p10[sub] / np.where(fine[sub] > 0.0, fine[sub], 1.0), 0.0, 1.0)
-            fine_cdf = _conditional_cdfs(counts[table[sub]], k[table[sub]], fine_share)
-            fine_chance = 1.0 - fine_cdf if upper else fine_cdf
-            fine_low = np.where(fine_feasible[sub], (fine_weight[sub] * fine_chance).sum(axis=2), 0.0)
-            fine_high = np.where(fine_feasible[sub], fine_low + left_out[sub], 0.0)
+        # Where that bound is not enough, the refined tail itself.
+        peak_of, point_of = np.nonzero(above + _DECIDE_SLACK >= need)
+        short = np.ones(size, dtype=bool)
+        if peak_of.size:
+            rate = fine[peak_of, point_of]
+            rate_p10, _ = _null_rates(rate, delta, upper)
+            rate_share = np.clip(rate_p10 / np.where(rate > 0.0, rate, 1.0), 0.0, 1.0)
+            whose = table[peak_of]
+            at = column[peak_of, point_of]
+            rate_cdf = _conditional_cdfs(band_counts[peak_of, point_of], k[whose[:, None], at], rate_share)
+            rate_chance = 1.0 - rate_cdf if upper else rate_cdf
+            rate_low = (fine_weight[peak_of, point_of] * rate_chance).sum(axis=1)
+            rate_high = rate_low + left_out[peak_of, point_of]
             reached = np.zeros(size, dtype=bool)
-            np.logical_or.at(reached, table[sub], (fine_low - _DECIDE_SLACK >= need).any(axis=1))
-            short = np.zeros(size, dtype=bool)
-            short[table[sub]] = True
-            np.logical_and.at(short, table[sub], (fine_high + _DECIDE_SLACK < need).all(axis=1))
+            reached[whose[rate_low - _DECIDE_SLACK >= need]] = True
+            short[whose[rate_high + _DECIDE_SLACK >= need]] = False
             result[candidate & reached] = 0
-            clear |= short & ~reached
-        result[candidate & clear & (result < 0)] = 1
-    result[open_] = -1
+        result[candidate & short & (result < 0)] = 1
     return result
 
 
@@ -1560,6 +1645,9 @@ def n_needed_at_margin(
 #: Up to this many cases, cases_needed searches by exact power.
 EXACT_PLAN_MAX_N = 2000
 
+#: _power_reaches finds the boundaries of at least this many counts at once.
+_POWER_BATCH = 16
+
 #: Power sums skip discordant counts farther than this many standard
 #: deviations from the mean (under 1e-3 of the mass). Leaving mass out can
 #: only lower a computed power, so a power claimed is never overstated.
@@ -1760,18 +1848,21 @@ def _power_reaches(n: int, drop: float, psi: float, boundaries: _Boundaries, tar
     the target lies within them is every boundary found and the sum taken
     as _power takes it. Near the centre the boundaries are found as often
     anyway; the tails of the count range, a third of it, are often skipped.
+    The boundaries are found a quarter of the counts at a time (fill).
     """
     psi_floor = max(psi, abs(drop))
     p10 = (psi_floor + drop) / 2.0
     share = min(max(p10 / psi_floor, 0.0), 1.0) if psi_floor > 0.0 else 0.0
-    span = _count_range(n, psi_floor)
-    boundaries.fill(span)
-    m = np.array(span, dtype=np.int64)
+    m = np.array(_count_range(n, psi_floor), dtype=np.int64)
     weight = _binom_pmf(m, n, psi_floor)
     order = np.argsort(-weight, kind="stable")
     left = float(weight.sum())
     done = 0.0
-    for i in order:
+    batch = max(_POWER_BATCH, -(-order.size // 4))
+    for taken, i in enumerate(order):
+        if int(m[i]) not in boundaries.known:
+            # The next quarter of the counts at once: most sums stop within two or three.
+            boundaries.fill(m[order[taken : taken + batch]].tolist())
         k = boundaries.at(int(m[i]))
         size = int(m[i])
         if boundaries.upward:

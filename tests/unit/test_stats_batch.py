@@ -40,7 +40,7 @@ def test_the_conditional_cdfs_are_scipys_binomial_cdfs() -> None:
     counts = np.arange(40, 300)[None, :].repeat(3, axis=0)
     k = np.cumsum(rng.integers(0, 2, size=counts.shape), axis=1) - 5 + np.array([[0], [20], [60]])
     share = np.array([[0.0, 0.3, 0.5, 0.77, 1.0]] * 3)
-    cdf = stats._conditional_cdfs(counts, k, share)
+    cdf = stats._conditional_cdfs(counts[:, None, :], k[:, None, :], share)  # a row per share
     for t in range(3):
         for p in range(share.shape[1]):
             kk, mm, ss = k[t], counts[t], share[t, p]
@@ -112,3 +112,17 @@ def test_boundaries_found_in_batches_are_those_found_one_at_a_time(
     more = list(range(int(0.14 * n), int(0.2 * n)))
     batched.fill(more)
     assert {m: single.at(m) for m in more} == {m: batched.known[m] for m in more}
+
+
+@pytest.mark.parametrize(("n", "delta"), [(30, 0.05), (401, 0.02), (1578, 0.0125), (2000, 0.3)])
+@pytest.mark.parametrize("strict", [False, True])
+def test_thresholds_of_many_cuts_are_those_bisection_finds(n: int, delta: float, strict: bool) -> None:
+    rng = np.random.default_rng(n)
+    lowest = rng.integers(0, n // 2, size=12)
+    counts = np.minimum(lowest[:, None] + np.arange(n // 3 + 1)[None, :], n)
+    cut = rng.uniform(-3.0, 3.0, size=12)
+    cut[:3] = (-9.0, 0.0, 9.0)  # thresholds at either end of a row, and one in the middle
+    expected = np.stack(
+        [stats._bisect_first(row, n, delta, x, strict=strict) for row, x in zip(counts, cut, strict=True)]
+    )
+    np.testing.assert_array_equal(stats._thresholds_many(counts, n, delta, cut, strict=strict), expected)
