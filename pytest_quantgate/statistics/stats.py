@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from functools import lru_cache
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import numpy as np
 from numpy.typing import NDArray
@@ -728,64 +728,125 @@ def _psi_points_many(b: NDArray[np.int64], c: NDArray[np.int64], n: int, delta: 
     return out
 
 
-def _count_weights(
-    n: int, counts: NDArray[np.int64], used: NDArray[np.bool_], psis: NDArray[np.float64]
+def _weights(
+    n: int, counts: NDArray[np.int64], log_choose: NDArray[np.float64], psis: NDArray[np.float64]
 ) -> NDArray[np.float64]:
-    """Binomial(n, ψ) probabilities of counts, 0.0 where not used.
-
-    ``counts`` and ``used`` are (..., count), ``psis`` (...): one rate per
-    row of counts, the shapes broadcast (a table's counts with a row per ψ).
-    """
-    log_fact = _log_factorials_to(n)
-    log_choose = np.where(used, log_fact[n] - log_fact[counts] - log_fact[n - counts], -np.inf)
+    """Binomial(n, ψ) probabilities, ``exp(log_choose + count·ln ψ + (n − count)·ln(1 − ψ))``."""
     log_psi, log_rest = _logs(psis)
     mf = counts.astype(float)
     with np.errstate(over="ignore"):
-        out: NDArray[np.float64] = np.exp(
-            log_choose + mf * log_psi[..., None] + (n - mf) * log_rest[..., None]
-        )
+        out: NDArray[np.float64] = np.exp(log_choose + mf * log_psi + (n - mf) * log_rest)
     return out
 
 
-def _conditional_cdfs(
-    counts: NDArray[np.int64], k: NDArray[np.int64], share: NDArray[np.float64]
-) -> NDArray[np.float64]:
-    """``P(B ≤ k_j)`` for ``B ~ Binomial(counts_j, share)`` along each row.
+class _Grid(NamedTuple):
+    """Rows of consecutive discordant counts of one table each, and what every sum over them reuses.
 
-    ``counts`` and ``k`` are (..., count), ``share`` (...), broadcasting as
-    in _count_weights. Along a row the counts rise by one and k by 0 or 1
-    (the caller checks), so each value follows from the one before with a
-    single probability: ``B_{m+1} = B_m + X``, hence
-    ``P(B_{m+1} ≤ k) = P(B_m ≤ k) − s·P(B_m = k)`` and
-    ``P(B_{m+1} ≤ k + 1) = P(B_m ≤ k) + (1 − s)·P(B_m = k + 1)``. The first
-    of a row is scipy's bdtr. Summing a few hundred terms of at most 1
-    rounds by under 1e-13, far inside _DECIDE_SLACK (so a value may stray
-    that far outside [0, 1]).
+    A row's tails at many ψ share its log binomial coefficients and, given
+    its thresholds, the steps of _Grid.cdfs; they are computed once per
+    table and gathered for the rows of its refined rates (take).
     """
-    s = share[..., None]
-    step = np.diff(k, axis=-1)
-    entering = k[..., :-1] + step
-    before = counts[..., :-1]
-    kc = np.clip(entering, 0, before)
-    log_fact = _log_factorials_to(int(counts.max()))
-    log_choose = np.where(
-        (entering >= 0) & (entering <= before),
-        log_fact[before] - log_fact[kc] - log_fact[before - kc],
-        -np.inf,
-    )
-    log_s, log_rest = _logs(share)
-    kf = kc.astype(float)
-    with np.errstate(over="ignore"):
-        pmf = np.exp(log_choose + kf * log_s[..., None] + (before - kf) * log_rest[..., None])
-    # Up a step the new value adds (1 − s)·P(B = k + 1); on the flat it takes away s·P(B = k).
-    moves = pmf * (step - s)
-    k0, m0 = k[..., 0], counts[..., 0]
-    start = np.where(k0 < 0, 0.0, np.where(k0 >= m0, 1.0, special.bdtr(np.clip(k0, 0, m0), m0, share)))
-    out: NDArray[np.float64] = np.empty((*moves.shape[:-1], moves.shape[-1] + 1))
-    out[..., 0] = start
-    np.cumsum(moves, axis=-1, out=out[..., 1:])
-    out[..., 1:] += start[..., None]
-    return out
+
+    n: int
+    #: (..., W): the counts, one more per column.
+    counts: NDArray[np.int64]
+    #: ``ln C(n, count)``, −inf where a column is not summed (its weight is 0).
+    log_choose: NDArray[np.float64]
+    #: The largest b′ outside the upper tail (inside the lower one): the threshold − 1.
+    k: NDArray[np.int64]
+    #: (..., W − 1), from each column to the next: how much k rises (0 or 1),
+    step: NDArray[np.float64]
+    #: the b′ whose probability moves the cdf, as a float, and the count minus it,
+    enter: NDArray[np.float64]
+    stay: NDArray[np.float64]
+    #: and ``ln C(count, b′)`` of it (−inf where b′ is outside 0..count).
+    step_log: NDArray[np.float64]
+
+    @classmethod
+    def of(cls, n: int, counts: NDArray[np.int64], summed: NDArray[np.bool_], k: NDArray[np.int64]) -> _Grid:
+        log_fact = _log_factorials_to(n)
+        step = np.diff(k, axis=-1)
+        entering = k[..., :-1] + step
+        before = counts[..., :-1]
+        enter = np.clip(entering, 0, before)
+        return cls(
+            n=n,
+            counts=counts,
+            log_choose=np.where(summed, log_fact[n] - log_fact[counts] - log_fact[n - counts], -np.inf),
+            k=k,
+            step=step.astype(float),
+            enter=enter.astype(float),
+            stay=(before - enter).astype(float),
+            step_log=np.where(
+                (entering >= 0) & (entering <= before),
+                log_fact[before] - log_fact[enter] - log_fact[before - enter],
+                -np.inf,
+            ),
+        )
+
+    def rows(self, index: NDArray[np.int64]) -> _Grid:
+        """These rows (of a grid with one axis of rows)."""
+        return _Grid(
+            n=self.n,
+            counts=self.counts[index],
+            log_choose=self.log_choose[index],
+            k=self.k[index],
+            step=self.step[index],
+            enter=self.enter[index],
+            stay=self.stay[index],
+            step_log=self.step_log[index],
+        )
+
+    def take(self, rows: NDArray[np.int64], columns: NDArray[np.int64], summed: NDArray[np.bool_]) -> _Grid:
+        """Rows gathered from these: ``columns`` (..., W′) of row ``rows`` (...), summed where ``summed``."""
+        at = rows[..., None]
+        steps = np.minimum(columns[..., :-1], self.step.shape[-1] - 1)
+        return _Grid(
+            n=self.n,
+            counts=self.counts[at, columns],
+            log_choose=np.where(summed, self.log_choose[at, columns], -np.inf),
+            k=self.k[at, columns],
+            step=self.step[at, steps],
+            enter=self.enter[at, steps],
+            stay=self.stay[at, steps],
+            step_log=self.step_log[at, steps],
+        )
+
+    def weights(self, psis: NDArray[np.float64]) -> NDArray[np.float64]:
+        """Binomial(n, ψ) probabilities of each row's counts at each of its ψ: (..., ψ, W).
+
+        0.0 where a column is not summed.
+        """
+        return _weights(self.n, self.counts[..., None, :], self.log_choose[..., None, :], psis[..., None])
+
+    def cdfs(self, share: NDArray[np.float64]) -> NDArray[np.float64]:
+        """``P(B ≤ k)`` for ``B ~ Binomial(count, s)`` at each row's counts and shares s: (..., s, W).
+
+        Along a row the counts rise by one and k by 0 or 1 (the caller
+        checks), so each value follows from the one before with a single
+        probability: ``B_{m+1} = B_m + X``, hence ``P(B_{m+1} ≤ k) =
+        P(B_m ≤ k) − s·P(B_m = k)`` and ``P(B_{m+1} ≤ k + 1) = P(B_m ≤ k) +
+        (1 − s)·P(B_m = k + 1)``. The first of a row is scipy's bdtr.
+        Summing a few hundred terms of at most 1 rounds by under 1e-13, far
+        inside _DECIDE_SLACK (so a value may stray that far outside [0, 1]).
+        """
+        s = share[..., None]
+        log_s, log_rest = _logs(share)
+        with np.errstate(over="ignore"):
+            pmf = np.exp(
+                self.step_log[..., None, :]
+                + self.enter[..., None, :] * log_s[..., None]
+                + self.stay[..., None, :] * log_rest[..., None]
+            )
+        # Up a step the new value adds (1 − s)·P(B = k + 1); on the flat it takes away s·P(B = k).
+        moves = pmf * (self.step[..., None, :] - s)
+        k0, m0 = self.k[..., :1], self.counts[..., :1]
+        start = np.where(k0 < 0, 0.0, np.where(k0 >= m0, 1.0, special.bdtr(np.clip(k0, 0, m0), m0, share)))
+        out: NDArray[np.float64] = np.empty((*moves.shape[:-1], moves.shape[-1] + 1))
+        out[..., 0] = start
+        np.cumsum(moves, axis=-1, out=out[..., 1:])
+        out[..., 1:] += start[..., None]
+        return out
 
 
 def _between_bounds(
@@ -910,50 +971,44 @@ def _decide_some(
     counts = np.minimum(lowest[:, None] + columns[None, :], n)
     first = _thresholds_many(counts, n, delta, cut, strict=not upper)
     first = np.where(used, first, first[rows, width - 1][:, None])  # past a row's end: flat
-    k = first - 1
-    step = np.diff(k, axis=1)
-    steady = ((step == 0) | (step == 1)).all(axis=1)  # else the recurrence of the chances does not hold
+    grid = _Grid.of(n, counts, used, first - 1)
+    steady = ((grid.step == 0.0) | (grid.step == 1.0)).all(axis=1)  # else _Grid.cdfs does not hold
     p10, feasible = _null_rates(points, delta, upper)
     share = np.clip(p10 / np.where(points > 0.0, points, 1.0), 0.0, 1.0)
     result = np.full(size, -1, dtype=np.int8)
     # One point first, the middle one: a table that is not below α has a tail
     # reaching α − γ at nearly every ψ, so one tail settles most of them.
     middle = last // 2
-    weight = _count_weights(n, counts, used, points[rows, middle])
-    cdf = _conditional_cdfs(counts, k, share[rows, middle])
+    weight = grid.weights(points[rows, middle][:, None])[:, 0]
+    cdf = grid.cdfs(share[rows, middle][:, None])[:, 0]
     low = (weight * (1.0 - cdf if upper else cdf)).sum(axis=1)
     result[steady & feasible[rows, middle] & (low - _DECIDE_SLACK >= need)] = 0
     rest = np.nonzero(steady & (result < 0))[0]
     if rest.size:
-        result[rest] = _decide_at_every_point(
-            n, delta, upper, need, points[rest], real[rest], counts[rest], used[rest], k[rest]
-        )
+        result[rest] = _decide_at_every_point(delta, upper, need, points[rest], real[rest], grid.rows(rest))
     return result
 
 
 def _decide_at_every_point(
-    n: int,
     delta: float,
     upper: bool,
     need: float,
     points: NDArray[np.float64],
     real: NDArray[np.bool_],
-    counts: NDArray[np.int64],
-    used: NDArray[np.bool_],
-    k: NDArray[np.int64],
+    grid: _Grid,
 ) -> NDArray[np.int8]:
     """The second stage of _decide_some: every coarse tail, the peaks, the refined rates.
 
-    ``counts``, ``used`` and ``k``: each table's counts (the union of its
-    points' bands), whether a column is one, and the thresholds there.
+    ``grid``: a row per table, its counts the union of its points' bands.
     """
+    n = grid.n
     size = points.shape[0]
     last = real.sum(axis=1) - 1
     p10, feasible = _null_rates(points, delta, upper)
     share = np.clip(p10 / np.where(points > 0.0, points, 1.0), 0.0, 1.0)
-    cdf = _conditional_cdfs(counts[:, None, :], k[:, None, :], share)
+    cdf = grid.cdfs(share)
     chance = 1.0 - cdf if upper else cdf  # past a row's end too: its weights there are 0
-    weight = _count_weights(n, counts[:, None, :], used[:, None, :], points)
+    weight = grid.weights(points)
     low = np.where(feasible, (weight * chance).sum(axis=2), 0.0)
     high = np.where(feasible, low + np.maximum(1.0 - weight.sum(axis=2), 0.0), 0.0)
     result = np.full(size, -1, dtype=np.int8)
@@ -976,53 +1031,55 @@ def _decide_at_every_point(
     if unsure.size:
         # Peaks the bounds leave open (most often every tail is near 0): every rate
         # between the first and last coarse point at once, whatever _refine would pick.
-        inside = np.where(used[unsure][:, None, :], chance[unsure], 0.0)
+        inside = np.where(weight[unsure] > 0.0, chance[unsure], 0.0)
         spans = _between_bounds(weight[unsure], inside, feasible[unsure], upper)
         result[unsure[(spans + _DECIDE_SLACK < need).all(axis=1)]] = 1
     candidate &= settled
     table, peak = np.nonzero(sure & candidate[:, None])
-    if table.size:
-        left = points[table, np.maximum(peak - 1, 0)]
-        right = points[table, np.minimum(peak + 1, last[table])]
-        fine = np.linspace(left, right, PSI_POINTS + 2, axis=1)[:, 1:-1]  # (peak, point)
-        # The coarse neighbour whose chances bound a refined rate's: the chance is
-        # monotone in ψ, rising for the lower tail and falling for the upper one.
-        # The refined rate's tail is summed over the counts within _NARROW_SDS
-        # standard deviations of its mean (the rest goes to its upper bound).
-        after = np.clip((points[table][:, None, :] < fine[:, :, None]).sum(axis=2), 1, last[table][:, None])
-        owner, near = table[:, None], after - 1 if upper else after
-        sd = np.sqrt(n * fine * (1.0 - fine))
-        band_lo = np.clip(np.floor(n * fine - _NARROW_SDS * sd) - 1, counts[owner, 0], n).astype(np.int64)
-        band_hi = np.clip(np.ceil(n * fine + _NARROW_SDS * sd) + 1, 0, n).astype(np.int64)
-        column = np.minimum(
-            band_lo[:, :, None] - counts[owner, :1] + np.arange(int((band_hi - band_lo).max()) + 1),
-            counts.shape[1] - 1,
-        )
-        band_counts = counts[owner[:, :, None], column]
-        band_used = used[owner[:, :, None], column] & (band_counts <= band_hi[:, :, None])
-        fine_weight = _count_weights(n, band_counts, band_used, fine)
-        bound_chance = chance[owner[:, :, None], near[:, :, None], column]
-        _, fine_feasible = _null_rates(fine, delta, upper)
-        left_out = np.maximum(1.0 - fine_weight.sum(axis=2), 0.0)
-        above = np.where(fine_feasible, (fine_weight * bound_chance).sum(axis=2) + left_out, 0.0)
-        # Where that bound is not enough, the refined tail itself.
-        peak_of, point_of = np.nonzero(above + _DECIDE_SLACK >= need)
-        short = np.ones(size, dtype=bool)
-        if peak_of.size:
-            rate = fine[peak_of, point_of]
-            rate_p10, _ = _null_rates(rate, delta, upper)
-            rate_share = np.clip(rate_p10 / np.where(rate > 0.0, rate, 1.0), 0.0, 1.0)
-            whose = table[peak_of]
-            at = column[peak_of, point_of]
-            rate_cdf = _conditional_cdfs(band_counts[peak_of, point_of], k[whose[:, None], at], rate_share)
-            rate_chance = 1.0 - rate_cdf if upper else rate_cdf
-            rate_low = (fine_weight[peak_of, point_of] * rate_chance).sum(axis=1)
-            rate_high = rate_low + left_out[peak_of, point_of]
-            reached = np.zeros(size, dtype=bool)
-            reached[whose[rate_low - _DECIDE_SLACK >= need]] = True
-            short[whose[rate_high + _DECIDE_SLACK >= need]] = False
-            result[candidate & reached] = 0
-        result[candidate & short & (result < 0)] = 1
+    if not table.size:
+        return result
+    left = points[table, np.maximum(peak - 1, 0)]
+    right = points[table, np.minimum(peak + 1, last[table])]
+    fine = np.linspace(left, right, PSI_POINTS + 2, axis=1)[:, 1:-1].ravel()  # 9 per peak
+    owner = np.repeat(table, PSI_POINTS)
+    # The coarse neighbour whose chances bound a refined rate's: the chance is
+    # monotone in ψ, rising for the lower tail and falling for the upper one.
+    after = np.clip((points[owner] < fine[:, None]).sum(axis=1), 1, last[owner])
+    near = after - 1 if upper else after
+    # A refined rate's tail is summed over the counts within _BAND_SDS
+    # standard deviations of its mean (the rest goes to its upper bound).
+    sd = np.sqrt(n * fine * (1.0 - fine))
+    band_lo = np.clip(np.floor(n * fine - _BAND_SDS * sd) - 1, grid.counts[owner, 0], n).astype(np.int64)
+    band_hi = np.clip(np.ceil(n * fine + _BAND_SDS * sd) + 1, 0, n).astype(np.int64)
+    column = np.minimum(
+        band_lo[:, None] - grid.counts[owner, :1] + np.arange(int((band_hi - band_lo).max()) + 1),
+        grid.counts.shape[1] - 1,
+    )
+    counts = np.minimum(grid.counts[owner, :1] + column, n)  # a row's counts rise by one a column
+    summed = counts <= band_hi[:, None]
+    fine_weight = _weights(
+        n, counts, np.where(summed, grid.log_choose[owner[:, None], column], -np.inf), fine[:, None]
+    )
+    _, fine_feasible = _null_rates(fine, delta, upper)
+    left_out = np.maximum(1.0 - fine_weight.sum(axis=1), 0.0)
+    bound = (fine_weight * chance[owner[:, None], near[:, None], column]).sum(axis=1) + left_out
+    above = np.where(fine_feasible, bound, 0.0)
+    # Where that bound is not enough, the refined tail itself.
+    again = np.nonzero(above + _DECIDE_SLACK >= need)[0]
+    short = np.ones(size, dtype=bool)
+    if again.size:
+        rate = fine[again]
+        rate_p10, _ = _null_rates(rate, delta, upper)
+        rate_share = np.clip(rate_p10 / np.where(rate > 0.0, rate, 1.0), 0.0, 1.0)
+        rate_cdf = grid.take(owner[again], column[again], summed[again]).cdfs(rate_share[:, None])[:, 0]
+        rate_low = (fine_weight[again] * (1.0 - rate_cdf if upper else rate_cdf)).sum(axis=1)
+        rate_high = rate_low + left_out[again]
+        whose = owner[again]
+        reached = np.zeros(size, dtype=bool)
+        reached[whose[rate_low - _DECIDE_SLACK >= need]] = True
+        short[whose[rate_high + _DECIDE_SLACK >= need]] = False
+        result[candidate & reached] = 0
+    result[candidate & short & (result < 0)] = 1
     return result
 
 
