@@ -171,11 +171,11 @@ class SliceResult:
         verdict: The verdict.
         mdd: The smallest true drop the gate flags REGRESSED at this slice's
             margin with at least the gate's power, at this n and discordance
-            (stats.detectable_drop: exact power at level α/K, K the Holm
+            (power.detectable_drop: exact power at level α/K, K the Holm
             family); inf when no drop is; INCONCLUSIVE only.
         n_needed: Cases the slice needs for a verdict with at least the
             gate's power, taking the observed drop (floored at 0) and
-            discordance as the truth (stats.cases_needed, exact power), more
+            discordance as the truth (power.cases_needed, exact power), more
             than n; None if no n decides it, e.g. a zero margin with no
             observed drop. INCONCLUSIVE only.
         is_total: True for the ALL row.
@@ -371,7 +371,7 @@ def _row(
     family_size: int = 1,
 ) -> SliceResult:
     """Applies the verdict rules to one slice, given its (adjusted) p-values."""
-    from . import stats
+    from . import power
 
     alpha = settings.alpha
     name = ALL if is_total else tested.name
@@ -422,13 +422,13 @@ def _row(
         n_eff = max(1, round(tested.n / tested.deff))
         psi = (tested.plan_b + tested.plan_c) / tested.n
         strict_alpha = alpha / max(family_size, 1)
-        mdd = stats.detectable_drop(n_eff, psi, tested.tolerance, strict_alpha, settings.power)
+        mdd = power.detectable_drop(n_eff, psi, tested.tolerance, strict_alpha, settings.power)
         # Plan with the observed drop as the truth, but never bank on an
         # observed gain: below the margin that is the n to show non-inferiority
         # with no true drop, above it the n to confirm the regression.
         assumed = max((tested.plan_b - tested.plan_c) / tested.n, 0.0)
         confirms = assumed > tested.tolerance
-        needed = stats.cases_needed(
+        needed = power.cases_needed(
             assumed,
             psi,
             tested.tolerance,

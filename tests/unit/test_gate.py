@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from pytest_quantgate.statistics import stats
+from pytest_quantgate.statistics import power, stats
 from pytest_quantgate.statistics.gate import (
     GateSettings,
     SliceOutcomes,
@@ -86,13 +86,13 @@ def test_seed_identical_model_is_inconclusive_at_30_cases() -> None:
     assert row.upper > row.tolerance
     assert row.mdd is not None and row.tolerance < row.mdd < 1.0
     # The gate flags a true drop of mdd at least 80% of the time...
-    assert stats.regression_power(30, row.mdd, 0.0, 0.02, 0.05) >= 0.8
-    assert stats.regression_power(30, row.mdd - 0.001, 0.0, 0.02, 0.05) < 0.8
+    assert power.regression_power(30, row.mdd, 0.0, 0.02, 0.05) >= 0.8
+    assert power.regression_power(30, row.mdd - 0.001, 0.0, 0.02, 0.05) < 0.8
     # ...and with no flips a PASS needs (1 − δ)^n + γ < α: 150 cases, not the
     # large-sample 133 (at 133 the bound is 2.3 points).
     assert row.n_needed in (150, 151) and row.n_needed_for == "PASS"
-    assert stats.pass_power(row.n_needed, 0.0, 0.0, 0.02, 0.05) >= 0.8
-    assert stats.pass_power(149, 0.0, 0.0, 0.02, 0.05) == 0.0
+    assert power.pass_power(row.n_needed, 0.0, 0.0, 0.02, 0.05) >= 0.8
+    assert power.pass_power(149, 0.0, 0.0, 0.02, 0.05) == 0.0
 
 
 # --------------------------------------------------------------------------
@@ -415,7 +415,7 @@ def test_false_alarm_rate_is_at_most_alpha(cells: tuple[float, ...], tolerance: 
 def test_a_ten_point_drop_is_caught() -> None:
     # Reference 85% -> candidate 75% on 300 cases: p10 = 0.13, p01 = 0.03, so a drop of
     # 0.10 at discordance 0.16. Exact power of the gate's REGRESSED test (every table summed).
-    assert stats.regression_power(300, 0.10, 0.16, 0.02, 0.05) >= 0.8
+    assert power.regression_power(300, 0.10, 0.16, 0.02, 0.05) >= 0.8
     # And the gate itself says REGRESSED on the table the drop makes most likely.
     assert only(outcomes("s", 216, 39, 9, 36), VERDICTS).verdict is Verdict.REGRESSED
 

@@ -13,7 +13,7 @@ from scipy.special import gammaln, xlogy
 from statsmodels.stats.contingency_tables import mcnemar
 from statsmodels.stats.multitest import multipletests
 
-from pytest_quantgate.statistics import stats
+from pytest_quantgate.statistics import power, stats
 
 # --------------------------------------------------------------------------
 # independent helpers (deliberately not sharing code with stats.py)
@@ -631,9 +631,9 @@ def test_connor_n_known_values(drop: float, psi: float, alpha: float, power: flo
     assert connor_n(drop, psi, alpha, power) == expected
 
 
-def connor_n(drop: float, psi: float, alpha: float, power: float = 0.8) -> int:
-    """Connor's (1987) n, the inverse of stats.min_detectable_drop."""
-    value = stats._connor_n(drop, psi, float(sps.norm.isf(alpha)), float(sps.norm.ppf(power)))
+def connor_n(drop: float, psi: float, alpha: float, target: float = 0.8) -> int:
+    """Connor's (1987) n, the inverse of power.min_detectable_drop."""
+    value = power._connor_n(drop, psi, float(sps.norm.isf(alpha)), float(sps.norm.ppf(target)))
     return max(1, math.ceil(value - 1e-9))
 
 
@@ -651,16 +651,16 @@ def test_connor_n_has_the_simulated_power() -> None:
 
 @pytest.mark.parametrize(("n", "psi"), [(30, 0.0), (340, 0.12), (200, 0.05), (1000, 0.3)])
 def test_min_detectable_drop_inverts_connor_n(n: int, psi: float) -> None:
-    mdd = stats.min_detectable_drop(n, psi, 0.05)
+    mdd = power.min_detectable_drop(n, psi, 0.05)
     assert 0.0 < mdd < 1.0
     assert connor_n(mdd, psi, 0.05) <= n + 1
     assert connor_n(mdd * 0.97, psi, 0.05) > n
 
 
 def test_min_detectable_drop_tiny_slices_are_honest() -> None:
-    assert stats.min_detectable_drop(0, 0.0, 0.05) == math.inf
-    assert stats.min_detectable_drop(2, 0.5, 0.05) == math.inf
-    assert stats.min_detectable_drop(3, 0.5, 0.05) < 1.0
+    assert power.min_detectable_drop(0, 0.0, 0.05) == math.inf
+    assert power.min_detectable_drop(2, 0.5, 0.05) == math.inf
+    assert power.min_detectable_drop(3, 0.5, 0.05) < 1.0
 
 
 @pytest.mark.parametrize(
@@ -673,14 +673,14 @@ def test_min_detectable_drop_tiny_slices_are_honest() -> None:
     ],
 )
 def test_n_needed_at_margin_known_values(margin: float, psi: float, expected: int | None) -> None:
-    assert stats.n_needed_at_margin(margin, psi, 0.05) == expected
+    assert power.n_needed_at_margin(margin, psi, 0.05) == expected
 
 
 def test_n_needed_at_margin_close_to_the_simple_formula() -> None:
     z = sps.norm.isf(0.05) + sps.norm.ppf(0.8)
     for psi in (0.05, 0.1, 0.3):
         simple = z * z * psi / 0.02**2
-        ours = stats.n_needed_at_margin(0.02, psi, 0.05)
+        ours = power.n_needed_at_margin(0.02, psi, 0.05)
         assert ours is not None
         assert 0.95 * simple < ours < 1.3 * simple
 
@@ -695,7 +695,7 @@ def test_n_needed_at_margin_close_to_the_simple_formula() -> None:
 )
 def test_n_needed_at_margin_has_the_power_it_claims(psi: float, margin: float, drop: float) -> None:
     # At the computed n the normal score test reaches its verdict ~80% of the time.
-    n = stats.n_needed_at_margin(margin, psi, 0.05, drop=drop)
+    n = power.n_needed_at_margin(margin, psi, 0.05, drop=drop)
     assert n is not None
     rng = np.random.default_rng(11)
     cells = [(psi + drop) / 2, (psi - drop) / 2, 1 - psi]
@@ -707,8 +707,8 @@ def test_n_needed_at_margin_has_the_power_it_claims(psi: float, margin: float, d
 
 
 def test_n_needed_at_margin_undecidable() -> None:
-    assert stats.n_needed_at_margin(0.0, 0.1, 0.05) is None
-    assert stats.n_needed_at_margin(0.03, 0.1, 0.05, drop=0.03) is None
+    assert power.n_needed_at_margin(0.0, 0.1, 0.05) is None
+    assert power.n_needed_at_margin(0.03, 0.1, 0.05, drop=0.03) is None
 
 
 # --------------------------------------------------------------------------
@@ -726,8 +726,8 @@ def test_n_needed_at_margin_undecidable() -> None:
         (lambda: stats.regression_pvalue(1, 1, 10, 0.02, deff=0.5), "design effect"),
         (lambda: stats.score_upper_bound(1, 1, 10, 1.5), "alpha"),
         (lambda: stats.restricted_p01(0, 0, 0, 0.02), "n >= 1"),
-        (lambda: stats.min_detectable_drop(10, 0.1, 0.05, power=0.3), "power"),
-        (lambda: stats.n_needed_at_margin(1.0, 0.1, 0.05), "margin"),
+        (lambda: power.min_detectable_drop(10, 0.1, 0.05, power=0.3), "power"),
+        (lambda: power.n_needed_at_margin(1.0, 0.1, 0.05), "margin"),
     ],
 )
 def test_invalid_arguments(call: object, match: str) -> None:

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from pytest_quantgate.statistics import stats
+from pytest_quantgate.statistics import power, stats
 from pytest_quantgate.statistics.gate import GateSettings, SliceOutcomes, Verdict, evaluate
 
 ALPHA = 0.05
@@ -174,8 +174,8 @@ def clear_caches() -> None:
         stats._coarse_tails,
         stats.exact_upper_bound,
         stats._z_grid,
-        stats._regression_boundaries,
-        stats._pass_boundaries,
+        power._regression_boundaries,
+        power._pass_boundaries,
     ):
         cached.cache_clear()
 
@@ -184,7 +184,7 @@ def test_the_plan_decides_tables_without_refining_clear_misses(monkeypatch: pyte
     """The same plan with a fraction of the full p-values: bounds on the tails settle most tables."""
     row = (0.0, 0.07, 0.05, ALPHA, 0.8)  # a PASS plan of a slice with 7 % discordance
     clear_caches()
-    fast = stats.cases_needed(*row, at_least=31)
+    fast = power.cases_needed(*row, at_least=31)
     full_pvalues = stats._coarse_tails.cache_info().misses
     decisions = 0
 
@@ -197,9 +197,9 @@ def test_the_plan_decides_tables_without_refining_clear_misses(monkeypatch: pyte
         return np.full(b.size, -1, dtype=np.int8)
 
     monkeypatch.setattr(stats, "_tail_below", full)
-    monkeypatch.setattr(stats, "_decide_tables", none_at_once)
+    monkeypatch.setattr(power, "_decide_tables", none_at_once)
     clear_caches()
-    assert stats.cases_needed(*row, at_least=31) == fast == 201
+    assert power.cases_needed(*row, at_least=31) == fast == 201
     assert full_pvalues < 0.1 * decisions
 
 
@@ -256,19 +256,19 @@ def test_bounded_decisions_are_those_of_the_full_pvalue(n: int, delta: float, up
 def test_the_power_compared_from_part_of_its_sum_is_the_full_power_compared(
     n: int, drop: float, psi: float, margin: float
 ) -> None:
-    boundaries = stats._pass_boundaries(n, margin, ALPHA)
-    power = stats._power(n, drop, psi, boundaries)
-    for target in (0.5, 0.8, 0.95, power, power - 1e-7, power + 1e-7, power - 0.02, power + 0.02):
-        assert stats._power_reaches(n, drop, psi, boundaries, target) == (power >= target), target
-    regression = stats._regression_boundaries(n, margin, ALPHA)
-    power = stats._power(n, 0.06, psi, regression)
-    for target in (0.5, power, power + 1e-9, power - 1e-9):
-        assert stats._power_reaches(n, 0.06, psi, regression, target) == (power >= target), target
+    boundaries = power._pass_boundaries(n, margin, ALPHA)
+    chance = power._power(n, drop, psi, boundaries)
+    for target in (0.5, 0.8, 0.95, chance, chance - 1e-7, chance + 1e-7, chance - 0.02, chance + 0.02):
+        assert power._power_reaches(n, drop, psi, boundaries, target) == (chance >= target), target
+    regression = power._regression_boundaries(n, margin, ALPHA)
+    chance = power._power(n, 0.06, psi, regression)
+    for target in (0.5, chance, chance + 1e-9, chance - 1e-9):
+        assert power._power_reaches(n, 0.06, psi, regression, target) == (chance >= target), target
 
 
 # The plan of these rows as the code before the bounded searches computed it
-# (every memo cleared first): stats.detectable_drop(n, ψ, margin, α, 0.8),
-# stats.cases_needed(drop, ψ, margin, α, 0.8, at_least=...) and the gate's row
+# (every memo cleared first): power.detectable_drop(n, ψ, margin, α, 0.8),
+# power.cases_needed(drop, ψ, margin, α, 0.8, at_least=...) and the gate's row
 # (verdict, detectable drop, cases needed, design effect) of b regressions and
 # c improvements among n cases, in clusters of the given size (0: none).
 PINNED_DETECTABLE = {
@@ -326,7 +326,7 @@ def test_the_detectable_drop_is_the_one_computed_before(
     n: int, psi: float, margin: float, alpha: float
 ) -> None:
     clear_caches()
-    assert stats.detectable_drop(n, psi, margin, alpha, 0.8) == pytest.approx(
+    assert power.detectable_drop(n, psi, margin, alpha, 0.8) == pytest.approx(
         PINNED_DETECTABLE[(n, psi, margin, alpha)], abs=1e-12
     )
 
@@ -337,7 +337,7 @@ def test_the_cases_needed_are_those_computed_before(
 ) -> None:
     clear_caches()
     expected = PINNED_NEEDED[(drop, psi, margin, alpha, at_least)]
-    assert stats.cases_needed(drop, psi, margin, alpha, 0.8, at_least=at_least) == expected
+    assert power.cases_needed(drop, psi, margin, alpha, 0.8, at_least=at_least) == expected
 
 
 @pytest.mark.parametrize(("b", "c", "n", "size"), list(PINNED_ROWS))
