@@ -385,17 +385,18 @@ def _decide_tables(
 ) -> NDArray[np.int8]:
     """stats._tail_below of many tables of n cases at once: 1 below α, 0 not, −1 left open.
 
-    The same bounds as stats._banded_decision, for a batch of tables in array
+    The bounds of stats._banded_decision, for a batch of tables in array
     operations (the boundaries of one n ask for a hundred or more tables,
-    each a millisecond on its own): per table, every coarse ψ's tail summed
-    over the counts within _BAND_SDS standard deviations of any of its ψ,
-    plus the weight left out for the upper bound; the peaks those bounds
-    settle; the refined rates' tails bounded by the chances of their coarse
-    neighbour (stats._refined_above), then summed exactly where that bound is not
-    enough. The chance inside a tail given a count follows from the one
-    before (_conditional_cdfs) rather than a binomial tail per count. A
-    table is decided only where the full p-value would decide it the same
-    way with _DECIDE_SLACK to spare; the rest are left to stats._tail_below. Only
+    each a millisecond on its own). First one tail per table, at its middle
+    point: most tables that are not below α reach α − γ there. Then, for
+    the rest, every coarse ψ's tail summed over the counts within _BAND_SDS
+    standard deviations of any of its ψ (a lower bound; plus the weight left
+    out, an upper one); the peaks those bounds settle; and the tails at the
+    rates stats._refine adds around each peak. The chance inside a tail
+    given a count follows from the one before (_Grid.cdfs) rather than a
+    binomial tail per count. A table is decided only where the full p-value
+    would decide it the same way with _DECIDE_SLACK to spare; the rest are
+    left to stats._tail_below. Only
     δ > 0 (the margins of the power searches); −1 otherwise.
     """
     out = np.full(b.size, -1, dtype=np.int8)
@@ -500,46 +501,32 @@ def _decide_at_every_point(
         return result
     left = points[table, np.maximum(peak - 1, 0)]
     right = points[table, np.minimum(peak + 1, last[table])]
-    fine = np.linspace(left, right, PSI_POINTS + 2, axis=1)[:, 1:-1].ravel()  # 9 per peak
-    owner = np.repeat(table, PSI_POINTS)
-    # The coarse neighbour whose chances bound a refined rate's: the chance is
-    # monotone in ψ, rising for the lower tail and falling for the upper one.
-    after = np.clip((points[owner] < fine[:, None]).sum(axis=1), 1, last[owner])
-    near = after - 1 if upper else after
-    # A refined rate's tail is summed over the counts within _BAND_SDS
-    # standard deviations of its mean (the rest goes to its upper bound).
-    sd = np.sqrt(n * fine * (1.0 - fine))
-    band_lo = np.clip(np.floor(n * fine - _BAND_SDS * sd) - 1, grid.counts[owner, 0], n).astype(np.int64)
-    band_hi = np.clip(np.ceil(n * fine + _BAND_SDS * sd) + 1, 0, n).astype(np.int64)
+    fine = np.linspace(left, right, PSI_POINTS + 2, axis=1)[:, 1:-1]  # (peak, point)
+    # A peak's refined rates lie between its two neighbours: their tails are
+    # summed over the counts from the left one's band to the right one's, a
+    # slice of the table's columns (what it leaves out goes to the upper bound).
+    sd_left, sd_right = np.sqrt(n * left * (1.0 - left)), np.sqrt(n * right * (1.0 - right))
+    first = grid.counts[table, 0]
+    lowest = np.clip(np.floor(n * left - _BAND_SDS * sd_left) - 1, first, n).astype(np.int64)
+    highest = np.clip(np.ceil(n * right + _BAND_SDS * sd_right) + 1, 0, n).astype(np.int64)
     column = np.minimum(
-        band_lo[:, None] - grid.counts[owner, :1] + np.arange(int((band_hi - band_lo).max()) + 1),
-        grid.counts.shape[1] - 1,
+        (lowest - first)[:, None] + np.arange(int((highest - lowest).max()) + 1), grid.counts.shape[1] - 1
     )
-    counts = np.minimum(grid.counts[owner, :1] + column, n)  # a row's counts rise by one a column
-    summed = counts <= band_hi[:, None]
-    fine_weight = _weights(
-        n, counts, np.where(summed, grid.log_choose[owner[:, None], column], -np.inf), fine[:, None]
+    span = grid.take(table, column, np.minimum(first[:, None] + column, n) <= highest[:, None])
+    fine_p10, fine_feasible = _null_rates(fine, delta, upper)
+    fine_share = np.clip(fine_p10 / np.where(fine > 0.0, fine, 1.0), 0.0, 1.0)
+    fine_weight = span.weights(fine)
+    fine_cdf = span.cdfs(fine_share)
+    fine_low = np.where(
+        fine_feasible, (fine_weight * (1.0 - fine_cdf if upper else fine_cdf)).sum(axis=2), 0.0
     )
-    _, fine_feasible = _null_rates(fine, delta, upper)
-    left_out = np.maximum(1.0 - fine_weight.sum(axis=1), 0.0)
-    bound = (fine_weight * chance[owner[:, None], near[:, None], column]).sum(axis=1) + left_out
-    above = np.where(fine_feasible, bound, 0.0)
-    # Where that bound is not enough, the refined tail itself.
-    again = np.nonzero(above + _DECIDE_SLACK >= need)[0]
+    fine_high = np.where(fine_feasible, fine_low + np.maximum(1.0 - fine_weight.sum(axis=2), 0.0), 0.0)
+    reached = np.zeros(size, dtype=bool)
+    reached[table[(fine_low - _DECIDE_SLACK >= need).any(axis=1)]] = True
     short = np.ones(size, dtype=bool)
-    if again.size:
-        rate = fine[again]
-        rate_p10, _ = _null_rates(rate, delta, upper)
-        rate_share = np.clip(rate_p10 / np.where(rate > 0.0, rate, 1.0), 0.0, 1.0)
-        rate_cdf = grid.take(owner[again], column[again], summed[again]).cdfs(rate_share[:, None])[:, 0]
-        rate_low = (fine_weight[again] * (1.0 - rate_cdf if upper else rate_cdf)).sum(axis=1)
-        rate_high = rate_low + left_out[again]
-        whose = owner[again]
-        reached = np.zeros(size, dtype=bool)
-        reached[whose[rate_low - _DECIDE_SLACK >= need]] = True
-        short[whose[rate_high + _DECIDE_SLACK >= need]] = False
-        result[candidate & reached] = 0
-    result[candidate & short & (result < 0)] = 1
+    short[table[(fine_high + _DECIDE_SLACK >= need).any(axis=1)]] = False
+    result[candidate & reached] = 0
+    result[candidate & short & ~reached] = 1
     return result
 
 
