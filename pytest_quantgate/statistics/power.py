@@ -292,20 +292,21 @@ class _Grid(NamedTuple):
         """
         s = share[..., None]
         log_s, log_rest = _logs(share)
-        with np.errstate(over="ignore"):
-            pmf = np.exp(
-                self.step_log[..., None, :]
-                + self.enter[..., None, :] * log_s[..., None]
-                + self.stay[..., None, :] * log_rest[..., None]
-            )
-        # Up a step the new value adds (1 − s)·P(B = k + 1); on the flat it takes away s·P(B = k).
-        moves = pmf * (self.step[..., None, :] - s)
         k0, m0 = self.k[..., :1], self.counts[..., :1]
         start = np.where(k0 < 0, 0.0, np.where(k0 >= m0, 1.0, special.bdtr(np.clip(k0, 0, m0), m0, share)))
-        out: NDArray[np.float64] = np.empty((*moves.shape[:-1], moves.shape[-1] + 1))
+        # One array, filled in place: the start, then each column's move, then their running sum.
+        rows = np.broadcast_shapes((*self.counts.shape[:-1], 1), share.shape)  # (..., share)
+        out: NDArray[np.float64] = np.empty((*rows, self.counts.shape[-1]))
+        moves = out[..., 1:]
+        np.multiply(self.enter[..., None, :], log_s[..., None], out=moves)
+        moves += self.stay[..., None, :] * log_rest[..., None]
+        moves += self.step_log[..., None, :]
+        with np.errstate(over="ignore"):
+            np.exp(moves, out=moves)
+        # Up a step the new value adds (1 − s)·P(B = k + 1); on the flat it takes away s·P(B = k).
+        moves *= self.step[..., None, :] - s
         out[..., 0] = start
-        np.cumsum(moves, axis=-1, out=out[..., 1:])
-        out[..., 1:] += start[..., None]
+        np.cumsum(out, axis=-1, out=out)
         return out
 
 
