@@ -15,9 +15,10 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable
 from functools import lru_cache
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
 from numpy.typing import NDArray
 from scipy import special
 
@@ -188,6 +189,14 @@ def _psi_points_many(b: NDArray[np.int64], c: NDArray[np.int64], n: int, delta: 
     return out
 
 
+def _bands(n: int, psis: NDArray[np.float64]) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+    """The first and last count within _BAND_SDS standard deviations of each Binomial(n, ψ)'s mean."""
+    sd = np.sqrt(n * psis * (1.0 - psis))
+    low = np.clip(np.floor(n * psis - _BAND_SDS * sd) - 1, 0, n).astype(np.int64)
+    high = np.clip(np.ceil(n * psis + _BAND_SDS * sd) + 1, 0, n).astype(np.int64)
+    return low, high
+
+
 def _weights(
     n: int, counts: NDArray[np.int64], log_choose: NDArray[np.float64], psis: NDArray[np.float64]
 ) -> NDArray[np.float64]:
@@ -204,7 +213,7 @@ class _Grid(NamedTuple):
 
     A row's tails at many ψ share its log binomial coefficients and, given
     its thresholds, the steps of _Grid.cdfs; they are computed once per
-    table and gathered for the rows of its refined rates (take).
+    table and cut into windows for the rows of its refined rates (windows).
     """
 
     n: int
@@ -257,19 +266,30 @@ class _Grid(NamedTuple):
             step_log=self.step_log[index],
         )
 
-    def take(self, rows: NDArray[np.int64], columns: NDArray[np.int64], summed: NDArray[np.bool_]) -> _Grid:
-        """Rows gathered from these: ``columns`` (..., W′) of row ``rows`` (...), summed where ``summed``."""
-        at = rows[..., None]
-        steps = np.minimum(columns[..., :-1], self.step.shape[-1] - 1)
+    def windows(self, rows: NDArray[np.int64], low: NDArray[np.int64], high: NDArray[np.int64]) -> _Grid:
+        """The counts ``low..high`` of row ``rows`` (shapes broadcast), as rows of one width: (..., W′).
+
+        Views of consecutive columns, copied a block at a time. A window
+        that would run past its row's end starts earlier; what lies outside
+        ``low..high`` is not summed.
+        """
+        width = int((high - low).max()) + 1
+        starts = np.clip(low - self.counts[rows, 0], 0, self.counts.shape[-1] - width)
+
+        def cut(array: NDArray[Any], size: int) -> NDArray[Any]:
+            return sliding_window_view(array, size, axis=-1)[rows, starts]
+
+        counts = cut(self.counts, width)
+        summed = (counts >= low[..., None]) & (counts <= high[..., None])
         return _Grid(
             n=self.n,
-            counts=self.counts[at, columns],
-            log_choose=np.where(summed, self.log_choose[at, columns], -np.inf),
-            k=self.k[at, columns],
-            step=self.step[at, steps],
-            enter=self.enter[at, steps],
-            stay=self.stay[at, steps],
-            step_log=self.step_log[at, steps],
+            counts=counts,
+            log_choose=np.where(summed, cut(self.log_choose, width), -np.inf),
+            k=cut(self.k, width),
+            step=cut(self.step, width - 1),
+            enter=cut(self.enter, width - 1),
+            stay=cut(self.stay, width - 1),
+            step_log=cut(self.step_log, width - 1),
         )
 
     def weights(self, psis: NDArray[np.float64]) -> NDArray[np.float64]:
@@ -424,9 +444,8 @@ def _decide_some(
     slack = _TIE_TOL * np.maximum(1.0, np.abs(z_obs))
     cut = z_obs - slack if upper else z_obs + slack
     # Each table's counts: the union of its points' bands.
-    sd = np.sqrt(n * points * (1.0 - points))
-    lowest = np.clip(np.floor(n * points - _BAND_SDS * sd) - 1, 0, n).min(axis=1).astype(np.int64)
-    highest = np.clip(np.ceil(n * points + _BAND_SDS * sd) + 1, 0, n).max(axis=1).astype(np.int64)
+    band_low, band_high = _bands(n, points)
+    lowest, highest = band_low.min(axis=1), band_high.max(axis=1)
     width = highest - lowest + 1
     columns = np.arange(int(width.max()))
     used = columns[None, :] < width[:, None]
@@ -506,18 +525,11 @@ def _decide_at_every_point(
     # A peak's refined rates lie between its two neighbours: their tails are
     # summed over the counts from the left one's band to the right one's, a
     # slice of the table's columns (what it leaves out goes to the upper bound).
-    sd_left, sd_right = np.sqrt(n * left * (1.0 - left)), np.sqrt(n * right * (1.0 - right))
-    first = grid.counts[table, 0]
-    lowest = np.clip(np.floor(n * left - _BAND_SDS * sd_left) - 1, first, n).astype(np.int64)
-    highest = np.clip(np.ceil(n * right + _BAND_SDS * sd_right) + 1, 0, n).astype(np.int64)
-    column = np.minimum(
-        (lowest - first)[:, None] + np.arange(int((highest - lowest).max()) + 1), grid.counts.shape[1] - 1
-    )
-    span = grid.take(table, column, np.minimum(first[:, None] + column, n) <= highest[:, None])
+    span = grid.windows(table, _bands(n, left)[0], _bands(n, right)[1])
     fine_p10, fine_feasible = _null_rates(fine, delta, upper)
     fine_share = np.clip(fine_p10 / np.where(fine > 0.0, fine, 1.0), 0.0, 1.0)
     fine_weight = span.weights(fine)
-    fine_cdf = span.cdfs(fine_share)
+    fine_cdf = span.cdfs(fine_share)  # (peak, point, count)
     fine_low = np.where(
         fine_feasible, (fine_weight * (1.0 - fine_cdf if upper else fine_cdf)).sum(axis=2), 0.0
     )

@@ -52,13 +52,17 @@ def test_the_chances_given_a_count_are_scipys_binomial_cdfs() -> None:
                 expected = np.where(kk < 0, 0.0, np.where(kk >= mm, 1.0, inside))
             np.testing.assert_allclose(cdf[t, p], expected, rtol=0, atol=1e-12)
             np.testing.assert_allclose(weights[t, p], power._binom_pmf(mm, n, ss), rtol=1e-10, atol=1e-300)
-    # Gathered rows (a refined rate's band) give the same values as their table's.
-    columns = np.array([[3, 4, 5, 6], [100, 101, 102, 103]])
-    part = grid.take(np.array([1, 2]), columns, np.ones(columns.shape, dtype=bool))
-    np.testing.assert_allclose(
-        part.cdfs(share[[1, 2], 1:2])[:, 0, :], cdf[[[1], [2]], 1, columns], atol=1e-12
-    )
-    np.testing.assert_allclose(part.weights(share[[1, 2], 1:2])[:, 0, :], weights[[[1], [2]], 1, columns])
+    # Windows of rows (a refined rate's band) give their table's values; one that would run
+    # past its row's end starts earlier, and sums only the counts asked for.
+    rows = np.array([1, 2, 0])
+    low = counts[rows, [3, 100, -2]]
+    part = grid.windows(rows, low, low + np.array([3, 3, 1]))
+    columns = np.array([[3, 4, 5, 6], [100, 101, 102, 103], [-4, -3, -2, -1]])
+    chosen = share[rows, 1:2]
+    np.testing.assert_allclose(part.cdfs(chosen)[:, 0, :], cdf[rows[:, None], 1, columns], atol=1e-12)
+    expected_weights = weights[rows[:, None], 1, columns]
+    expected_weights[2, :2] = 0.0
+    np.testing.assert_allclose(part.weights(chosen)[:, 0, :], expected_weights)
 
 
 @pytest.mark.parametrize(
