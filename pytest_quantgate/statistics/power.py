@@ -367,7 +367,7 @@ def _between_bounds(
 def _thresholds_many(
     counts: NDArray[np.int64], n: int, delta: float, cut: NDArray[np.float64], *, strict: bool
 ) -> NDArray[np.int64]:
-    """_bisect_first of each table's counts at its own cut: (table, count), from (table, count) and (table,).
+    """stats._bisect_first of each table's counts (table, count) at the table's own cut (table,).
 
     The tables share n and δ, so the scores are computed once, on a window
     of every count's row that holds the thresholds of all the cuts (around
@@ -417,8 +417,8 @@ def _decide_tables(
     given a count follows from the one before (_Grid.cdfs) rather than a
     binomial tail per count. A table is decided only where the full p-value
     would decide it the same way with _DECIDE_SLACK to spare; the rest are
-    left to stats._tail_below. Only
-    δ > 0 (the margins of the power searches); −1 otherwise.
+    left to stats._tail_below. Only δ > 0 (the margins of the power
+    searches); −1 otherwise.
     """
     out = np.full(b.size, -1, dtype=np.int8)
     if delta <= 0.0:
@@ -571,7 +571,9 @@ class _Boundaries:
     the boundary is s(m) (−1 when never). Boundaries move little from one m
     to the next, so each search starts from the nearest known one, moved
     along the slope of the known ones behind it; most boundaries then take
-    two decisions, one on each side. Kept per (n, margin, α) for the whole
+    two decisions, one on each side. ``fill`` finds the boundaries of many
+    counts at once with ``decide_many``, the same two decisions each; ``at``
+    finds one, and what fill leaves. Kept per (n, margin, α) for the whole
     run (_regression_boundaries, _pass_boundaries), whatever row asks.
     """
 
