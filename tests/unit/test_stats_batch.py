@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from scipy import special
 
-from pytest_quantgate.statistics import power, stats
+from pytest_quantgate.statistics import batch, power, stats
 
 ALPHA = 0.05
 
@@ -30,7 +30,7 @@ def tables_near_the_boundaries(n: int, delta: float, spread: float = 0.3) -> tup
 @pytest.mark.parametrize(("n", "delta"), [(1, 0.02), (20, 0.05), (150, 0.02), (401, 0.3), (1578, 0.0125)])
 def test_the_points_of_many_tables_are_psi_points(n: int, delta: float) -> None:
     bs, cs = tables_near_the_boundaries(n, delta, spread=1.0 if n < 1000 else 0.2)
-    many = power._psi_points_many(bs, cs, n, delta)
+    many = batch._psi_points_many(bs, cs, n, delta)
     for row, b, c in zip(many, bs, cs, strict=True):
         np.testing.assert_array_equal(row[~np.isnan(row)], stats.psi_points(int(b), int(c), n, delta))
 
@@ -41,7 +41,7 @@ def test_the_chances_given_a_count_are_scipys_binomial_cdfs() -> None:
     counts = np.arange(40, 300)[None, :].repeat(3, axis=0)
     k = np.cumsum(rng.integers(0, 2, size=counts.shape), axis=1) - 5 + np.array([[0], [20], [60]])
     share = np.array([[0.0, 0.3, 0.5, 0.77, 1.0]] * 3)
-    grid = power._Grid.of(n, counts, np.ones(counts.shape, dtype=bool), k)
+    grid = batch._Grid.of(n, counts, np.ones(counts.shape, dtype=bool), k)
     cdf = grid.cdfs(share)
     weights = grid.weights(share)
     for t in range(3):
@@ -86,7 +86,7 @@ def test_tables_decided_at_once_are_decided_as_the_full_pvalue_decides_them(
     bs, cs = tables_near_the_boundaries(n, delta)
     if n > 500:  # every eighth table: the full p-values are the slow part of this test
         bs, cs = bs[::8], cs[::8]
-    verdicts = power._decide_tables(bs, cs, n, delta, upper, alpha)
+    verdicts = batch.decide_tables(bs, cs, n, delta, upper, alpha)
     tables = zip(bs.tolist(), cs.tolist(), strict=True)
     pvalues = [stats._unconditional_tail(b, c, n, delta, upper) for b, c in tables]
     full = np.array(pvalues) < alpha
@@ -98,7 +98,7 @@ def test_tables_decided_at_once_are_decided_as_the_full_pvalue_decides_them(
 
 def test_no_table_is_decided_at_a_margin_of_zero() -> None:
     bs, cs = tables_near_the_boundaries(100, 0.0)
-    assert (power._decide_tables(bs, cs, 100, 0.0, True, ALPHA) == -1).all()
+    assert (batch.decide_tables(bs, cs, 100, 0.0, True, ALPHA) == -1).all()
 
 
 def one_at_a_time(boundaries: power._Boundaries) -> power._Boundaries:
@@ -151,4 +151,4 @@ def test_thresholds_of_many_cuts_are_those_bisection_finds(n: int, delta: float,
     expected = np.stack(
         [stats._bisect_first(row, n, delta, x, strict=strict) for row, x in zip(counts, cut, strict=True)]
     )
-    np.testing.assert_array_equal(power._thresholds_many(counts, n, delta, cut, strict=strict), expected)
+    np.testing.assert_array_equal(batch._thresholds_many(counts, n, delta, cut, strict=strict), expected)

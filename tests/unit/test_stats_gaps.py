@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from pytest_quantgate.statistics import power, stats
+from pytest_quantgate.statistics import batch, power, stats
 from pytest_quantgate.statistics.gate import GateSettings, SliceOutcomes, Verdict, evaluate
 
 ALPHA = 0.05
@@ -197,7 +197,7 @@ def test_the_plan_decides_tables_without_refining_clear_misses(monkeypatch: pyte
         return np.full(b.size, -1, dtype=np.int8)
 
     monkeypatch.setattr(stats, "_tail_below", full)
-    monkeypatch.setattr(power, "_decide_tables", none_at_once)
+    monkeypatch.setattr(batch, "decide_tables", none_at_once)
     clear_caches()
     assert power.cases_needed(*row, at_least=31) == fast == 201
     assert full_pvalues < 0.1 * decisions
